@@ -1,0 +1,1 @@
+"""The `raftxmpp` command line (installed as the `raftxmpp_cli` package)."""

@@ -1,0 +1,328 @@
+"""Client stream negotiation (RFC 6120 §4–§7) as a sans-IO state machine.
+
+Theory of operation: the connection feeds framer events in (`receive`), and gets
+actions back: bytes to send, "start TLS now", "bind this resource", "handle this
+pre-auth IQ", "route this stanza". This module never touches a socket, a clock or
+the session table, so every transition is tested without a network.
+
+States, in order (a stream restart after TLS and after SASL returns to a header):
+
+    HEADER ─▶ PRE_TLS ─(starttls)─▶ HEADER ─▶ AUTH ─(sasl success)─▶ HEADER ─▶ BIND ─▶ BOUND
+                        └──(tls not required)──▶ AUTH
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum, auto
+
+from lxml import etree
+
+from raftxmpp.c2s import sasl
+from raftxmpp.xml import ns
+from raftxmpp.xml.errors import StanzaError, StreamError, error_reply
+from raftxmpp.xml.framer import StanzaReceived, StreamClosed, StreamOpened
+from raftxmpp.xml.stanza import make, serialize, stream_header
+
+MAX_AUTH_ATTEMPTS = 3
+
+
+class State(Enum):
+    HEADER = auto()
+    PRE_TLS = auto()
+    AUTH = auto()
+    SASL = auto()
+    BIND = auto()
+    BOUND = auto()
+    CLOSED = auto()
+
+
+@dataclass(frozen=True)
+class Send:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StartTLS:
+    """Send nothing more; wrap the transport in TLS and reset the framer."""
+
+
+@dataclass(frozen=True)
+class ResetFramer:
+    """A stream restart after SASL success (RFC 6120 §6.4.6)."""
+
+
+@dataclass(frozen=True)
+class BindRequest:
+    iq: etree._Element
+    resource: str | None  # None: the server picks one
+
+
+@dataclass(frozen=True)
+class PreAuthIq:
+    iq: etree._Element  # in-band registration before authentication (XEP-0077)
+
+
+@dataclass(frozen=True)
+class Stanza:
+    element: etree._Element
+
+
+@dataclass(frozen=True)
+class Close:
+    error: StreamError | None = None
+
+
+Action = Send | StartTLS | ResetFramer | BindRequest | PreAuthIq | Stanza | Close
+
+
+@dataclass
+class StreamSettings:
+    hosts: Callable[[], set[str]]
+    lookup_credentials: Callable[[str, str], object]  # (localpart, domain) → credentials | None
+    tls_active: bool = False
+    tls_available: bool = True
+    require_tls: bool = True
+    plaintext_auth: bool = False  # PLAIN without TLS (loopback benchmarks only)
+    registration: bool = False
+    channel_binding: tuple[str, bytes] | None = None
+    extra_features: Callable[[], list[etree._Element]] = field(default=lambda: [])
+
+
+class ClientStream:
+    def __init__(self, settings: StreamSettings) -> None:
+        self.settings = settings
+        self.state = State.HEADER
+        self.domain: str | None = None
+        self.username: str | None = None
+        self.stream_id = ""
+        self._sasl: sasl.SaslServer | None = None
+        self._auth_failures = 0
+        self._header_sent = False
+
+    @property
+    def authenticated(self) -> bool:
+        return self.username is not None
+
+    # -- events in, actions out ---------------------------------------------------------------------
+
+    def receive(self, event: object) -> list[Action]:
+        try:
+            if isinstance(event, StreamOpened):
+                return self._on_header(event)
+            if isinstance(event, StreamClosed):
+                self.state = State.CLOSED
+                return [Close()]
+            if isinstance(event, StanzaReceived):
+                return self._on_element(event.element)
+        except StreamError as exc:
+            return self.fail(exc)
+        return []
+
+    def fail(self, error: StreamError) -> list[Action]:
+        """A stream error: opens a stream first if we never answered the header (§4.9.1.1)."""
+        self.state = State.CLOSED
+        out = b""
+        if not self._header_sent:
+            out += self._header(self.domain or next(iter(sorted(self.settings.hosts())), ""))
+        return [Send(out + error.to_bytes()), Close(error)]
+
+    def bound(self, iq: etree._Element, full_jid: str) -> list[Action]:
+        """The edge bound the resource: answer the bind IQ (§7.6.1)."""
+        self.state = State.BOUND
+        reply = make("iq", {"type": "result", "id": iq.get("id")})
+        bind = etree.SubElement(reply, f"{{{ns.BIND}}}bind", nsmap={None: ns.BIND})
+        etree.SubElement(bind, f"{{{ns.BIND}}}jid").text = full_jid
+        return [Send(serialize(reply))]
+
+    # -- headers and features -------------------------------------------------------------------------
+
+    def _on_header(self, opened: StreamOpened) -> list[Action]:
+        if self.state is not State.HEADER:
+            raise StreamError("bad-format", "unexpected stream header")
+        to = (opened.attrs.get("to") or "").lower()
+        hosts = self.settings.hosts()
+        if to not in hosts:
+            self.domain = sorted(hosts)[0] if hosts else to
+            raise StreamError("host-unknown", "this server does not serve that domain")
+        if self.domain is not None and to != self.domain:
+            raise StreamError("host-unknown", "the domain changed on stream restart")
+        self.domain = to
+        out = self._header(to)
+        if not opened.attrs.get("version", "").startswith("1."):
+            raise StreamError("unsupported-version", "XMPP 1.0 streams only")
+        out += serialize(self._features())
+        self.state = self._state_after_features()
+        return [Send(out)]
+
+    def _header(self, domain: str) -> bytes:
+        self.stream_id = secrets.token_hex(8)
+        self._header_sent = True
+        return stream_header(domain, self.stream_id, None)
+
+    def _state_after_features(self) -> State:
+        if self.authenticated:
+            return State.BIND
+        if self._tls_needed():
+            return State.PRE_TLS
+        return State.AUTH
+
+    def _tls_needed(self) -> bool:
+        s = self.settings
+        return not s.tls_active and s.tls_available and s.require_tls
+
+    def _features(self) -> etree._Element:
+        features = etree.Element(f"{{{ns.STREAM}}}features", nsmap={"stream": ns.STREAM})
+        s = self.settings
+        if self.authenticated:
+            etree.SubElement(features, f"{{{ns.BIND}}}bind", nsmap={None: ns.BIND})
+            session = etree.SubElement(features, f"{{{ns.SESSION}}}session", nsmap={None: ns.SESSION})
+            etree.SubElement(session, f"{{{ns.SESSION}}}optional")
+            for extra in s.extra_features():
+                features.append(extra)
+            return features
+        if not s.tls_active and s.tls_available:
+            tls = etree.SubElement(features, f"{{{ns.TLS}}}starttls", nsmap={None: ns.TLS})
+            if s.require_tls:
+                etree.SubElement(tls, f"{{{ns.TLS}}}required")
+                return features
+        mechanisms = sasl.offered_mechanisms(
+            tls=s.tls_active,
+            channel_binding=s.channel_binding is not None,
+            allow_plain_without_tls=s.plaintext_auth,
+        )
+        if mechanisms:
+            mech_el = etree.SubElement(features, f"{{{ns.SASL}}}mechanisms", nsmap={None: ns.SASL})
+            for name in mechanisms:
+                etree.SubElement(mech_el, f"{{{ns.SASL}}}mechanism").text = name
+        if s.registration:
+            etree.SubElement(features, f"{{{ns.REGISTER_FEATURE}}}register",
+                             nsmap={None: ns.REGISTER_FEATURE})
+        return features
+
+    # -- elements -----------------------------------------------------------------------------------------
+
+    def _on_element(self, element: etree._Element) -> list[Action]:
+        if self.state is State.BOUND:
+            return [Stanza(element)]
+        qname = etree.QName(element)
+        if self.state is State.PRE_TLS:
+            return self._on_pre_tls(qname, element)
+        if self.state in (State.AUTH, State.SASL) and qname.namespace == ns.SASL:
+            return self._on_sasl(qname.localname, element)
+        if self.state is State.BIND:
+            return self._on_bind_phase(qname, element)
+        if self.state is State.AUTH and self._is_register_iq(element):
+            return [PreAuthIq(element)]
+        raise StreamError("not-authorized", "authenticate first")
+
+    def _on_pre_tls(self, qname: etree.QName, element: etree._Element) -> list[Action]:
+        if qname.namespace == ns.TLS and qname.localname == "starttls":
+            self.state = State.HEADER
+            proceed = etree.Element(f"{{{ns.TLS}}}proceed", nsmap={None: ns.TLS})
+            return [Send(serialize(proceed)), StartTLS()]
+        if qname.namespace == ns.SASL:
+            # Encryption is required first (RFC 6120 §6.4.1 / §5.3.1).
+            return [Send(_sasl_failure("encryption-required"))] + self.fail(
+                StreamError("policy-violation", "use STARTTLS first"))
+        raise StreamError("policy-violation", "use STARTTLS first")
+
+    def _on_sasl(self, name: str, element: etree._Element) -> list[Action]:
+        try:
+            if name == "auth" and self.state is State.AUTH:
+                return self._sasl_start(element)
+            if name == "response" and self.state is State.SASL:
+                return self._sasl_step(self._sasl.respond(_decode(element.text)))
+            if name == "abort" and self.state is State.SASL:
+                raise sasl.SaslFailure("aborted")
+        except sasl.SaslFailure as failure:
+            return self._sasl_failed(failure)
+        raise StreamError("not-authorized", f"unexpected SASL <{name}/>")
+
+    def _sasl_start(self, element: etree._Element) -> list[Action]:
+        s = self.settings
+        offered = sasl.offered_mechanisms(
+            tls=s.tls_active,
+            channel_binding=s.channel_binding is not None,
+            allow_plain_without_tls=s.plaintext_auth,
+        )
+        domain = self.domain or ""
+        self._sasl = sasl.SaslServer(
+            element.get("mechanism", ""),
+            domain,
+            lambda user: s.lookup_credentials(user, domain),
+            offered,
+            s.channel_binding,
+        )
+        self.state = State.SASL
+        text = element.text
+        initial = None if text is None else _decode(text)
+        return self._sasl_step(self._sasl.start(initial))
+
+    def _sasl_step(self, outcome: tuple[str, bytes]) -> list[Action]:
+        kind, data = outcome
+        payload = base64.b64encode(data).decode() if data else ""
+        if kind == "challenge":
+            challenge = etree.Element(f"{{{ns.SASL}}}challenge", nsmap={None: ns.SASL})
+            challenge.text = payload or None
+            return [Send(serialize(challenge))]
+        self.username = self._sasl.username
+        self._sasl = None
+        self.state = State.HEADER
+        success = etree.Element(f"{{{ns.SASL}}}success", nsmap={None: ns.SASL})
+        success.text = payload or None
+        return [Send(serialize(success)), ResetFramer()]
+
+    def _sasl_failed(self, failure: sasl.SaslFailure) -> list[Action]:
+        self._sasl = None
+        self.state = State.AUTH
+        self._auth_failures += 1
+        actions: list[Action] = [Send(_sasl_failure(failure.condition))]
+        if self._auth_failures >= MAX_AUTH_ATTEMPTS:
+            actions += self.fail(StreamError("policy-violation", "too many failed authentications"))
+        return actions
+
+    def _on_bind_phase(self, qname: etree.QName, element: etree._Element) -> list[Action]:
+        if qname.localname != "iq" or qname.namespace != ns.CLIENT:
+            raise StreamError("not-authorized", "bind a resource first")
+        payload = element[0] if len(element) == 1 else None
+        if element.get("type") == "set" and payload is not None:
+            if payload.tag == f"{{{ns.BIND}}}bind":
+                resource = payload.findtext(f"{{{ns.BIND}}}resource")
+                return [BindRequest(element, resource.strip() if resource else None)]
+            if payload.tag == f"{{{ns.SESSION}}}session":
+                return [Send(serialize(make("iq", {"type": "result", "id": element.get("id")})))]
+        error = StanzaError("not-authorized" if payload is not None else "bad-request")
+        return [Send(serialize(error_reply(element, error)))]
+
+    @staticmethod
+    def _is_register_iq(element: etree._Element) -> bool:
+        return (
+            element.tag == f"{{{ns.CLIENT}}}iq"
+            and len(element) == 1
+            and element[0].tag == f"{{{ns.REGISTER}}}query"
+        )
+
+    def allows_registration(self) -> bool:
+        """Pre-auth registration needs the feature on and, if required, TLS first."""
+        s = self.settings
+        return s.registration and not self._tls_needed()
+
+
+def _decode(text: str | None) -> bytes:
+    if text is None or text.strip() in ("", "="):
+        return b""
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise sasl.SaslFailure("incorrect-encoding") from None
+
+
+def _sasl_failure(condition: str) -> bytes:
+    failure = etree.Element(f"{{{ns.SASL}}}failure", nsmap={None: ns.SASL})
+    etree.SubElement(failure, f"{{{ns.SASL}}}{condition}")
+    return serialize(failure)

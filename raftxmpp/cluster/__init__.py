@@ -1,0 +1,1 @@
+"""Cluster: the replicated state machine, the Raft bridge, the durable store."""

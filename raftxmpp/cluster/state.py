@@ -1,0 +1,399 @@
+"""The replicated state machine: every durable byte of the XMPP service.
+
+Rules (../shared/DESIGN.md, "Raft rules"):
+- `apply(command)` is deterministic: no I/O, no clock, no randomness. Timestamps and
+  ids arrive inside the command.
+- Every command carries a unique `id`; a bounded dedup table remembers each result, so a
+  command retried after an ambiguous outcome applies exactly once and returns the
+  same result.
+- Every command touches one account (keyed by bare JID) or the cluster's own data,
+  never two accounts.
+- A bad command is rejected with an error result and leaves the state unchanged; it
+  never raises (an exception in apply would make pysyncobj retry the entry forever).
+- No password ever arrives here: accounts hold SCRAM keys (raftxmpp.credentials).
+
+This module knows nothing about pysyncobj or trio; `raftxmpp.cluster.raft` wraps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from raftxmpp import credentials
+from raftxmpp.cluster import roster_states
+
+VERSION = 1
+DEDUP_CAPACITY = 100_000
+
+Command = dict[str, Any]
+# ("ok", value) or ("error", condition, text): plain tuples, so results pickle into snapshots.
+Result = tuple
+
+
+def ok(value: Any = None) -> Result:
+    return ("ok", value)
+
+
+def error(condition: str, text: str = "") -> Result:
+    return ("error", condition, text)
+
+
+class Rejected(Exception):
+    """Raised inside an op to reject the command; becomes an error result."""
+
+    def __init__(self, condition: str, text: str = "") -> None:
+        super().__init__(text or condition)
+        self.condition = condition
+        self.text = text
+
+
+class ClusterState:
+    """All durable data, as plain dicts so a snapshot is one pickle."""
+
+    def __init__(self) -> None:
+        self.hosts: set[str] = set()
+        self.accounts: dict[str, dict] = {}
+        self.rosters: dict[str, dict] = {}
+        self.offline: dict[str, list[dict]] = {}
+        self.vcards: dict[str, str] = {}
+        self.private: dict[str, dict[str, str]] = {}
+        self.blocklists: dict[str, set[str]] = {}
+        self.components: dict[str, dict] = {}
+        self.dedup: OrderedDict[str, Result] = OrderedDict()
+        self.applied = 0
+
+    # -- applying commands -------------------------------------------------------
+
+    def apply(self, command: Command) -> Result:
+        command_id = command.get("id") if isinstance(command, dict) else None
+        if not isinstance(command_id, str) or not command_id:
+            return error("bad-request", "command without id")
+        if command_id in self.dedup:
+            return self.dedup[command_id]
+        result = self._run(command)
+        self.applied += 1
+        self.dedup[command_id] = result
+        while len(self.dedup) > DEDUP_CAPACITY:
+            self.dedup.popitem(last=False)
+        return result
+
+    def _run(self, command: Command) -> Result:
+        if command.get("v") != VERSION:
+            return error("bad-request", f"unsupported command version {command.get('v')!r}")
+        op = OPS.get(command.get("op"))  # type: ignore[arg-type]
+        if op is None:
+            return error("bad-request", f"unknown op {command.get('op')!r}")
+        try:
+            return ok(op(self, command))
+        except Rejected as exc:
+            return error(exc.condition, exc.text)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # Ops validate before they mutate, so a malformed command changed nothing.
+            return error("bad-request", f"malformed {command.get('op')}: {exc!r}")
+
+    # -- snapshots ---------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        return {
+            "version": VERSION,
+            "hosts": self.hosts,
+            "accounts": self.accounts,
+            "rosters": self.rosters,
+            "offline": self.offline,
+            "vcards": self.vcards,
+            "private": self.private,
+            "blocklists": self.blocklists,
+            "components": self.components,
+            "dedup": self.dedup,
+            "applied": self.applied,
+        }
+
+    def restore(self, data: dict) -> None:
+        if data.get("version") != VERSION:
+            raise ValueError(f"snapshot version {data.get('version')!r} is not {VERSION}")
+        for key, value in data.items():
+            if key != "version":
+                setattr(self, key, value)
+
+    def digest(self) -> str:
+        """A hash of the user-visible state, equal on every node that applied the same log."""
+        canonical = json.dumps(
+            {k: v for k, v in self.snapshot().items() if k not in ("dedup", "applied")},
+            sort_keys=True,
+            default=_canonical,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, OrderedDict):
+        return dict(value)
+    raise TypeError(f"cannot canonicalise {type(value).__name__}")
+
+
+# -- validation helpers -----------------------------------------------------------
+
+
+def _text(command: Command, key: str, limit: int = 3071) -> str:
+    value = command[key]
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise Rejected("bad-request", f"{key} must be a non-empty string of at most {limit} chars")
+    return value
+
+
+def _account(state: ClusterState, jid: str) -> dict:
+    account = state.accounts.get(jid)
+    if account is None:
+        raise Rejected("item-not-found", f"no account {jid}")
+    return account
+
+
+def _roster(state: ClusterState, jid: str) -> dict:
+    return state.rosters.setdefault(jid, {"ver": 0, "items": {}, "pending_in": {}})
+
+
+# -- cluster data -----------------------------------------------------------------
+
+
+def op_barrier(state: ClusterState, command: Command) -> int:
+    return state.applied
+
+
+def op_host_add(state: ClusterState, command: Command) -> bool:
+    host = _text(command, "host", 1023)
+    added = host not in state.hosts
+    state.hosts.add(host)
+    return added
+
+
+def op_host_remove(state: ClusterState, command: Command) -> bool:
+    host = _text(command, "host", 1023)
+    removed = host in state.hosts
+    state.hosts.discard(host)
+    return removed
+
+
+BALANCING = ("random", "source", "destination", "bare_source", "bare_destination")
+
+
+def op_component_add(state: ClusterState, command: Command) -> bool:
+    domain = _text(command, "domain", 1023)
+    secret_hash = command["secret_hash"]
+    balancing = command.get("balancing", "random")
+    buckets = command.get("buckets", 0)
+    if not isinstance(secret_hash, bytes) or len(secret_hash) < 16:
+        raise Rejected("bad-request", "secret_hash must be bytes")
+    if balancing not in BALANCING:
+        raise Rejected("bad-request", f"balancing must be one of {', '.join(BALANCING)}")
+    if not isinstance(buckets, int) or not 0 <= buckets <= 65536:
+        raise Rejected("bad-request", "buckets must be an integer from 0 to 65536")
+    if domain in state.hosts:
+        raise Rejected("conflict", f"{domain} is a served host")
+    created = domain not in state.components
+    state.components[domain] = {
+        "secret_hash": secret_hash,
+        "balancing": balancing,
+        "buckets": buckets,
+    }
+    return created
+
+
+def op_component_remove(state: ClusterState, command: Command) -> bool:
+    domain = _text(command, "domain", 1023)
+    return state.components.pop(domain, None) is not None
+
+
+# -- accounts ---------------------------------------------------------------------
+
+
+def op_register(state: ClusterState, command: Command) -> bool:
+    jid = _text(command, "jid")
+    creds = command["credentials"]
+    if not credentials.is_valid(creds):
+        raise Rejected("bad-request", "credentials are not SCRAM keys")
+    if jid in state.accounts:
+        raise Rejected("conflict", f"{jid} already exists")
+    state.accounts[jid] = {"credentials": creds, "created": command["ts"]}
+    return True
+
+
+def op_set_credentials(state: ClusterState, command: Command) -> bool:
+    jid = _text(command, "jid")
+    creds = command["credentials"]
+    if not credentials.is_valid(creds):
+        raise Rejected("bad-request", "credentials are not SCRAM keys")
+    _account(state, jid)["credentials"] = creds
+    return True
+
+
+def op_unregister(state: ClusterState, command: Command) -> bool:
+    jid = _text(command, "jid")
+    _account(state, jid)
+    for table in (state.accounts, state.rosters, state.offline, state.vcards, state.private,
+                  state.blocklists):
+        table.pop(jid, None)
+    return True
+
+
+# -- roster (RFC 6121 §2, §3) -------------------------------------------------------
+
+
+def op_roster_set(state: ClusterState, command: Command) -> dict:
+    """Adds or updates an item's name and groups; subscription state is left alone."""
+    jid, contact = _text(command, "jid"), _text(command, "contact")
+    name = command.get("name")
+    groups = command.get("groups", [])
+    limit = command.get("limit", 0)
+    if name is not None and (not isinstance(name, str) or len(name) > 1023):
+        raise Rejected("bad-request", "name must be a string")
+    if not isinstance(groups, list | tuple) or not all(isinstance(g, str) and g for g in groups):
+        raise Rejected("bad-request", "groups must be non-empty strings")
+    _account(state, jid)
+    roster = _roster(state, jid)
+    if contact not in roster["items"] and limit and len(roster["items"]) >= limit:
+        raise Rejected("resource-constraint", "roster is full")
+    item = roster["items"].get(contact) or roster_states.new_item()
+    item = {**item, "name": name, "groups": sorted(set(groups))}
+    return _store_item(roster, contact, item)
+
+
+def op_roster_remove(state: ClusterState, command: Command) -> dict | None:
+    """Removes an item; returns it as it was, so the caller can cancel subscriptions."""
+    jid, contact = _text(command, "jid"), _text(command, "contact")
+    _account(state, jid)
+    roster = _roster(state, jid)
+    item = roster["items"].pop(contact, None)
+    roster["pending_in"].pop(contact, None)
+    if item is not None:
+        roster["ver"] += 1
+    return item
+
+
+def op_roster_subscription(state: ClusterState, command: Command) -> dict:
+    """One step of the subscription state machine on one account's roster.
+
+    Returns {"changed": bool, "item": item-or-None, "ver": int, "action": str}; the
+    action ("deliver", "auto-subscribed", "drop") tells the caller what to do with
+    the presence stanza, per RFC 6121 §3.
+    """
+    jid, contact = _text(command, "jid"), _text(command, "contact")
+    event = command["event"]
+    if event not in roster_states.EVENTS:
+        raise Rejected("bad-request", f"unknown subscription event {event!r}")
+    if jid not in state.accounts:
+        # Inbound subscription traffic for a missing account is silently dropped (§3.1.3).
+        return {"changed": False, "item": None, "ver": 0, "action": "drop"}
+    roster = _roster(state, jid)
+    item = roster["items"].get(contact)
+    pending_in = contact in roster["pending_in"]
+    step = roster_states.step(event, item, pending_in)
+    if step.pending_in != pending_in:
+        if step.pending_in:
+            roster["pending_in"][contact] = command.get("status", "")
+        else:
+            roster["pending_in"].pop(contact, None)
+    changed = step.item != item
+    if changed and step.item is not None:
+        _store_item(roster, contact, step.item)
+    return {"changed": changed, "item": step.item, "ver": roster["ver"], "action": step.action}
+
+
+def _store_item(roster: dict, contact: str, item: dict) -> dict:
+    roster["ver"] += 1
+    roster["items"][contact] = item
+    return {"item": item, "ver": roster["ver"]}
+
+
+# -- offline messages (XEP-0160) ----------------------------------------------------
+
+
+def op_offline_store(state: ClusterState, command: Command) -> int:
+    jid = _text(command, "jid")
+    message_id = _text(command, "message_id", 256)
+    stanza = command["stanza"]
+    limit = command.get("limit", 0)
+    if not isinstance(stanza, bytes):
+        raise Rejected("bad-request", "stanza must be bytes")
+    _account(state, jid)
+    queue = state.offline.setdefault(jid, [])
+    if any(m["id"] == message_id for m in queue):
+        return len(queue)
+    if limit and len(queue) >= limit:
+        raise Rejected("resource-constraint", "offline queue is full")
+    queue.append({"id": message_id, "ts": command["ts"], "stanza": stanza})
+    return len(queue)
+
+
+def op_offline_take(state: ClusterState, command: Command) -> list[dict]:
+    """Hands the whole queue to one taker, once: the taker delivers it, nobody else can."""
+    jid = _text(command, "jid")
+    return state.offline.pop(jid, [])
+
+
+# -- vCard (XEP-0054), private XML (XEP-0049), blocking (XEP-0191) --------------------
+
+
+def op_vcard_set(state: ClusterState, command: Command) -> bool:
+    jid = _text(command, "jid")
+    vcard = command["vcard"]
+    if not isinstance(vcard, str):
+        raise Rejected("bad-request", "vcard must be a string")
+    _account(state, jid)
+    state.vcards[jid] = vcard
+    return True
+
+
+def op_private_set(state: ClusterState, command: Command) -> bool:
+    jid = _text(command, "jid")
+    key = _text(command, "key")
+    xml = command["xml"]
+    if not isinstance(xml, str):
+        raise Rejected("bad-request", "xml must be a string")
+    _account(state, jid)
+    state.private.setdefault(jid, {})[key] = xml
+    return True
+
+
+def op_block(state: ClusterState, command: Command) -> list[str]:
+    jid = _text(command, "jid")
+    items = _jid_list(command)
+    if not items:
+        raise Rejected("bad-request", "block needs at least one item")
+    _account(state, jid)
+    blocked = state.blocklists.setdefault(jid, set())
+    added = sorted(set(items) - blocked)
+    blocked.update(items)
+    return added
+
+
+def op_unblock(state: ClusterState, command: Command) -> list[str]:
+    """Unblocks the given JIDs, or every JID when the list is empty (XEP-0191 §3.4)."""
+    jid = _text(command, "jid")
+    items = _jid_list(command)
+    _account(state, jid)
+    blocked = state.blocklists.get(jid, set())
+    removed = sorted(blocked if not items else blocked & set(items))
+    blocked.difference_update(removed)
+    if not blocked:
+        state.blocklists.pop(jid, None)
+    return removed
+
+
+def _jid_list(command: Command) -> list[str]:
+    items = command["items"]
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) and i for i in items):
+        raise Rejected("bad-request", "items must be a list of JIDs")
+    return list(items)
+
+
+OPS: dict[str, Callable[[ClusterState, Command], Any]] = {
+    name[3:]: fn for name, fn in globals().items() if name.startswith("op_") and callable(fn)
+}

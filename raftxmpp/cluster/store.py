@@ -1,0 +1,154 @@
+"""The durable store as the XMPP layer sees it: named operations, awaited in trio.
+
+Writes return only after Raft committed and applied them (so a client is never told
+"done" early); reads come from this node's applied state and return copies. A
+write the state machine refused raises `StoreError` carrying an XMPP error condition;
+a write that could not commit raises `RaftUnavailable`.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+from typing import Any
+
+import trio
+
+from raftxmpp import credentials
+from raftxmpp.cluster.raft import RaftNode, RaftUnavailable
+from raftxmpp.cluster.state import ClusterState
+
+__all__ = ["Store", "StoreError", "RaftUnavailable"]
+
+
+class StoreError(Exception):
+    """The state machine refused a command; `condition` is an XMPP stanza error name."""
+
+    def __init__(self, condition: str, text: str = "") -> None:
+        super().__init__(text or condition)
+        self.condition = condition
+        self.text = text
+
+
+class Store:
+    def __init__(self, raft: RaftNode, scram_iterations: int = 4096, timeout: float = 5.0) -> None:
+        self.raft = raft
+        self.scram_iterations = scram_iterations
+        self.timeout = timeout
+
+    async def _write(self, op: str, **args: Any) -> Any:
+        result = await self.raft.submit(self.raft.command(op, **args), self.timeout)
+        if result[0] == "error":
+            raise StoreError(result[1], result[2])
+        return result[1]
+
+    def _read(self, query):
+        return self.raft.read(query)
+
+    async def _derive(self, password: str) -> credentials.Credentials:
+        # PBKDF2 costs milliseconds: off the trio thread, and the password goes no further.
+        return await trio.to_thread.run_sync(credentials.derive, password, self.scram_iterations)
+
+    # -- accounts -----------------------------------------------------------------------
+
+    async def register(self, jid: str, password: str) -> None:
+        await self._write("register", jid=jid, credentials=await self._derive(password))
+
+    async def set_password(self, jid: str, password: str) -> None:
+        await self._write("set_credentials", jid=jid, credentials=await self._derive(password))
+
+    async def unregister(self, jid: str) -> None:
+        await self._write("unregister", jid=jid)
+
+    def credentials(self, jid: str) -> credentials.Credentials | None:
+        return self._read(lambda s: copy.deepcopy(s.accounts.get(jid, {}).get("credentials")))
+
+    def account_exists(self, jid: str) -> bool:
+        return self._read(lambda s: jid in s.accounts)
+
+    def accounts(self, host: str | None = None) -> list[str]:
+        def query(s: ClusterState) -> list[str]:
+            return sorted(j for j in s.accounts if host is None or j.endswith("@" + host))
+
+        return self._read(query)
+
+    async def check_password(self, jid: str, password: str) -> bool:
+        creds = self.credentials(jid)
+        if creds is None:
+            return False
+        return await trio.to_thread.run_sync(credentials.verify_password, creds, password)
+
+    # -- roster -------------------------------------------------------------------------
+
+    def roster(self, jid: str) -> dict:
+        """{"ver": int, "items": {contact: item}, "pending_in": {contact: status}}."""
+        empty = {"ver": 0, "items": {}, "pending_in": {}}
+        return self._read(lambda s: copy.deepcopy(s.rosters.get(jid, empty)))
+
+    def roster_item(self, jid: str, contact: str) -> dict | None:
+        return self._read(
+            lambda s: copy.deepcopy(s.rosters.get(jid, {}).get("items", {}).get(contact))
+        )
+
+    async def roster_set(self, jid: str, contact: str, name: str | None, groups: list[str],
+                         limit: int = 0) -> dict:
+        return await self._write("roster_set", jid=jid, contact=contact, name=name,
+                                 groups=groups, limit=limit)
+
+    async def roster_remove(self, jid: str, contact: str) -> dict | None:
+        return await self._write("roster_remove", jid=jid, contact=contact)
+
+    async def roster_subscription(self, jid: str, contact: str, event: str,
+                                  status: str = "") -> dict:
+        return await self._write("roster_subscription", jid=jid, contact=contact, event=event,
+                                 status=status)
+
+    # -- offline messages ------------------------------------------------------------------
+
+    async def offline_store(self, jid: str, stanza: bytes, limit: int = 0,
+                            message_id: str | None = None) -> int:
+        return await self._write("offline_store", jid=jid, stanza=stanza, limit=limit,
+                                 message_id=message_id or secrets.token_hex(12))
+
+    async def offline_take(self, jid: str) -> list[dict]:
+        return await self._write("offline_take", jid=jid)
+
+    def offline_count(self, jid: str) -> int:
+        return self._read(lambda s: len(s.offline.get(jid, ())))
+
+    # -- vCard, private XML, blocking ---------------------------------------------------------
+
+    def vcard(self, jid: str) -> str | None:
+        return self._read(lambda s: s.vcards.get(jid))
+
+    async def vcard_set(self, jid: str, vcard: str) -> None:
+        await self._write("vcard_set", jid=jid, vcard=vcard)
+
+    def private(self, jid: str, key: str) -> str | None:
+        return self._read(lambda s: s.private.get(jid, {}).get(key))
+
+    async def private_set(self, jid: str, key: str, xml: str) -> None:
+        await self._write("private_set", jid=jid, key=key, xml=xml)
+
+    def blocklist(self, jid: str) -> set[str]:
+        return self._read(lambda s: set(s.blocklists.get(jid, ())))
+
+    async def block(self, jid: str, items: list[str]) -> list[str]:
+        return await self._write("block", jid=jid, items=items)
+
+    async def unblock(self, jid: str, items: list[str]) -> list[str]:
+        return await self._write("unblock", jid=jid, items=items)
+
+    # -- cluster data -------------------------------------------------------------------------
+
+    def hosts(self) -> set[str]:
+        return self._read(lambda s: set(s.hosts))
+
+    async def host_add(self, host: str) -> bool:
+        return await self._write("host_add", host=host)
+
+    def components(self) -> dict[str, dict]:
+        return self._read(lambda s: copy.deepcopy(s.components))
+
+    def digest(self) -> str:
+        return self._read(lambda s: s.digest())

@@ -1,0 +1,276 @@
+"""Node configuration: a TOML file validated once, at start-up, into typed objects.
+
+Nothing after start-up reads raw config dicts. Every mistake an operator can make
+(unknown key, wrong type, bad address, missing cluster secret) becomes one
+`ConfigError` whose message names the file, the section and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the operator on one line."""
+
+
+@dataclass(frozen=True, order=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"expected HOST:PORT, got {text!r}")
+        number = int(port)
+        if not 0 <= number <= 65535:
+            raise ValueError(f"port out of range in {text!r}")
+        return cls(host.strip("[]"), number)
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class Secret(str):
+    """A string that never shows itself in a repr, a log line or `cluster status`."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "raftxmpp"
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    name: str = "node1"
+    data_dir: Path = field(default_factory=default_data_dir)
+    hosts: tuple[str, ...] = ("localhost",)
+
+
+@dataclass(frozen=True)
+class ClusterSection:
+    raft: Address = Address("127.0.0.1", 5270)
+    peers: tuple[Address, ...] = ()
+    link: Address = Address("127.0.0.1", 5271)
+    secret: Secret | None = None
+    secret_file: Path | None = None
+    election_timeout_min: float = 0.3
+    election_timeout_max: float = 0.6
+    heartbeat_period: float = 0.05
+
+
+@dataclass(frozen=True)
+class C2SSection:
+    listen: Address | None = Address("127.0.0.1", 5222)
+    tls_listen: Address | None = Address("127.0.0.1", 5223)
+    require_tls: bool = True
+    # For load generators only: SASL PLAIN without TLS, and only on a loopback listener.
+    plaintext_auth_on_loopback: bool = False
+    max_stanza_size: int = 262144
+    registration: bool = False
+    scram_iterations: int = 4096
+
+
+@dataclass(frozen=True)
+class TLSSection:
+    certificate: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    offline_queue: int = 100
+    resources_per_account: int = 10
+    roster_size: int = 1000
+
+
+@dataclass(frozen=True)
+class LogSection:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeSection = field(default_factory=NodeSection)
+    cluster: ClusterSection = field(default_factory=ClusterSection)
+    c2s: C2SSection = field(default_factory=C2SSection)
+    tls: TLSSection = field(default_factory=TLSSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    log: LogSection = field(default_factory=LogSection)
+    source: str = "<embedded default>"
+
+    @property
+    def is_multi_node(self) -> bool:
+        return bool(self.cluster.peers)
+
+    def cluster_secret(self) -> Secret | None:
+        if self.cluster.secret is not None:
+            return self.cluster.secret
+        if self.cluster.secret_file is not None:
+            return _read_secret_file(self.cluster.secret_file, self.source)
+        return None
+
+
+def embedded_default(data_dir: Path | None = None) -> Config:
+    """One node serving `localhost` with in-band registration on, as the README promises."""
+    node = NodeSection(data_dir=data_dir or default_data_dir())
+    return Config(node=node, c2s=C2SSection(registration=True))
+
+
+def load(path: Path, data_dir: Path | None = None) -> Config:
+    """Reads and validates a TOML file; raises ConfigError with a one-line message."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_dict(raw, source=str(path), base_dir=path.parent, data_dir=data_dir)
+
+
+def from_dict(
+    raw: dict, source: str, base_dir: Path, data_dir: Path | None = None
+) -> Config:
+    sections: dict[str, object] = {}
+    for f in dataclasses.fields(Config):
+        if f.name == "source":
+            continue
+        section_type = f.type if isinstance(f.type, type) else _SECTION_TYPES[f.name]
+        section_raw = raw.get(f.name, {})
+        if not isinstance(section_raw, dict):
+            raise ConfigError(f"{source}: [{f.name}] must be a table")
+        sections[f.name] = _build_section(section_type, section_raw, f.name, source, base_dir)
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ConfigError(f"{source}: unknown section [{unknown[0]}]")
+    config = Config(**sections, source=source)  # type: ignore[arg-type]
+    if data_dir is not None:
+        config = dataclasses.replace(config, node=dataclasses.replace(config.node, data_dir=data_dir))
+    _check(config)
+    return config
+
+
+_SECTION_TYPES = {
+    "node": NodeSection,
+    "cluster": ClusterSection,
+    "c2s": C2SSection,
+    "tls": TLSSection,
+    "limits": LimitsSection,
+    "log": LogSection,
+}
+
+
+def _build_section(cls: type, raw: dict, name: str, source: str, base_dir: Path):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{source}: [{name}] unknown key {key!r}")
+        try:
+            values[key] = _convert(hints[key], value, base_dir)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: [{name}] {key}: {exc}") from None
+    return cls(**values)
+
+
+def _convert(hint, value, base_dir: Path):
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(options[0], value, base_dir)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(item, v, base_dir) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected an integer, got {value!r}")
+        if value < 0:
+            raise ValueError(f"must not be negative, got {value}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"expected a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    if hint is Address:
+        return Address.parse(value)
+    if hint is Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (base_dir / path).resolve()
+    if hint is Secret:
+        return Secret(value)
+    return value
+
+
+def _check(config: Config) -> None:
+    source = config.source
+    if not config.node.hosts:
+        raise ConfigError(f"{source}: [node] hosts must name at least one domain")
+    if config.log.level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"{source}: [log] level must be debug, info, warning or error")
+    if config.log.format not in ("text", "json"):
+        raise ConfigError(f"{source}: [log] format must be text or json")
+    if config.cluster.raft in config.cluster.peers:
+        raise ConfigError(f"{source}: [cluster] peers must not include this node's raft address")
+    if config.cluster.secret is not None and config.cluster.secret_file is not None:
+        raise ConfigError(f"{source}: [cluster] set secret or secret_file, not both")
+    if config.is_multi_node and config.cluster_secret() is None:
+        raise ConfigError(
+            f"{source}: [cluster] a multi-node cluster needs a shared secret (secret_file or secret)"
+        )
+    secret = config.cluster_secret()
+    if secret is not None and len(secret) < 16:
+        raise ConfigError(f"{source}: [cluster] the cluster secret must be at least 16 characters")
+    if (config.tls.certificate is None) != (config.tls.key is None):
+        raise ConfigError(f"{source}: [tls] certificate and key go together")
+    if config.c2s.scram_iterations < 4096:
+        raise ConfigError(f"{source}: [c2s] scram_iterations must be at least 4096 (RFC 7677)")
+    if config.c2s.listen is None and config.c2s.tls_listen is None:
+        raise ConfigError(f"{source}: [c2s] needs listen or tls_listen")
+    lo, hi = config.cluster.election_timeout_min, config.cluster.election_timeout_max
+    if not 3 * config.cluster.heartbeat_period < lo < hi:
+        raise ConfigError(
+            f"{source}: [cluster] need 3 × heartbeat_period < election_timeout_min < election_timeout_max"
+        )
+
+
+def _read_secret_file(path: Path, source: str) -> Secret:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{source}: [cluster] secret_file {path}: {exc.strerror}") from None
+    if not text:
+        raise ConfigError(f"{source}: [cluster] secret_file {path} is empty")
+    return Secret(text)

@@ -1,0 +1,1 @@
+"""IM features, one module per RFC section or XEP; each registers handlers with the router."""

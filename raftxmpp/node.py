@@ -1,0 +1,165 @@
+"""Composition root: builds one node from its config and runs it in one nursery.
+
+Start-up order matters for clear errors: the data dir is checked and locked, every
+listening port is bound, and only then does pysyncobj start (it would otherwise
+retry a busy port forever). Every failure before the node is up is a
+`NodeStartError` with a one-line message; the CLI prints it and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from raftxmpp import __version__, tls
+from raftxmpp.admin import server as admin_server
+from raftxmpp.c2s import listener as c2s_listener
+from raftxmpp.cluster.raft import RaftNode, RaftUnavailable, load_or_create_local_secret
+from raftxmpp.cluster.store import Store
+from raftxmpp.config import Address, Config, ConfigError
+from raftxmpp.routing.router import Router
+
+log = logging.getLogger("raftxmpp.node")
+
+
+class NodeStartError(Exception):
+    """The node cannot start; the message says why on one line."""
+
+
+class Node:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.raft: RaftNode | None = None
+        self.store: Store | None = None
+        self.router: Router | None = None
+        self._stop = trio.Event()
+        self._lock_fd: int | None = None
+        self.ssl_context = None
+        self.certificate_der = b""
+
+    # -- queries used by the admin API and the XMPP layer ------------------------------------
+
+    def served_hosts(self) -> set[str]:
+        hosts = set(self.config.node.hosts)
+        if self.store is not None:
+            hosts |= self.store.hosts()
+        return hosts
+
+    def status(self) -> dict[str, Any]:
+        raft = self.raft.status() if self.raft else {}
+        return {
+            "node": self.config.node.name,
+            "version": __version__,
+            "hosts": sorted(self.served_hosts()),
+            "data_dir": str(self.config.node.data_dir),
+            "sessions": self.router.sessions.local_count() if self.router else 0,
+            "raft": raft,
+        }
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        data_dir = self._prepare_data_dir(cfg.node.data_dir)
+        self._setup_tls(data_dir)
+        listeners = await self._open_listeners()
+        secret = cfg.cluster_secret() or load_or_create_local_secret(data_dir)
+        self.raft = RaftNode(cfg.cluster, data_dir, secret)
+        self.store = Store(self.raft, cfg.c2s.scram_iterations)
+        self.router = Router(self)
+        try:
+            self.raft.start()
+        except OSError as exc:
+            raise NodeStartError(f"cannot listen on raft address {cfg.cluster.raft}: "
+                                 f"{exc.strerror}") from None
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(admin_server.serve, self)
+                for listener, direct_tls in listeners:
+                    nursery.start_soon(c2s_listener.serve, self, listener, direct_tls)
+                nursery.start_soon(self._register_hosts)
+                if threading.current_thread() is threading.main_thread():
+                    nursery.start_soon(self._stop_on_signals)
+                log.info("node %s up (raftxmpp %s): hosts %s, data dir %s, raft %s, peers %s",
+                         cfg.node.name, __version__, ", ".join(cfg.node.hosts), data_dir,
+                         cfg.cluster.raft, ", ".join(map(str, cfg.cluster.peers)) or "none")
+                task_status.started(self)
+                await self._stop.wait()
+                log.info("node %s stopping", cfg.node.name)
+                await self.router.sessions.shutdown()
+                nursery.cancel_scope.cancel()
+        finally:
+            await trio.to_thread.run_sync(self.raft.stop)
+            log.info("node %s stopped", cfg.node.name)
+
+    def _prepare_data_dir(self, data_dir: Path) -> Path:
+        try:
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            probe = data_dir / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+            self._lock_fd = os.open(data_dir / "node.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise NodeStartError(f"data dir {data_dir} is not writable: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NodeStartError(f"another node is running with data dir {data_dir}") from None
+        return data_dir
+
+    def _setup_tls(self, data_dir: Path) -> None:
+        cert, key = self.config.tls.certificate, self.config.tls.key
+        if cert is None or key is None:
+            cert, key = tls.ensure_certificate(data_dir, self.config.node.hosts)
+            log.info("using the self-signed certificate in %s", cert.parent)
+        try:
+            self.ssl_context = tls.server_context(cert, key)
+            self.certificate_der = tls.certificate_der(cert)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"[tls] cannot load {cert} / {key}: {exc}") from None
+
+    async def _open_listeners(self) -> list[tuple[trio.SocketListener, bool]]:
+        c2s = self.config.c2s
+        wanted = [(c2s.listen, False), (c2s.tls_listen, True)]
+        listeners = []
+        for address, direct_tls in wanted:
+            if address is not None:
+                listeners.append((await _listen(address, "c2s"), direct_tls))
+        return listeners
+
+    async def _register_hosts(self) -> None:
+        """Puts this node's configured hosts into the replicated set of served hosts."""
+        missing = set(self.config.node.hosts) - self.store.hosts()
+        for host in sorted(missing):
+            while True:
+                try:
+                    await self.store.host_add(host)
+                    break
+                except RaftUnavailable:
+                    await trio.sleep(1)
+
+    async def _stop_on_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                self.request_stop()
+                return
+
+
+async def _listen(address: Address, what: str) -> trio.SocketListener:
+    try:
+        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+    except OSError as exc:
+        reason = "port in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise NodeStartError(f"cannot listen for {what} on {address}: {reason}") from None
+    return listeners[0]

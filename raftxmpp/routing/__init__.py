@@ -1,0 +1,1 @@
+"""Routing: router, local router, session manager, component manager, s2s manager."""

@@ -1,0 +1,143 @@
+"""Router: the first decision for every stanza — which domain is it for?
+
+A host this cluster serves → the local router; a registered component domain →
+the component manager; anything else → the s2s manager. Modules register their
+handlers here, by (stanza kind, namespace), the way Prosody and ejabberd do, so
+adding a XEP never means editing the router.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from raftxmpp.cluster.raft import RaftUnavailable
+from raftxmpp.cluster.store import StoreError
+from raftxmpp.jid import JID, InvalidJID
+from raftxmpp.routing.components import ComponentManager
+from raftxmpp.routing.local import MESSAGE, LocalRouter
+from raftxmpp.routing.s2s import S2SManager
+from raftxmpp.routing.sessions import LocalSession, SessionManager
+from raftxmpp.xml.errors import StanzaError, can_reply_with_error, error_reply
+
+if TYPE_CHECKING:
+    from raftxmpp.node import Node
+
+log = logging.getLogger("raftxmpp.router")
+
+MODULES = (
+    "roster",
+    "presence",
+    "offline",
+    "disco",
+    "ping",
+    "version",
+    "entity_time",
+    "vcard",
+    "private",
+    "blocking",
+    "carbons",
+    "register",
+    "last",
+)
+
+
+@dataclass
+class IqRequest:
+    """An IQ get/set addressed to the server or to an account it serves."""
+
+    stanza: etree._Element
+    payload: etree._Element
+    sender: LocalSession | None
+    from_jid: JID
+    to_jid: JID  # the account (bare) or the server domain
+    router: Router
+    replied: bool = False  # the handler answered itself (e.g. before closing the session)
+
+
+IqHandler = Callable[[IqRequest], Awaitable[etree._Element | None]]
+Hook = Callable[..., Awaitable[None]]
+
+
+class Router:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.config = node.config
+        self.sessions = SessionManager()
+        self.local = LocalRouter(self)
+        self.components = ComponentManager(self)
+        self.s2s = S2SManager(self)
+        # (scope, type, namespace) → handler; scope is "server" or "account".
+        self.iq_handlers: dict[tuple[str, str, str], IqHandler] = {}
+        self.hooks: dict[str, list[Hook]] = {}
+        self.server_features: set[str] = set()
+        # Called for every message a client sends (message carbons, XEP-0280).
+        self.sent_hook: Callable[[etree._Element, LocalSession], None] | None = None
+        self.stream_features: list[Callable[[LocalSession | None], etree._Element | None]] = []
+        self.modules = {name: importlib.import_module(f"raftxmpp.modules.{name}") for name in MODULES}
+        for module in self.modules.values():
+            module.setup(self)
+
+    @property
+    def store(self):
+        return self.node.store
+
+    def served_hosts(self) -> set[str]:
+        return self.node.served_hosts()
+
+    # -- registration, for modules -------------------------------------------------------------------
+
+    def register_iq(self, scope: str, iq_type: str, namespace: str, handler: IqHandler) -> None:
+        self.iq_handlers[(scope, iq_type, namespace)] = handler
+
+    def add_hook(self, name: str, hook: Hook) -> None:
+        self.hooks.setdefault(name, []).append(hook)
+
+    async def run_hooks(self, name: str, *args) -> None:
+        for hook in self.hooks.get(name, ()):
+            await hook(*args)
+
+    # -- routing ---------------------------------------------------------------------------------------
+
+    async def route_from_client(self, stanza: etree._Element, session: LocalSession) -> None:
+        """A stanza a bound client sent: stamp its full JID as 'from' (RFC 6120 §8.1.2.1), route."""
+        stanza.set("from", session.full_jid)
+        if self.sent_hook is not None and stanza.tag == MESSAGE:
+            self.sent_hook(stanza, session)
+        try:
+            await self.route(stanza, session)
+        except StanzaError as exc:
+            self.bounce(stanza, exc, session)
+        except StoreError as exc:
+            self.bounce(stanza, StanzaError(exc.condition, text=exc.text or None), session)
+        except RaftUnavailable:
+            self.bounce(stanza, StanzaError("resource-constraint", type="wait",
+                                            text="the cluster cannot commit now; try again"),
+                        session)
+
+    async def route(self, stanza: etree._Element, sender: LocalSession | None) -> None:
+        to = stanza.get("to")
+        target = None
+        if to is not None:
+            try:
+                target = JID.parse(to)
+            except InvalidJID:
+                raise StanzaError("jid-malformed") from None
+        if target is None or target.domain in self.served_hosts():
+            await self.local.route(stanza, target, sender)
+        elif self.components.serves(target.domain):
+            await self.components.route(stanza, target, sender)
+        else:
+            await self.s2s.route(stanza, target, sender)
+
+    def bounce(self, stanza: etree._Element, error: StanzaError,
+               session: LocalSession | None) -> None:
+        """Returns an error to the sender of a stanza, unless it was an error itself."""
+        if session is None or not can_reply_with_error(stanza):
+            return
+        session.send_stanza(error_reply(stanza, error))

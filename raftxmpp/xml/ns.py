@@ -1,0 +1,41 @@
+"""XML namespace names used on XMPP streams, spelled once.
+
+Core names come from RFC 6120; the rest from RFC 6121 and the XEPs each line names.
+"""
+
+from __future__ import annotations
+
+# RFC 6120: streams, stream and stanza errors, negotiation.
+STREAM = "http://etherx.jabber.org/streams"
+CLIENT = "jabber:client"
+SERVER = "jabber:server"
+COMPONENT = "jabber:component:accept"  # XEP-0114
+STREAMS_ERR = "urn:ietf:params:xml:ns:xmpp-streams"
+STANZAS_ERR = "urn:ietf:params:xml:ns:xmpp-stanzas"
+TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+SESSION = "urn:ietf:params:xml:ns:xmpp-session"  # RFC 3921, kept for old clients
+XML = "http://www.w3.org/XML/1998/namespace"
+
+# RFC 6121: roster and presence stream features.
+ROSTER = "jabber:iq:roster"
+ROSTERVER = "urn:xmpp:features:rosterver"
+PREAPPROVAL = "urn:xmpp:features:pre-approval"
+
+# XEPs.
+REGISTER = "jabber:iq:register"  # XEP-0077
+REGISTER_FEATURE = "http://jabber.org/features/iq-register"  # XEP-0077
+DISCO_INFO = "http://jabber.org/protocol/disco#info"  # XEP-0030
+DISCO_ITEMS = "http://jabber.org/protocol/disco#items"  # XEP-0030
+PING = "urn:xmpp:ping"  # XEP-0199
+VERSION = "jabber:iq:version"  # XEP-0092
+TIME = "urn:xmpp:time"  # XEP-0202
+VCARD = "vcard-temp"  # XEP-0054
+PRIVATE = "jabber:iq:private"  # XEP-0049
+BLOCKING = "urn:xmpp:blocking"  # XEP-0191
+CARBONS = "urn:xmpp:carbons:2"  # XEP-0280
+FORWARD = "urn:xmpp:forward:0"  # XEP-0297
+DELAY = "urn:xmpp:delay"  # XEP-0203
+CAPS = "http://jabber.org/protocol/caps"  # XEP-0115
+LAST = "jabber:iq:last"  # XEP-0012

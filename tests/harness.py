@@ -1,0 +1,156 @@
+"""Real node processes for tests: configs on ephemeral ports, start, kill -9, restart.
+
+Every wait is a poll with a deadline on something observable (the admin socket, the
+Raft status), never a bare sleep; every process started is killed at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from raftxmpp.admin.client import AdminClientError, call
+
+SECRET = "test-cluster-secret-0123456789abcdef"
+
+
+def free_ports(count: int) -> list[int]:
+    sockets, ports = [], []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sockets.append(s)
+        ports.append(s.getsockname()[1])
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (AdminClientError, OSError, KeyError) as exc:
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+class NodeProcess:
+    def __init__(self, base: Path, name: str, ports: dict[str, int], peers: list[int],
+                 extra: str = "") -> None:
+        self.name = name
+        self.dir = base / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.dir / "data"
+        self.ports = ports
+        self.config_path = self.dir / "node.toml"
+        self.log_path = self.dir / "node.log"
+        self.raft_address = f"127.0.0.1:{ports['raft']}"
+        secret = f'secret = "{SECRET}"' if peers else ""
+        peer_list = ", ".join(f'"127.0.0.1:{p}"' for p in peers)
+        self.config_path.write_text(f"""
+[node]
+name = "{name}"
+data_dir = "{self.data_dir}"
+hosts = ["localhost"]
+
+[cluster]
+raft = "127.0.0.1:{ports['raft']}"
+peers = [{peer_list}]
+link = "127.0.0.1:{ports['link']}"
+{secret}
+
+[c2s]
+listen = "127.0.0.1:{ports['c2s']}"
+tls_listen = "127.0.0.1:{ports['c2s_tls']}"
+registration = true
+{extra}
+""")
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def c2s_port(self) -> int:
+        return self.ports["c2s"]
+
+    def start(self) -> NodeProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "raftxmpp_cli.main", "node", "start", "--config",
+                 str(self.config_path)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        wait_for(self._up, 20, f"{self.name} to open its admin socket")
+        return self
+
+    def _up(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.log()}")
+        return bool(self.admin("node.status"))
+
+    def admin(self, cmd: str, **args: Any) -> Any:
+        return call(self.data_dir, cmd, timeout=15, **args)
+
+    def status(self) -> dict:
+        return self.admin("node.status")["raft"]
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                self.process.wait(timeout=15)
+
+    def stop(self) -> int:
+        """Graceful stop (SIGTERM); returns the exit code."""
+        self.kill(signal.SIGTERM)
+        return self.process.returncode
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Cluster:
+    def __init__(self, base: Path, size: int, extra: str = "") -> None:
+        ports = free_ports(size * 4)
+        self.raft_ports = ports[:size]
+        self.nodes = []
+        for i in range(size):
+            node_ports = {"raft": ports[i], "link": ports[size + i],
+                          "c2s": ports[2 * size + i], "c2s_tls": ports[3 * size + i]}
+            peers = [p for j, p in enumerate(self.raft_ports) if j != i]
+            self.nodes.append(NodeProcess(base, f"node{i + 1}", node_ports, peers, extra))
+
+    def start(self) -> Cluster:
+        for node in self.nodes:
+            node.start()
+        return self
+
+    def leader(self, timeout: float = 20) -> NodeProcess:
+        """The node every live member agrees leads, once they agree."""
+        def agreed():
+            live = [n for n in self.nodes if n.alive()]
+            leaders = {n.status().get("leader") for n in live}
+            if len(leaders) == 1 and None not in leaders:
+                address = leaders.pop()
+                return next((n for n in live if n.raft_address == address), None)
+            return None
+
+        return wait_for(agreed, timeout, "the live nodes to agree on a leader")
+
+    def kill_all(self) -> None:
+        for node in self.nodes:
+            node.kill()

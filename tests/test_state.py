@@ -1,0 +1,284 @@
+"""The replicated state machine's apply, without Raft: every command, retries, snapshots."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import pickle
+
+import pytest
+
+from raftxmpp import credentials
+from raftxmpp.cluster import state as sm
+from raftxmpp.cluster.state import ClusterState
+
+_ids = itertools.count()
+CREDS = credentials.derive("secret-pw", 4096)
+
+
+def cmd(op: str, **args) -> dict:
+    return {"v": sm.VERSION, "id": f"test:{next(_ids)}", "ts": 1700000000.0, "op": op, **args}
+
+
+@pytest.fixture
+def state() -> ClusterState:
+    s = ClusterState()
+    for jid in ("alice@example.com", "bob@example.com"):
+        assert s.apply(cmd("register", jid=jid, credentials=CREDS))[0] == "ok"
+    return s
+
+
+def ok(result):
+    assert result[0] == "ok", result
+    return result[1]
+
+
+def err(result) -> str:
+    assert result[0] == "error", result
+    return result[1]
+
+
+def test_register_creates_account_holding_scram_keys_only(state):
+    account = state.accounts["alice@example.com"]
+    assert set(account["credentials"]) == {"SCRAM-SHA-1", "SCRAM-SHA-256"}
+    assert b"secret-pw" not in pickle.dumps(state.snapshot())
+
+
+def test_register_of_existing_account_is_conflict(state):
+    assert err(state.apply(cmd("register", jid="alice@example.com", credentials=CREDS))) == "conflict"
+
+
+def test_register_rejects_credentials_that_are_not_scram_keys(state):
+    before = state.digest()
+    assert err(state.apply(cmd("register", jid="carol@example.com", credentials={"pw": "x"}))) == "bad-request"
+    assert state.digest() == before
+
+
+def test_set_credentials_replaces_keys(state):
+    new = credentials.derive("other", 4096)
+    ok(state.apply(cmd("set_credentials", jid="alice@example.com", credentials=new)))
+    assert credentials.verify_password(state.accounts["alice@example.com"]["credentials"], "other")
+    assert err(state.apply(cmd("set_credentials", jid="nobody@example.com", credentials=new))) == "item-not-found"
+
+
+def test_unregister_removes_every_trace_of_the_account(state):
+    jid = "alice@example.com"
+    ok(state.apply(cmd("roster_set", jid=jid, contact="bob@example.com", name="Bob", groups=[])))
+    ok(state.apply(cmd("offline_store", jid=jid, message_id="m1", stanza=b"<message/>")))
+    ok(state.apply(cmd("vcard_set", jid=jid, vcard="<vCard xmlns='vcard-temp'/>")))
+    ok(state.apply(cmd("private_set", jid=jid, key="{x}y", xml="<y xmlns='x'/>")))
+    ok(state.apply(cmd("block", jid=jid, items=["eve@example.com"])))
+    ok(state.apply(cmd("unregister", jid=jid)))
+    for table in (state.accounts, state.rosters, state.offline, state.vcards, state.private,
+                  state.blocklists):
+        assert jid not in table
+
+
+def test_a_retried_command_applies_once_and_returns_the_same_result(state):
+    command = cmd("offline_store", jid="alice@example.com", message_id="m1", stanza=b"<m/>")
+    first = state.apply(command)
+    again = state.apply(copy.deepcopy(command))
+    assert first == again == ("ok", 1)
+    assert len(state.offline["alice@example.com"]) == 1
+
+
+def test_retry_of_a_conflicting_register_returns_the_first_outcome(state):
+    command = cmd("register", jid="carol@example.com", credentials=CREDS)
+    assert state.apply(command) == ("ok", True)
+    assert state.apply(command) == ("ok", True)  # not "conflict": it is the same command
+
+
+def test_dedup_table_is_bounded(monkeypatch, state):
+    monkeypatch.setattr(sm, "DEDUP_CAPACITY", 10)
+    for _ in range(50):
+        state.apply(cmd("barrier"))
+    assert len(state.dedup) == 10
+
+
+@pytest.mark.parametrize("command", [
+    {"op": "barrier"},  # no id
+    {"v": sm.VERSION, "id": "", "op": "barrier"},
+    {"v": 99, "id": "x:1", "op": "barrier"},
+    {"v": sm.VERSION, "id": "x:2", "op": "no-such-op"},
+    {"v": sm.VERSION, "id": "x:3", "op": "register", "jid": "a@b"},  # no credentials
+    {"v": sm.VERSION, "id": "x:4", "op": "roster_set", "jid": 7, "contact": "b@c"},
+    {"v": sm.VERSION, "id": "x:5", "op": "offline_store", "jid": "alice@example.com",
+     "message_id": "m", "stanza": "not bytes"},
+    {"v": sm.VERSION, "id": "x:6", "op": "block", "jid": "alice@example.com", "items": "eve"},
+    "not even a dict",
+])
+def test_bad_commands_are_rejected_and_leave_state_unchanged(state, command):
+    before = state.digest()
+    assert err(state.apply(command)) == "bad-request"
+    assert state.digest() == before
+
+
+def test_snapshot_then_restore_gives_an_equal_state(state):
+    ok(state.apply(cmd("roster_set", jid="alice@example.com", contact="bob@example.com",
+                       name="Bob", groups=["Friends"])))
+    ok(state.apply(cmd("block", jid="bob@example.com", items=["eve@example.com"])))
+    ok(state.apply(cmd("component_add", domain="muc.example.com", secret_hash=b"h" * 32)))
+    ok(state.apply(cmd("host_add", host="example.com")))
+    restored = ClusterState()
+    restored.restore(pickle.loads(pickle.dumps(state.snapshot())))
+    assert restored.digest() == state.digest()
+    assert restored.applied == state.applied
+    assert restored.dedup == state.dedup
+
+
+def test_restore_refuses_a_snapshot_of_another_version():
+    with pytest.raises(ValueError):
+        ClusterState().restore({"version": 999})
+
+
+def test_digest_is_the_same_for_the_same_commands_in_the_same_order():
+    commands = [cmd("host_add", host="a"), cmd("register", jid="x@a", credentials=CREDS)]
+    one, two = ClusterState(), ClusterState()
+    for c in commands:
+        one.apply(c)
+        two.apply(copy.deepcopy(c))
+    assert one.digest() == two.digest()
+
+
+# -- roster ---------------------------------------------------------------------------------------
+
+
+def test_roster_set_adds_item_and_bumps_version(state):
+    result = ok(state.apply(cmd("roster_set", jid="alice@example.com", contact="bob@example.com",
+                                name="Bob", groups=["b", "a", "a"])))
+    assert result["ver"] == 1
+    assert result["item"] == {"name": "Bob", "groups": ["a", "b"], "subscription": "none",
+                              "ask": False, "approved": False}
+
+
+def test_roster_set_keeps_subscription_state(state):
+    alice = "alice@example.com"
+    ok(state.apply(cmd("roster_subscription", jid=alice, contact="bob@example.com",
+                       event="out-subscribe")))
+    item = ok(state.apply(cmd("roster_set", jid=alice, contact="bob@example.com", name="B",
+                              groups=[])))["item"]
+    assert item["ask"] is True
+
+
+def test_roster_size_limit_is_enforced(state):
+    alice = "alice@example.com"
+    ok(state.apply(cmd("roster_set", jid=alice, contact="a@x", groups=[], limit=1)))
+    assert err(state.apply(cmd("roster_set", jid=alice, contact="b@x", groups=[], limit=1))) == \
+        "resource-constraint"
+
+
+def test_roster_remove_returns_the_removed_item(state):
+    alice = "alice@example.com"
+    ok(state.apply(cmd("roster_set", jid=alice, contact="bob@example.com", groups=[])))
+    removed = ok(state.apply(cmd("roster_remove", jid=alice, contact="bob@example.com")))
+    assert removed["subscription"] == "none"
+    assert ok(state.apply(cmd("roster_remove", jid=alice, contact="bob@example.com"))) is None
+
+
+def subscribe_step(state, jid, contact, event):
+    return ok(state.apply(cmd("roster_subscription", jid=jid, contact=contact, event=event)))
+
+
+def test_full_subscription_handshake_gives_both(state):
+    """RFC 6121 §3.1: alice subscribes to bob, bob approves and subscribes back."""
+    a, b = "alice@example.com", "bob@example.com"
+    assert subscribe_step(state, a, b, "out-subscribe")["item"]["ask"] is True
+    assert subscribe_step(state, b, a, "in-subscribe")["action"] == "deliver"
+    assert a in state.rosters[b]["pending_in"]
+    assert subscribe_step(state, b, a, "out-subscribed")["item"]["subscription"] == "from"
+    assert subscribe_step(state, a, b, "in-subscribed")["item"] == {
+        "name": None, "groups": [], "subscription": "to", "ask": False, "approved": False}
+    subscribe_step(state, b, a, "out-subscribe")
+    subscribe_step(state, a, b, "in-subscribe")
+    assert subscribe_step(state, a, b, "out-subscribed")["item"]["subscription"] == "both"
+    assert subscribe_step(state, b, a, "in-subscribed")["item"]["subscription"] == "both"
+
+
+def test_subscribed_without_pending_request_is_a_pre_approval(state):
+    """RFC 6121 §3.4: the next subscribe from that contact is approved automatically."""
+    a, b = "alice@example.com", "bob@example.com"
+    step = subscribe_step(state, b, a, "out-subscribed")
+    assert step["action"] == "drop" and step["item"]["approved"] is True
+    auto = subscribe_step(state, b, a, "in-subscribe")
+    assert auto["action"] == "auto-subscribed"
+    assert auto["item"]["subscription"] == "from" and auto["item"]["approved"] is False
+
+
+def test_unsolicited_subscribed_is_dropped(state):
+    step = subscribe_step(state, "alice@example.com", "bob@example.com", "in-subscribed")
+    assert step["action"] == "drop" and step["changed"] is False
+
+
+def test_unsubscribe_and_unsubscribed_take_both_down_to_none(state):
+    a, b = "alice@example.com", "bob@example.com"
+    for jid, contact in ((a, b), (b, a)):
+        subscribe_step(state, jid, contact, "out-subscribe")
+        subscribe_step(state, contact, jid, "in-subscribe")
+        subscribe_step(state, contact, jid, "out-subscribed")
+        subscribe_step(state, jid, contact, "in-subscribed")
+    assert subscribe_step(state, a, b, "out-unsubscribe")["item"]["subscription"] == "from"
+    assert subscribe_step(state, b, a, "in-unsubscribe")["item"]["subscription"] == "to"
+    assert subscribe_step(state, a, b, "out-unsubscribed")["item"]["subscription"] == "none"
+    assert subscribe_step(state, b, a, "in-unsubscribed")["item"]["subscription"] == "none"
+
+
+def test_inbound_subscription_for_a_missing_account_is_dropped(state):
+    step = subscribe_step(state, "ghost@example.com", "bob@example.com", "in-subscribe")
+    assert step["action"] == "drop"
+    assert "ghost@example.com" not in state.rosters
+
+
+# -- offline, vCard, private, blocking, components ----------------------------------------------------
+
+
+def test_offline_queue_respects_its_cap(state):
+    alice = "alice@example.com"
+    ok(state.apply(cmd("offline_store", jid=alice, message_id="1", stanza=b"<a/>", limit=1)))
+    assert err(state.apply(cmd("offline_store", jid=alice, message_id="2", stanza=b"<b/>",
+                               limit=1))) == "resource-constraint"
+
+
+def test_offline_take_hands_the_queue_over_once(state):
+    alice = "alice@example.com"
+    ok(state.apply(cmd("offline_store", jid=alice, message_id="1", stanza=b"<a/>")))
+    ok(state.apply(cmd("offline_store", jid=alice, message_id="2", stanza=b"<b/>")))
+    taken = ok(state.apply(cmd("offline_take", jid=alice)))
+    assert [m["stanza"] for m in taken] == [b"<a/>", b"<b/>"]
+    assert ok(state.apply(cmd("offline_take", jid=alice))) == []
+
+
+def test_offline_store_for_a_missing_account_is_item_not_found(state):
+    assert err(state.apply(cmd("offline_store", jid="nobody@example.com", message_id="1",
+                               stanza=b"<a/>"))) == "item-not-found"
+
+
+def test_vcard_and_private_storage_round_trip(state):
+    alice = "alice@example.com"
+    ok(state.apply(cmd("vcard_set", jid=alice, vcard="<vCard/>")))
+    ok(state.apply(cmd("private_set", jid=alice, key="{ns}x", xml="<x xmlns='ns'/>")))
+    assert state.vcards[alice] == "<vCard/>"
+    assert state.private[alice] == {"{ns}x": "<x xmlns='ns'/>"}
+
+
+def test_block_and_unblock(state):
+    alice = "alice@example.com"
+    assert ok(state.apply(cmd("block", jid=alice, items=["b@x", "c@x"]))) == ["b@x", "c@x"]
+    assert ok(state.apply(cmd("block", jid=alice, items=["b@x"]))) == []
+    assert ok(state.apply(cmd("unblock", jid=alice, items=["b@x"]))) == ["b@x"]
+    assert ok(state.apply(cmd("unblock", jid=alice, items=[]))) == ["c@x"]
+    assert alice not in state.blocklists
+
+
+def test_component_registration_and_removal(state):
+    ok(state.apply(cmd("component_add", domain="muc.example.com", secret_hash=b"s" * 32,
+                       balancing="bare_source", buckets=16)))
+    assert state.components["muc.example.com"]["buckets"] == 16
+    assert err(state.apply(cmd("component_add", domain="x.example.com", secret_hash=b"s" * 32,
+                               balancing="round-robin"))) == "bad-request"
+    assert ok(state.apply(cmd("component_remove", domain="muc.example.com"))) is True
+
+
+def test_a_served_host_cannot_be_a_component(state):
+    ok(state.apply(cmd("host_add", host="example.com")))
+    assert err(state.apply(cmd("component_add", domain="example.com",
+                               secret_hash=b"s" * 32))) == "conflict"
