@@ -77,7 +77,9 @@ def node() -> None:
 @node_options
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Override [log] format.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
-def node_start(config_file, data_dir, log_format, log_level) -> None:
+@click.option("--join", "join", metavar="HOST:PORT",
+              help="Join a running cluster through any member's link address ([cluster] link).")
+def node_start(config_file, data_dir, log_format, log_level, join) -> None:
     """Start a node in the foreground.
 
     With no options: one node serving the domain `localhost`, in-band registration on,
@@ -93,11 +95,23 @@ def node_start(config_file, data_dir, log_format, log_level) -> None:
     cfg = load_config(config_file, data_dir)
     logs.setup(cfg.node.name, log_level or cfg.log.level, log_format or cfg.log.format)
     try:
-        trio.run(Node(cfg).run)
+        trio.run(Node(cfg, join=parse_join(join, cfg)).run)
     except (NodeStartError, ConfigError) as exc:
         raise Fail(str(exc)) from None
     except KeyboardInterrupt:
         pass
+
+
+def parse_join(join: str | None, cfg: config_mod.Config) -> config_mod.Address | None:
+    if join is None:
+        return None
+    try:
+        address = config_mod.Address.parse(join)
+    except ValueError as exc:
+        raise Fail(f"--join: {exc}") from None
+    if cfg.cluster_secret() is None:
+        raise Fail("--join needs the cluster secret in the config ([cluster] secret_file)")
+    return address
 
 
 @node.command("status")
@@ -119,21 +133,22 @@ def node_stop(config_file, data_dir) -> None:
 # -- users -------------------------------------------------------------------------------------
 
 
-def read_password(password_file: Path | None, confirm: bool = True) -> str:
+def read_password(password_file: Path | None, confirm: bool = True, what: str = "password",
+                  option: str = "--password-file") -> str:
     if password_file is not None:
         try:
             lines = password_file.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise Fail(f"cannot read {password_file}: {exc.strerror}") from None
         if not lines or not lines[0]:
-            raise Fail(f"{password_file} holds no password on its first line")
+            raise Fail(f"{password_file} holds no {what} on its first line")
         return lines[0]
     if not sys.stdin.isatty():
         line = sys.stdin.readline().rstrip("\n")
         if not line:
-            raise Fail("no password given (use --password-file or a terminal prompt)")
+            raise Fail(f"no {what} given (use {option} or a terminal prompt)")
         return line
-    return click.prompt("Password", hide_input=True, confirmation_prompt=confirm)
+    return click.prompt(what.capitalize(), hide_input=True, confirmation_prompt=confirm)
 
 
 @main.group()
@@ -182,12 +197,75 @@ def user_list(host, as_json, config_file, data_dir) -> None:
     emit(accounts, as_json, lambda r: [click.echo(j) for j in r])
 
 
+@user.command("sessions")
+@click.argument("jid")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@node_options
+def user_sessions(jid, as_json, config_file, data_dir) -> None:
+    """List the sessions of the account JID: full JID, priority, availability, node."""
+    sessions = admin(config_file, data_dir, "user.sessions", jid=jid)
+    emit(sessions, as_json, lambda rows: render_table(
+        rows, [("FULL JID", "full_jid"), ("PRIORITY", "priority"),
+               ("AVAILABILITY", "availability"), ("NODE", "node")],
+        empty=f"{jid} has no session"))
+
+
+@user.command("kick")
+@click.argument("jid")
+@node_options
+def user_kick(jid, config_file, data_dir) -> None:
+    """End every session of the account JID, or the one session of a full JID.
+
+    Each client gets the stream error <policy-violation/> "kicked by an administrator".
+    The account stays: a client may log in again (change the password or remove the
+    account to keep it out).
+    """
+    kicked = admin(config_file, data_dir, "user.kick", jid=jid)
+    if not kicked:
+        click.echo(f"{jid} has no session")
+    for full_jid in kicked:
+        click.echo(f"kicked {full_jid}")
+
+
+def render_table(rows: list[dict], columns: list[tuple[str, str]], empty: str) -> None:
+    """Left-aligned columns as wide as their widest cell, for people to read."""
+    if not rows:
+        click.echo(empty)
+        return
+    cells = [[str(row.get(key, "")) for _, key in columns] for row in rows]
+    widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (title, _) in enumerate(columns)]
+    for line in [[title for title, _ in columns], *cells]:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+                   .rstrip())
+
+
 # -- cluster -----------------------------------------------------------------------------------
 
 
 @main.group()
 def cluster() -> None:
     """Inspect and change the cluster."""
+
+
+@cluster.command("add-peer")
+@click.argument("address")
+@node_options
+def cluster_add_peer(address, config_file, data_dir) -> None:
+    """Add the node whose Raft address is ADDRESS (HOST:PORT), before starting it.
+
+    Run against any member. Then start the new node with the current members as its
+    peers (or start it with `node start --join` instead, which does both).
+    """
+    click.echo(f"added {admin(config_file, data_dir, 'cluster.change', action='add', address=address)}")
+
+
+@cluster.command("remove-peer")
+@click.argument("address")
+@node_options
+def cluster_remove_peer(address, config_file, data_dir) -> None:
+    """Remove the member whose Raft address is ADDRESS, live or dead."""
+    result = admin(config_file, data_dir, "cluster.change", action="remove", address=address)
+    click.echo(f"removed {result}")
 
 
 @cluster.command("status")
@@ -213,6 +291,57 @@ def render_status(status: dict) -> None:
         click.echo(f"{member:<24} {role:<10} {mark:<9}")
 
 
+# -- components ----------------------------------------------------------------------------------
+
+BALANCING_POLICIES = ("random", "source", "destination", "bare_source", "bare_destination")
+
+
+@main.group()
+def component() -> None:
+    """Register external components (XEP-0114) cluster-wide."""
+
+
+@component.command("add")
+@click.argument("domain")
+@click.option("--secret-file", type=click.Path(path_type=Path),
+              help="Read the shared secret from the first line of this file (else prompt, or stdin).")
+@click.option("--balancing", type=click.Choice(BALANCING_POLICIES), default="random",
+              show_default=True, help="How traffic is spread over several live instances.")
+@click.option("--buckets", type=click.IntRange(0, 65536), default=0, show_default=True,
+              help="Fixed bucket count that keeps the mapping stable when an instance dies (0: none).")
+@node_options
+def component_add(domain, secret_file, balancing, buckets, config_file, data_dir) -> None:
+    """Register the component DOMAIN, or update its secret and balancing.
+
+    The secret is stored sealed with the cluster secret, never in the clear: after a
+    change of the cluster secret, add every component again.
+    """
+    secret = read_password(secret_file, what="secret", option="--secret-file")
+    result = admin(config_file, data_dir, "component.add", domain=domain, secret=secret,
+                   balancing=balancing, buckets=buckets)
+    click.echo(f"{'registered' if result['created'] else 'updated'} {result['domain']} "
+               f"(balancing {result['balancing']}, buckets {result['buckets']})")
+
+
+@component.command("remove")
+@click.argument("domain")
+@node_options
+def component_remove(domain, config_file, data_dir) -> None:
+    """Unregister the component DOMAIN; its instances are refused from then on."""
+    click.echo(f"removed {admin(config_file, data_dir, 'component.remove', domain=domain)}")
+
+
+@component.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@node_options
+def component_list(as_json, config_file, data_dir) -> None:
+    """List registered components (as committed cluster-wide), without their secrets."""
+    components = admin(config_file, data_dir, "component.list")
+    emit(components, as_json, lambda rows: render_table(
+        rows, [("DOMAIN", "domain"), ("BALANCING", "balancing"), ("BUCKETS", "buckets")],
+        empty="no component registered"))
+
+
 # -- config ------------------------------------------------------------------------------------
 
 
@@ -223,9 +352,19 @@ def config_group() -> None:
 
 @config_group.command("check")
 @click.argument("file", type=click.Path(path_type=Path))
-def config_check(file) -> None:
-    """Validate FILE without starting a node."""
-    cfg = load_config(file, None)
+@click.option("--skip-files", is_flag=True,
+              help="Do not read the files FILE names (secret_file): for checking a config "
+                   "away from the host it is meant for.")
+def config_check(file, skip_files) -> None:
+    """Validate FILE without starting a node.
+
+    Certificate and key files are not opened here: `node start` loads them and says
+    which one fails.
+    """
+    try:
+        cfg = config_mod.load(file, read_files=not skip_files)
+    except ConfigError as exc:
+        raise Fail(str(exc)) from None
     click.echo(f"{file}: ok (node {cfg.node.name}, hosts {', '.join(cfg.node.hosts)}, "
                f"{len(cfg.cluster.peers) + 1} raft member(s))")
 

@@ -90,6 +90,11 @@ class C2SSection:
     max_stanza_size: int = 262144
     registration: bool = False
     scram_iterations: int = 4096
+    # Hostile-input bounds (raftxmpp.xml.framer, raftxmpp.c2s.connection).
+    max_stanza_depth: int = 64  # element nesting, the stanza itself being level 1
+    max_idle_whitespace: int = 1048576  # whitespace bytes between two stanzas (keepalives)
+    pre_auth_timeout: float = 60.0  # seconds to authenticate and bind
+    send_timeout: float = 30.0  # a write blocked longer than this ends a slow client
 
 
 @dataclass(frozen=True)
@@ -103,12 +108,30 @@ class LimitsSection:
     offline_queue: int = 100
     resources_per_account: int = 10
     roster_size: int = 1000
+    # Per client address (raftxmpp.c2s.limits); 0 switches a limit off.
+    connections_per_ip: int = 100
+    pre_auth_connections_per_ip: int = 20
+    connection_rate_per_ip: float = 20.0  # new connections a second (token bucket) …
+    connection_burst_per_ip: int = 40  # … of this size
+    c2s_read_rate: int = 102400  # bytes a second each client session may send …
+    c2s_read_burst: int = 524288  # … of this burst; past it the node stops reading
+    auth_failures_per_ip: int = 20  # failed logins, then <temporary-auth-failure/> …
+    auth_failures_per_account: int = 10
+    auth_failure_window: float = 600.0  # … until the counter drains over this many seconds
+    # Not limited per address: a local load generator or TCP proxy speaks for many users.
+    exempt_ips: tuple[str, ...] = ("127.0.0.0/8", "::1")
 
 
 @dataclass(frozen=True)
 class LogSection:
     level: str = "info"
     format: str = "text"
+
+
+@dataclass(frozen=True)
+class HTTPSection:
+    # Metrics and health checks (raftxmpp.http); "" in the file turns it off.
+    listen: Address | None = Address("127.0.0.1", 5280)
 
 
 @dataclass(frozen=True)
@@ -119,6 +142,7 @@ class Config:
     tls: TLSSection = field(default_factory=TLSSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     log: LogSection = field(default_factory=LogSection)
+    http: HTTPSection = field(default_factory=HTTPSection)
     source: str = "<embedded default>"
 
     @property
@@ -139,8 +163,11 @@ def embedded_default(data_dir: Path | None = None) -> Config:
     return Config(node=node, c2s=C2SSection(registration=True))
 
 
-def load(path: Path, data_dir: Path | None = None) -> Config:
-    """Reads and validates a TOML file; raises ConfigError with a one-line message."""
+def load(path: Path, data_dir: Path | None = None, read_files: bool = True) -> Config:
+    """Reads and validates a TOML file; raises ConfigError with a one-line message.
+
+    read_files=False leaves files the config names (secret_file) unread: for checking
+    a config on another machine than the node's."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -149,11 +176,13 @@ def load(path: Path, data_dir: Path | None = None) -> Config:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return from_dict(raw, source=str(path), base_dir=path.parent, data_dir=data_dir)
+    return from_dict(raw, source=str(path), base_dir=path.parent, data_dir=data_dir,
+                     read_files=read_files)
 
 
 def from_dict(
-    raw: dict, source: str, base_dir: Path, data_dir: Path | None = None
+    raw: dict, source: str, base_dir: Path, data_dir: Path | None = None,
+    read_files: bool = True,
 ) -> Config:
     sections: dict[str, object] = {}
     for f in dataclasses.fields(Config):
@@ -170,7 +199,7 @@ def from_dict(
     config = Config(**sections, source=source)  # type: ignore[arg-type]
     if data_dir is not None:
         config = dataclasses.replace(config, node=dataclasses.replace(config.node, data_dir=data_dir))
-    _check(config)
+    _check(config, read_files)
     return config
 
 
@@ -181,6 +210,7 @@ _SECTION_TYPES = {
     "tls": TLSSection,
     "limits": LimitsSection,
     "log": LogSection,
+    "http": HTTPSection,
 }
 
 
@@ -202,6 +232,8 @@ def _convert(hint, value, base_dir: Path):
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value == "" and len(options) < len(typing.get_args(hint)):
+            return None  # an optional key set to "" is switched off
         return _convert(options[0], value, base_dir)
     if origin is tuple:
         if not isinstance(value, list):
@@ -234,7 +266,7 @@ def _convert(hint, value, base_dir: Path):
     return value
 
 
-def _check(config: Config) -> None:
+def _check(config: Config, read_files: bool = True) -> None:
     source = config.source
     if not config.node.hosts:
         raise ConfigError(f"{source}: [node] hosts must name at least one domain")
@@ -246,11 +278,11 @@ def _check(config: Config) -> None:
         raise ConfigError(f"{source}: [cluster] peers must not include this node's raft address")
     if config.cluster.secret is not None and config.cluster.secret_file is not None:
         raise ConfigError(f"{source}: [cluster] set secret or secret_file, not both")
-    if config.is_multi_node and config.cluster_secret() is None:
+    if config.is_multi_node and config.cluster.secret is None and config.cluster.secret_file is None:
         raise ConfigError(
             f"{source}: [cluster] a multi-node cluster needs a shared secret (secret_file or secret)"
         )
-    secret = config.cluster_secret()
+    secret = config.cluster_secret() if read_files else config.cluster.secret
     if secret is not None and len(secret) < 16:
         raise ConfigError(f"{source}: [cluster] the cluster secret must be at least 16 characters")
     if (config.tls.certificate is None) != (config.tls.key is None):
@@ -259,11 +291,35 @@ def _check(config: Config) -> None:
         raise ConfigError(f"{source}: [c2s] scram_iterations must be at least 4096 (RFC 7677)")
     if config.c2s.listen is None and config.c2s.tls_listen is None:
         raise ConfigError(f"{source}: [c2s] needs listen or tls_listen")
+    _check_limits(config)
     lo, hi = config.cluster.election_timeout_min, config.cluster.election_timeout_max
     if not 3 * config.cluster.heartbeat_period < lo < hi:
         raise ConfigError(
             f"{source}: [cluster] need 3 × heartbeat_period < election_timeout_min < election_timeout_max"
         )
+
+
+def _check_limits(config: Config) -> None:
+    """[c2s] input bounds and [limits]: the values the connection code trusts."""
+    source, c2s, limits = config.source, config.c2s, config.limits
+    for key in ("max_stanza_size", "max_stanza_depth", "max_idle_whitespace"):
+        if getattr(c2s, key) < 1:
+            raise ConfigError(f"{source}: [c2s] {key} must be at least 1")
+    for key in ("pre_auth_timeout", "send_timeout"):
+        if getattr(c2s, key) <= 0:
+            raise ConfigError(f"{source}: [c2s] {key} must be positive")
+    if limits.connection_rate_per_ip > 0 and limits.connection_burst_per_ip < 1:
+        raise ConfigError(f"{source}: [limits] connection_burst_per_ip must be at least 1")
+    if limits.c2s_read_rate > 0 and limits.c2s_read_burst < 1:
+        raise ConfigError(f"{source}: [limits] c2s_read_burst must be at least 1")
+    if limits.auth_failure_window <= 0:
+        raise ConfigError(f"{source}: [limits] auth_failure_window must be positive")
+    for text in limits.exempt_ips:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ConfigError(f"{source}: [limits] exempt_ips: {text!r} is not an address "
+                              "or network") from None
 
 
 def _read_secret_file(path: Path, source: str) -> Secret:

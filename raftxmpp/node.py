@@ -8,6 +8,7 @@ retry a busy port forever). Every failure before the node is up is a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -19,9 +20,10 @@ from typing import Any
 
 import trio
 
-from raftxmpp import __version__, tls
+from raftxmpp import __version__, http, tls
 from raftxmpp.admin import server as admin_server
 from raftxmpp.c2s import listener as c2s_listener
+from raftxmpp.cluster import membership
 from raftxmpp.cluster.raft import RaftNode, RaftUnavailable, load_or_create_local_secret
 from raftxmpp.cluster.store import Store
 from raftxmpp.config import Address, Config, ConfigError
@@ -35,8 +37,12 @@ class NodeStartError(Exception):
 
 
 class Node:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, join: Address | None = None) -> None:
         self.config = config
+        self.join = join  # a member's link address to ask for admission (`--join`)
+        self.cluster: membership.ClusterMembership | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
         self.raft: RaftNode | None = None
         self.store: Store | None = None
         self.router: Router | None = None
@@ -61,6 +67,9 @@ class Node:
             "hosts": sorted(self.served_hosts()),
             "data_dir": str(self.config.node.data_dir),
             "sessions": self.router.sessions.local_count() if self.router else 0,
+            "sessions_by_node": self.router.sessions.count_by_node() if self.router else {},
+            "gossip": self.cluster.gossip.nodes() if self.cluster else {},
+            "removed": bool(self.cluster and self.cluster.removed),
             "raft": raft,
         }
 
@@ -74,20 +83,30 @@ class Node:
         data_dir = self._prepare_data_dir(cfg.node.data_dir)
         self._setup_tls(data_dir)
         listeners = await self._open_listeners()
+        http_listener = await _listen(cfg.http.listen, "http") if cfg.http.listen else None
+        link_listener = await _listen(cfg.cluster.link, "node links")
         secret = cfg.cluster_secret() or load_or_create_local_secret(data_dir)
-        self.raft = RaftNode(cfg.cluster, data_dir, secret)
-        self.store = Store(self.raft, cfg.c2s.scram_iterations)
+        self._token = trio.lowlevel.current_trio_token()
+        self.raft = RaftNode(cfg.cluster, data_dir, secret, on_applied=self._on_applied)
+        self.store = Store(self.raft, cfg.c2s.scram_iterations,
+                           refuse_writes=lambda: bool(self.cluster and self.cluster.removed))
         self.router = Router(self)
+        self.cluster = membership.ClusterMembership(self, secret)
+        peers = await self._initial_peers(data_dir)
         try:
-            self.raft.start()
+            self.raft.start(peers)
         except OSError as exc:
             raise NodeStartError(f"cannot listen on raft address {cfg.cluster.raft}: "
                                  f"{exc.strerror}") from None
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 await nursery.start(admin_server.serve, self)
+                await nursery.start(self.cluster.run, link_listener)
                 for listener, direct_tls in listeners:
                     nursery.start_soon(c2s_listener.serve, self, listener, direct_tls)
+                if http_listener is not None:
+                    nursery.start_soon(http.serve, self, http_listener)
                 nursery.start_soon(self._register_hosts)
                 if threading.current_thread() is threading.main_thread():
                     nursery.start_soon(self._stop_on_signals)
@@ -102,6 +121,39 @@ class Node:
         finally:
             await trio.to_thread.run_sync(self.raft.stop)
             log.info("node %s stopped", cfg.node.name)
+
+    async def _initial_peers(self, data_dir: Path) -> list[str] | None:
+        """Raft peers: the config's, else those a `--join` got now or on an earlier start."""
+        if self.join is not None:
+            request = {"name": self.config.node.name, "raft": str(self.config.cluster.raft),
+                       "link": str(self.config.cluster.link)}
+            try:
+                peers = await membership.join(self.cluster.links, self.join, request, data_dir)
+            except (OSError, membership.MembershipError, trio.TooSlowError,
+                    membership.LinkError, ValueError, KeyError) as exc:
+                raise NodeStartError(f"cannot join through {self.join}: {exc}") from None
+            log.info("joined the cluster through %s: peers %s", self.join, ", ".join(peers))
+            return peers
+        if not self.config.cluster.peers:
+            return membership.remembered_peers(data_dir)
+        return None
+
+    def _on_applied(self, command: dict, result: tuple) -> None:
+        """Raft thread: after an offline message commits, a session here may want it now.
+
+        This settles the race of RFC 6121 offline storage against a login on another
+        node: whichever comes second, the queue is taken (once, through Raft) by the
+        node holding an available session.
+        """
+        if command.get("op") == "offline_store" and result[0] == "ok" and self._token:
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._offline_stored, command["jid"])
+
+    def _offline_stored(self, jid: str) -> None:
+        targets = [s for s in self.router.sessions.available_local(jid) if s.priority >= 0]
+        if targets and self._nursery is not None:
+            offline = self.router.modules["offline"]
+            self._nursery.start_soon(offline.deliver_queue, self.router, targets[0])
 
     def _prepare_data_dir(self, data_dir: Path) -> Path:
         try:

@@ -66,6 +66,9 @@ name = "{name}"
 data_dir = "{self.data_dir}"
 hosts = ["localhost"]
 
+[http]
+listen = "127.0.0.1:{ports.get('http', 0)}"
+
 [cluster]
 raft = "127.0.0.1:{ports['raft']}"
 peers = [{peer_list}]
@@ -84,11 +87,12 @@ registration = true
     def c2s_port(self) -> int:
         return self.ports["c2s"]
 
-    def start(self) -> NodeProcess:
+    def start(self, *args: str) -> NodeProcess:
+        """Starts `raftxmpp node start --config ...` with extra command-line `args`."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "raftxmpp_cli.main", "node", "start", "--config",
-                 str(self.config_path)],
+                 str(self.config_path), *args],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         wait_for(self._up, 20, f"{self.name} to open its admin socket")
@@ -125,12 +129,13 @@ registration = true
 
 class Cluster:
     def __init__(self, base: Path, size: int, extra: str = "") -> None:
-        ports = free_ports(size * 4)
+        ports = free_ports(size * 5)
         self.raft_ports = ports[:size]
         self.nodes = []
         for i in range(size):
             node_ports = {"raft": ports[i], "link": ports[size + i],
-                          "c2s": ports[2 * size + i], "c2s_tls": ports[3 * size + i]}
+                          "c2s": ports[2 * size + i], "c2s_tls": ports[3 * size + i],
+                          "http": ports[4 * size + i]}
             peers = [p for j, p in enumerate(self.raft_ports) if j != i]
             self.nodes.append(NodeProcess(base, f"node{i + 1}", node_ports, peers, extra))
 

@@ -25,6 +25,7 @@ async def node(tmp_path, nursery):
         base,
         cluster=dataclasses.replace(base.cluster, raft=config_mod.Address("127.0.0.1", raft),
                                     link=config_mod.Address("127.0.0.1", link)),
+        http=dataclasses.replace(base.http, listen=config_mod.Address("127.0.0.1", 0)),
         c2s=dataclasses.replace(base.c2s, listen=config_mod.Address("127.0.0.1", c2s),
                                 tls_listen=config_mod.Address("127.0.0.1", tls),
                                 plaintext_auth_on_loopback=True, max_stanza_size=4096),
@@ -105,7 +106,7 @@ async def expect_stream_error(raw: Raw, condition: str) -> None:
     (HEADER + b"<message>\xff\xfe</message>", "not-well-formed"),
     (HEADER + b"<message><body>" + b"x" * 10000 + b"</body></message>", "policy-violation"),
     (HEADER + b"<message to='bob@localhost'><body>hi</body></message>", "not-authorized"),
-    (HEADER.replace(b"version='1.0'", b"version='2.0'"), "unsupported-version"),
+    (HEADER.replace(b"version='1.0'>", b"version='2.0'>"), "unsupported-version"),
 ], ids=["unknown-host", "server-namespace", "doctype", "comment", "processing-instruction",
         "entity", "malformed", "invalid-utf8", "oversized-stanza", "stanza-before-auth",
         "version-2"])

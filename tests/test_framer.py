@@ -16,7 +16,7 @@ from raftxmpp.xml.framer import (
     StreamOpened,
 )
 from raftxmpp.xml.ns import CLIENT, SERVER, STREAM
-from raftxmpp.xml.stanza import serialize
+from raftxmpp.xml.stanza import STREAM_CLOSE, make, serialize, stream_header
 
 HEADER = (
     b"<?xml version='1.0'?><stream:stream xmlns='jabber:client'"
@@ -26,6 +26,7 @@ HEADER = (
 MESSAGE = b"<message to='romeo@example.net' id='m1'><body>Art thou not Romeo?</body></message>"
 PING = b"<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>"
 CLOSE = b"</stream:stream>"
+THOUSAND_BYTES = b"<message><body>" + b"x" * (1000 - 32) + b"</body></message>"
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?>
 <!DOCTYPE lolz [
@@ -322,10 +323,21 @@ def test_stanza_over_the_size_limit_is_policy_violation() -> None:
     )
 
 
-def test_stanza_within_the_size_limit_is_accepted_even_byte_by_byte() -> None:
-    framer = opened(max_stanza_size=len(MESSAGE))
-    events = [event for byte in MESSAGE for event in framer.feed(bytes([byte]))]
-    assert stanzas(events) == stanzas(opened().feed(MESSAGE))
+def test_stanza_over_the_limit_in_the_same_feed_as_the_header_is_policy_violation() -> None:
+    data = HEADER + b"<message><body>" + b"x" * 10000 + b"</body></message>"
+    assert condition(StreamFramer(max_stanza_size=4096), data) == "policy-violation"
+
+
+def test_stanza_over_the_limit_that_ends_within_a_feed_is_policy_violation() -> None:
+    framer = opened(max_stanza_size=1000)
+    framer.feed(b"<message><body>" + b"x" * 900)
+    assert condition(framer, b"x" * 200 + b"</body></message>" + PING) == "policy-violation"
+
+
+def test_stanza_exactly_at_the_size_limit_is_accepted_even_byte_by_byte() -> None:
+    framer = opened(max_stanza_size=len(THOUSAND_BYTES))
+    events = [event for byte in THOUSAND_BYTES for event in framer.feed(bytes([byte]))]
+    assert stanzas(events) == stanzas(opened().feed(THOUSAND_BYTES))
 
 
 def test_endless_stanza_is_refused_soon_after_the_limit() -> None:
@@ -397,10 +409,10 @@ def test_whitespace_keepalives_produce_no_events() -> None:
 
 
 def test_keepalives_do_not_count_against_the_next_stanza() -> None:
-    framer = opened(max_stanza_size=len(MESSAGE))
+    framer = opened(max_stanza_size=len(THOUSAND_BYTES))
     for _ in range(20000):
         framer.feed(b" ")
-    assert stanzas(framer.feed(MESSAGE)) == stanzas(opened().feed(MESSAGE))
+    assert stanzas(framer.feed(THOUSAND_BYTES)) == stanzas(opened().feed(THOUSAND_BYTES))
 
 
 def test_stream_close_gives_stream_closed() -> None:
@@ -488,6 +500,76 @@ def test_reset_does_not_revive_a_failed_framer() -> None:
     condition(framer, b"<!-- no -->")
     framer.reset()
     assert condition(framer, HEADER) == "restricted-xml"
+
+
+# --- writing the other direction (raftxmpp.xml.stanza) ------------------------------
+
+
+def test_serialize_leaves_out_the_namespace_the_stream_header_declared() -> None:
+    message = make("message", {"to": "juliet@example.com"})
+    body = etree.SubElement(message, f"{{{CLIENT}}}body")
+    body.text = "a < b & c"
+    assert (
+        serialize(message)
+        == b'<message to="juliet@example.com"><body>a &lt; b &amp; c</body></message>'
+    )
+
+
+def test_make_leaves_out_attributes_whose_value_is_none() -> None:
+    assert serialize(make("iq", {"type": "result", "id": None})) == b'<iq type="result"/>'
+
+
+def test_serialize_keeps_other_namespaces() -> None:
+    assert serialize(make("proceed", ns="urn:ietf:params:xml:ns:xmpp-tls")) == (
+        b'<proceed xmlns="urn:ietf:params:xml:ns:xmpp-tls"/>'
+    )
+
+
+def test_stream_namespace_elements_use_the_stream_prefix() -> None:
+    features = make("features", ns=STREAM)
+    etree.SubElement(
+        features,
+        "{urn:ietf:params:xml:ns:xmpp-bind}bind",
+        nsmap={None: "urn:ietf:params:xml:ns:xmpp-bind"},
+    )
+    assert serialize(features) == (
+        b'<stream:features><bind xmlns="urn:ietf:params:xml:ns:xmpp-bind"/></stream:features>'
+    )
+
+
+def test_serialize_never_cuts_namespace_text_inside_an_attribute() -> None:
+    tricky = ' xmlns="jabber:client"'
+    message = make("message", {"id": tricky})
+    (event,) = opened().feed(serialize(message))
+    assert event.element.get("id") == tricky
+
+
+def test_serialized_stanzas_reparse_to_the_same_tree() -> None:
+    originals = opened().feed(MESSAGE + PING + b"<presence><x xmlns='urn:x'><y/></x></presence>")
+    again = opened().feed(b"".join(serialize(event.element) for event in originals))
+    assert [etree.tostring(e.element) for e in again] == [
+        etree.tostring(e.element) for e in originals
+    ]
+
+
+def test_stream_header_opens_a_stream_our_own_framer_accepts() -> None:
+    data = stream_header("example.com", "id'1", "juliet@example.com", lang="de")
+    (event,) = StreamFramer().feed(data)
+    assert event == StreamOpened(
+        {
+            "from": "example.com",
+            "id": "id'1",
+            "to": "juliet@example.com",
+            "version": "1.0",
+            "lang": "de",
+        },
+        CLIENT,
+    )
+
+
+def test_stream_header_without_to_and_the_close_frame_an_empty_stream() -> None:
+    events = StreamFramer().feed(stream_header("example.com", "s1", None) + STREAM_CLOSE)
+    assert "to" not in events[0].attrs and events[1:] == [StreamClosed()]
 
 
 # --- properties ----------------------------------------------------------------------

@@ -282,3 +282,28 @@ def test_a_served_host_cannot_be_a_component(state):
     ok(state.apply(cmd("host_add", host="example.com")))
     assert err(state.apply(cmd("component_add", domain="example.com",
                                secret_hash=b"s" * 32))) == "conflict"
+
+
+# -- cluster membership ------------------------------------------------------------------------------
+
+
+def test_member_set_and_remove(state):
+    ok(state.apply(cmd("member_set", name="node1", raft="10.0.0.1:7001", link="10.0.0.1:7101")))
+    assert err(state.apply(cmd("member_set", name="node2", raft="10.0.0.1:7001",
+                               link="x:1"))) == "conflict"
+    assert ok(state.apply(cmd("member_remove", raft="10.0.0.1:7001"))) == "node1"
+    assert state.members == {}
+
+
+def test_only_one_membership_change_at_a_time(state):
+    first = cmd("membership_lock", owner="node1:a", ttl=30)
+    ok(state.apply(first))
+    assert err(state.apply(cmd("membership_lock", owner="node2:b", ttl=30))) == "conflict"
+    ok(state.apply(cmd("membership_unlock", owner="node1:a")))
+    ok(state.apply(cmd("membership_lock", owner="node2:b", ttl=30)))
+
+
+def test_an_expired_membership_lock_can_be_taken_over(state):
+    ok(state.apply({**cmd("membership_lock", owner="node1:a", ttl=10), "ts": 100.0}))
+    ok(state.apply({**cmd("membership_lock", owner="node2:b", ttl=10), "ts": 111.0}))
+    assert state.membership_lock["owner"] == "node2:b"

@@ -17,10 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
+from lxml import etree
 
+from raftxmpp.cluster import secrets
 from raftxmpp.cluster.raft import RaftUnavailable
+from raftxmpp.cluster.state import BALANCING
 from raftxmpp.cluster.store import StoreError
 from raftxmpp.jid import JID, InvalidJID
+from raftxmpp.xml import ns
+from raftxmpp.xml.errors import StreamError
 
 if TYPE_CHECKING:
     from raftxmpp.node import Node
@@ -156,6 +161,32 @@ async def cluster_status(node: Node, args: dict) -> dict:
     return node.status()
 
 
+async def cluster_change(node: Node, args: dict) -> str:
+    """add-peer / remove-peer: one Raft membership change, refused while another runs."""
+    from raftxmpp.cluster.membership import MembershipError
+    from raftxmpp.config import Address
+
+    action, address = args["action"], str(args["address"])
+    if action not in ("add", "remove"):
+        raise AdminError("action must be add or remove")
+    try:
+        Address.parse(address)
+    except ValueError as exc:
+        raise AdminError(str(exc)) from None
+    members = node.raft.members()
+    if action == "add" and address in members:
+        raise AdminError(f"{address} is already a member")
+    if action == "remove" and address not in members:
+        raise AdminError(f"{address} is not a member")
+    if action == "remove" and address == node.raft.self_address:
+        raise AdminError("a node cannot remove itself; run remove-peer against another member")
+    try:
+        await node.cluster.change(action, address)
+    except MembershipError as exc:
+        raise AdminError(str(exc)) from None
+    return address
+
+
 async def node_status(node: Node, args: dict) -> dict:
     return node.status()
 
@@ -172,11 +203,141 @@ async def state_digest(node: Node, args: dict) -> dict:
     return {"digest": node.store.digest(), "applied_index": status.get("applied_index")}
 
 
+# -- sessions ------------------------------------------------------------------------------------
+
+KICK_TEXT = "kicked by an administrator"
+
+
+def _session_jid(node: Node, text: str) -> JID:
+    """An account JID (user@domain) or one session's full JID of a served domain."""
+    try:
+        jid = JID.parse(text)
+    except InvalidJID as exc:
+        raise AdminError(f"{text!r} is not a valid JID: {exc}") from None
+    if jid.local is None:
+        raise AdminError(f"{text!r} is not an account JID (user@domain[/resource])")
+    if jid.domain not in node.served_hosts():
+        raise AdminError(f"{jid.domain} is not served by this cluster")
+    return jid
+
+
+def _session_facts(node: Node, session: Any) -> dict:
+    """What `user sessions` shows of one session, local or (once gossiped) remote."""
+    local = getattr(session, "is_local", True)
+    show = _presence_show(session.presence) if session.available else None
+    return {
+        "full_jid": session.full_jid,
+        "priority": session.priority,
+        "availability": (show or "available") if session.available else "unavailable",
+        "node": node.config.node.name if local else session.node,
+    }
+
+
+def _presence_show(presence: bytes | None) -> str | None:
+    """The <show/> of a stored available presence (away, chat, dnd, xa), if any."""
+    if not presence:
+        return None
+    try:
+        element = etree.fromstring(presence, _PRESENCE_PARSER)
+    except etree.XMLSyntaxError:
+        return None
+    # Stored as sent on the stream, where jabber:client may be implied by the header.
+    show = element.find(f"{{{ns.CLIENT}}}show")
+    if show is None:
+        show = element.find("show")
+    return show.text if show is not None and show.text else None
+
+
+_PRESENCE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+
+
+async def user_sessions(node: Node, args: dict) -> list[dict]:
+    jid = _session_jid(node, args["jid"])
+    if jid.resource is not None:
+        raise AdminError(f"{jid} is a full JID: give the account, user@domain")
+    if not node.store.account_exists(str(jid)):
+        raise AdminError(f"no account {jid}")
+    sessions = node.router.sessions.resources(str(jid))
+    return sorted((_session_facts(node, s) for s in sessions), key=lambda f: f["full_jid"])
+
+
+async def user_kick(node: Node, args: dict) -> list[str]:
+    """Ends every session of an account, or one full JID, with <policy-violation/>."""
+    jid = _session_jid(node, args["jid"])
+    sessions = node.router.sessions
+    if jid.resource is not None:
+        session = sessions.session(jid)
+        if session is None:
+            raise AdminError(f"no session {jid} in the cluster")
+        targets = [session]
+    else:
+        targets = sessions.resources(str(jid))
+    for session in targets:
+        session.close(StreamError("policy-violation", KICK_TEXT))
+        log.info("session %s kicked by admin", session.full_jid)
+    return sorted(s.full_jid for s in targets)
+
+
+# -- components (XEP-0114) -------------------------------------------------------------------------
+
+
+def _component_domain(node: Node, text: str) -> str:
+    try:
+        jid = JID.parse(text)
+    except InvalidJID as exc:
+        raise AdminError(f"{text!r} is not a valid domain: {exc}") from None
+    if jid.local is not None or jid.resource is not None:
+        raise AdminError(f"{text!r} is not a bare domain (like muc.example.com)")
+    return jid.domain
+
+
+async def component_add(node: Node, args: dict) -> dict:
+    domain = _component_domain(node, args["domain"])
+    if domain in node.served_hosts():
+        raise AdminError(f"{domain} is a served host, not a component domain")
+    secret = args["secret"]
+    if not isinstance(secret, str) or not secret or len(secret) > secrets.MAX_SECRET_LENGTH:
+        raise AdminError(f"the component secret must be 1 to {secrets.MAX_SECRET_LENGTH} characters")
+    balancing = args.get("balancing") or "random"
+    buckets = args.get("buckets") or 0
+    if balancing not in BALANCING:
+        raise AdminError(f"balancing must be one of {', '.join(BALANCING)}")
+    if not isinstance(buckets, int) or not 0 <= buckets <= 65536:
+        raise AdminError("buckets must be an integer from 0 to 65536")
+    sealed = secrets.seal_component_secret(secrets.node_cluster_secret(node.config), secret)
+    created = await node.store.component_add(domain, sealed, balancing, buckets)
+    log.info("component %s %s by admin (balancing %s, buckets %d)", domain,
+             "registered" if created else "updated", balancing, buckets)
+    return {"domain": domain, "created": created, "balancing": balancing, "buckets": buckets}
+
+
+async def component_remove(node: Node, args: dict) -> str:
+    domain = _component_domain(node, args["domain"])
+    if not await node.store.component_remove(domain):
+        raise AdminError(f"no component {domain}")
+    log.info("component %s removed by admin", domain)
+    return domain
+
+
+async def component_list(node: Node, args: dict) -> list[dict]:
+    """Registered components, as committed cluster-wide; never their secrets."""
+    await node.raft.barrier()
+    return [{"domain": domain, "balancing": entry.get("balancing", "random"),
+             "buckets": entry.get("buckets", 0)}
+            for domain, entry in sorted(node.store.components().items())]
+
+
 HANDLERS: dict[str, Handler] = {
+    "cluster.change": cluster_change,
     "user.add": user_add,
     "user.remove": user_remove,
     "user.passwd": user_passwd,
     "user.list": user_list,
+    "user.sessions": user_sessions,
+    "user.kick": user_kick,
+    "component.add": component_add,
+    "component.remove": component_remove,
+    "component.list": component_list,
     "cluster.status": cluster_status,
     "node.status": node_status,
     "node.stop": node_stop,

@@ -3,8 +3,15 @@
 One task reads (framer → negotiation → router); once a resource is bound, a second
 task writes the session's outgoing queue in batches, so a stanza routed to this
 client from anywhere is one list append. A client that never authenticates is cut
-off after PRE_AUTH_TIMEOUT (the Openfire pre-auth memory exhaustion), and nothing a
-client sends can take more than this connection down.
+off after `[c2s] pre_auth_timeout` (the Openfire pre-auth memory exhaustion), and
+nothing a client sends can take more than this connection down.
+
+Limits applied here (raftxmpp.c2s.limits): a session that spends its read budget is
+not read from until the bucket refills (TCP pushes back; it is not disconnected);
+failed logins feed the node's AuthThrottle, and a throttled login is refused with
+<temporary-auth-failure/> before any account is looked up; a client that stops
+reading is cut off when a write blocks longer than `[c2s] send_timeout`, while its
+queue is capped by the session's outbox limit.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from raftxmpp import metrics
 from raftxmpp.c2s import sasl
+from raftxmpp.c2s.limits import Admission, C2SGuards, host_of
 from raftxmpp.c2s.stream import (
     BindRequest,
     ClientStream,
@@ -26,6 +35,7 @@ from raftxmpp.c2s.stream import (
     Send,
     Stanza,
     StartTLS,
+    State,
     StreamSettings,
 )
 from raftxmpp.jid import JID, InvalidJID
@@ -39,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("raftxmpp.c2s")
 
-PRE_AUTH_TIMEOUT = 60.0
 TLS_HANDSHAKE_TIMEOUT = 15.0
 READ_SIZE = 65536
 
@@ -49,35 +58,46 @@ class ConnectionClosed(Exception):
 
 
 class C2SConnection:
-    def __init__(self, node: Node, transport: trio.abc.Stream, direct_tls: bool, peer: str) -> None:
+    def __init__(self, node: Node, transport: trio.abc.Stream, direct_tls: bool, peer: str,
+                 guards: C2SGuards | None = None, admission: Admission | None = None) -> None:
         self.node = node
         self.router = node.router
         self.transport = transport
         self.peer = peer
+        self.ip = host_of(peer)
         self.direct_tls = direct_tls
         cfg = node.config.c2s
-        self.framer = StreamFramer(max_stanza_size=cfg.max_stanza_size)
+        self.framer = StreamFramer(max_stanza_size=cfg.max_stanza_size,
+                                   max_depth=cfg.max_stanza_depth,
+                                   max_idle_whitespace=cfg.max_idle_whitespace)
         loopback = _is_loopback(peer)
         self.core = ClientStream(StreamSettings(
             hosts=node.served_hosts,
-            lookup_credentials=lambda user, domain: node.store.credentials(f"{user}@{domain}"),
+            lookup_credentials=self._lookup_credentials,
             tls_available=node.ssl_context is not None,
             require_tls=cfg.require_tls and not (cfg.plaintext_auth_on_loopback and loopback),
             plaintext_auth=cfg.plaintext_auth_on_loopback and loopback,
             registration=cfg.registration,
+            scram_iterations=cfg.scram_iterations,
             extra_features=lambda: [f() for f in self.router.stream_features],
         ))
         self.session: LocalSession | None = None
+        self.guards = guards
+        self.admission = admission
+        self._read_bucket = guards.read_bucket(self.ip, trio.current_time()) if guards else None
+        self._sasl_account: str | None = None  # the account the SASL exchange named
+        self._sasl_throttled = False
 
     # -- lifetime ---------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        metrics.C2S_CONNECTIONS.inc()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if self.direct_tls:
                     await self._start_tls()
-                with trio.move_on_after(PRE_AUTH_TIMEOUT) as pre_auth:
+                with trio.move_on_after(self.node.config.c2s.pre_auth_timeout) as pre_auth:
                     await self._negotiate()
                 if pre_auth.cancelled_caught:
                     await self._send_error(StreamError("connection-timeout", "authenticate sooner"))
@@ -86,14 +106,38 @@ class C2SConnection:
         except* (ConnectionClosed, *_GONE):
             pass  # the peer went away or the stream was ended; cleanup follows
         finally:
+            metrics.C2S_CONNECTIONS.dec()
             await self._cleanup()
 
     async def _negotiate(self) -> None:
         while self.session is None:
             for event in await self._read_events():
-                await self._perform(self.core.receive(event))
+                await self._perform(self._receive_before_bind(event))
                 if self.session is not None:
                     return
+
+    def _receive_before_bind(self, event) -> list:
+        """core.receive, plus the login throttle's bookkeeping around SASL."""
+        core = self.core
+        if core.state is State.AUTH:  # a new SASL exchange may start with this event
+            self._sasl_account, self._sasl_throttled = None, False
+        failures = core.auth_failures
+        actions = core.receive(event)
+        if core.auth_failures > failures and self.guards is not None and not self._sasl_throttled:
+            self.guards.auth.record_failure(self.ip, self._sasl_account)
+        if core.authenticated and self.admission is not None:
+            self.admission.authenticated()
+        return actions
+
+    def _lookup_credentials(self, user: str, domain: str):
+        """The SASL mechanisms' account lookup; refuses throttled logins first, the same
+        way for accounts that exist and accounts that do not."""
+        account = f"{user}@{domain}"
+        self._sasl_account = account
+        if self.guards is not None and self.guards.auth.blocked(self.ip, account):
+            self._sasl_throttled = True
+            raise sasl.SaslFailure("temporary-auth-failure", "too many failed logins")
+        return self.node.store.credentials(account)
 
     async def _serve_bound(self) -> None:
         session = self.session
@@ -103,6 +147,7 @@ class C2SConnection:
             for event in await self._read_events():
                 for action in self.core.receive(event):
                     if isinstance(action, Stanza):
+                        metrics.STANZAS_IN[action.element.tag].inc()
                         await route(action.element, session)
                     elif isinstance(action, Close):
                         session.close(_PLAIN_CLOSE)  # any stream error was queued just before
@@ -111,9 +156,17 @@ class C2SConnection:
                         session.send(action.data)
 
     async def _read_events(self) -> list:
+        bucket = self._read_bucket
+        if bucket is not None:
+            # Prosody's mod_limits: over budget, stop reading and let TCP push back.
+            pause = bucket.wait(trio.current_time())
+            if pause > 0:
+                await trio.sleep(pause)
         data = await self.transport.receive_some(READ_SIZE)
         if not data:
             raise ConnectionClosed
+        if bucket is not None:
+            bucket.spend(len(data), trio.current_time())
         try:
             return self.framer.feed(data)
         except StreamError as exc:
@@ -189,11 +242,21 @@ class C2SConnection:
 
     async def _write_loop(self, session: LocalSession) -> None:
         send_all = self.transport.send_all
+        send_timeout = self.node.config.c2s.send_timeout
         while True:
             await session.wakeup.wait()
+            metrics.count_stanzas_out(session.outbox)
             data = session.take_outbox()
             if data:
-                await send_all(data)
+                # A client that stops reading blocks this write; its outbox stops growing
+                # at the session's cap, and this deadline ends the connection itself.
+                with trio.move_on_after(send_timeout) as write:
+                    await send_all(data)
+                if write.cancelled_caught:
+                    log.warning("session %s stopped reading for %gs; closing it",
+                                session.full_jid, send_timeout)
+                    self._nursery.cancel_scope.cancel()
+                    return
             if session.closing is not None:
                 await self._send_error(session.closing)
                 self._nursery.cancel_scope.cancel()

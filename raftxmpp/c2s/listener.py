@@ -1,21 +1,46 @@
-"""c2s listeners: accept client connections and run each in its own task."""
+"""c2s listeners: accept client connections and run each in its own task.
+
+Admission happens here, before any byte is read: a client address over its
+connection count (or its count of unauthenticated connections) gets a stream header
+and <policy-violation/>; one opening connections faster than its rate is closed at
+once, spending nothing more on it (raftxmpp.c2s.limits).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import secrets
+import time
+import weakref
 from typing import TYPE_CHECKING
 
 import trio
 
 from raftxmpp.c2s.connection import C2SConnection
+from raftxmpp.c2s.limits import C2SGuards, Refused, guards_from_config
+from raftxmpp.xml.errors import StreamError
+from raftxmpp.xml.stanza import STREAM_CLOSE, stream_header
 
 if TYPE_CHECKING:
     from raftxmpp.node import Node
 
 log = logging.getLogger("raftxmpp.c2s")
 
+# One set of limits per node, shared by its STARTTLS and direct-TLS listeners.
+_GUARDS: weakref.WeakKeyDictionary[Node, C2SGuards] = weakref.WeakKeyDictionary()
+
+
+def guards_for(node: Node) -> C2SGuards:
+    guards = _GUARDS.get(node)
+    if guards is None:
+        guards = _GUARDS[node] = guards_from_config(node.config.limits)
+    return guards
+
 
 async def serve(node: Node, listener: trio.SocketListener, direct_tls: bool) -> None:
+    guards = guards_for(node)
+
     async def handle(stream: trio.SocketStream) -> None:
         try:
             host, port = stream.socket.getpeername()[:2]
@@ -23,9 +48,31 @@ async def serve(node: Node, listener: trio.SocketListener, direct_tls: bool) -> 
         except OSError:
             return
         try:
-            await C2SConnection(node, stream, direct_tls, peer).run()
+            admission = guards.connections.admit(host, time.monotonic())
+        except Refused as refused:
+            await _refuse(node, stream, refused, direct_tls)
+            return
+        try:
+            await C2SConnection(node, stream, direct_tls, peer, guards, admission).run()
         except Exception:
             # A bug must cost one connection, never the node.
             log.exception("connection from %s crashed", peer)
+        finally:
+            admission.release()
 
     await trio.serve_listeners(handle, [listener])
+
+
+async def _refuse(node: Node, stream: trio.SocketStream, refused: Refused, direct_tls: bool) -> None:
+    """RFC 6120 §4.9.1.1: an error before the stream is set up still opens one first.
+    A direct-TLS port would need a handshake for that, so it is only closed."""
+    log.debug("connection refused: %s", refused.reason)  # debug: a flood must not flood the log
+    if refused.polite and not direct_tls:
+        domain = min(node.config.node.hosts)
+        error = StreamError("policy-violation", refused.reason)
+        data = stream_header(domain, secrets.token_hex(8), None) + error.to_bytes() + STREAM_CLOSE
+        with trio.move_on_after(2), contextlib.suppress(trio.BrokenResourceError,
+                                                        trio.ClosedResourceError, OSError):
+            await stream.send_all(data)
+    with trio.CancelScope(shield=True), contextlib.suppress(OSError):
+        await stream.aclose()

@@ -232,6 +232,8 @@ class _AccountLookup:
             return None
         try:
             return self._lookup(localpart)
+        except SaslFailure:
+            raise  # the lookup refused on purpose (a throttled login): no traceback
         except Exception as exc:
             # A store that cannot answer is not the client's fault (RFC 6120 §6.5.11).
             log.exception("account lookup for %s@%s failed", localpart, self.domain)

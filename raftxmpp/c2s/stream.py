@@ -90,6 +90,8 @@ class StreamSettings:
     plaintext_auth: bool = False  # PLAIN without TLS (loopback benchmarks only)
     registration: bool = False
     channel_binding: tuple[str, bytes] | None = None
+    # What unknown accounts' fake SCRAM parameters show: the count new accounts get.
+    scram_iterations: int = 4096
     extra_features: Callable[[], list[etree._Element]] = field(default=lambda: [])
 
 
@@ -107,6 +109,11 @@ class ClientStream:
     @property
     def authenticated(self) -> bool:
         return self.username is not None
+
+    @property
+    def auth_failures(self) -> int:
+        """SASL exchanges that failed on this stream; the edge feeds its login throttle."""
+        return self._auth_failures
 
     # -- events in, actions out ---------------------------------------------------------------------
 
@@ -257,6 +264,7 @@ class ClientStream:
             lambda user: s.lookup_credentials(user, domain),
             offered,
             s.channel_binding,
+            unknown_user_iterations=s.scram_iterations,
         )
         self.state = State.SASL
         text = element.text

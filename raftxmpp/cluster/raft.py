@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import trio
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
+from raftxmpp import metrics
 from raftxmpp.cluster.state import VERSION, ClusterState, Command, Result
 from raftxmpp.config import ClusterSection
 
@@ -145,9 +146,20 @@ class RaftNode:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, peers: list[str] | None = None) -> None:
+        """Starts Raft with the configured peers, or `peers` (from a join) when given."""
         check_port_free(self.self_address)
-        self._syncobj = SyncObj(self.self_address, self._peers, self._conf, consumers=[self.consumer])
+        members = self._peers if peers is None else peers
+        self._syncobj = SyncObj(self.self_address, members, self._conf, consumers=[self.consumer])
+
+    def members(self) -> set[str]:
+        """Every Raft member's address, this node's included, as this node sees it."""
+        for _ in range(5):
+            try:
+                return {self.self_address} | {node.id for node in self.syncobj.otherNodes}
+            except RuntimeError:  # the set changed on the tick thread while we copied it
+                continue
+        return {self.self_address}
 
     def stop(self) -> None:
         if self._syncobj is not None:
@@ -170,11 +182,13 @@ class RaftNode:
 
     async def submit(self, command: Command, timeout: float = 5.0) -> Result:
         """Commits a command and returns its result; raises RaftUnavailable on timeout."""
+        started = time.perf_counter()
         with trio.move_on_after(timeout):
             delay = 0.02
             while True:
                 result, reason = await self._submit_once(command)
                 if reason == FAIL_REASON.SUCCESS:
+                    metrics.RAFT_COMMIT_SECONDS.observe(time.perf_counter() - started)
                     return result
                 if reason not in RETRYABLE:
                     raise RaftUnavailable(f"command refused by raft (reason {reason})")

@@ -63,6 +63,10 @@ class ClusterState:
         self.private: dict[str, dict[str, str]] = {}
         self.blocklists: dict[str, set[str]] = {}
         self.components: dict[str, dict] = {}
+        # Cluster members by node name: {"raft": "host:port", "link": "host:port"}.
+        self.members: dict[str, dict] = {}
+        # The one membership change in flight, cluster-wide: {"owner", "until"} or None.
+        self.membership_lock: dict | None = None
         self.dedup: OrderedDict[str, Result] = OrderedDict()
         self.applied = 0
 
@@ -108,6 +112,8 @@ class ClusterState:
             "private": self.private,
             "blocklists": self.blocklists,
             "components": self.components,
+            "members": self.members,
+            "membership_lock": self.membership_lock,
             "dedup": self.dedup,
             "applied": self.applied,
         }
@@ -209,6 +215,48 @@ def op_component_add(state: ClusterState, command: Command) -> bool:
 def op_component_remove(state: ClusterState, command: Command) -> bool:
     domain = _text(command, "domain", 1023)
     return state.components.pop(domain, None) is not None
+
+
+def op_member_set(state: ClusterState, command: Command) -> bool:
+    """Records a node's addresses; a name is bound to one Raft address."""
+    name = _text(command, "name", 256)
+    raft, link = _text(command, "raft", 300), _text(command, "link", 300)
+    for other, member in state.members.items():
+        if other != name and member["raft"] == raft:
+            raise Rejected("conflict", f"{raft} already belongs to node {other}")
+    state.members[name] = {"raft": raft, "link": link}
+    return True
+
+
+def op_member_remove(state: ClusterState, command: Command) -> str | None:
+    """Forgets the member with this Raft address; returns its name."""
+    raft = _text(command, "raft", 300)
+    for name, member in list(state.members.items()):
+        if member["raft"] == raft:
+            del state.members[name]
+            return name
+    return None
+
+
+def op_membership_lock(state: ClusterState, command: Command) -> bool:
+    """Takes the cluster-wide membership lock (pysyncobj does not serialise changes itself)."""
+    owner = _text(command, "owner", 256)
+    ttl = command["ttl"]
+    if not isinstance(ttl, int | float) or not 0 < ttl <= 600:
+        raise Rejected("bad-request", "ttl must be from 0 to 600 seconds")
+    held = state.membership_lock
+    if held is not None and held["owner"] != owner and held["until"] > command["ts"]:
+        raise Rejected("conflict", f"another membership change is in progress ({held['owner']})")
+    state.membership_lock = {"owner": owner, "until": command["ts"] + ttl}
+    return True
+
+
+def op_membership_unlock(state: ClusterState, command: Command) -> bool:
+    owner = _text(command, "owner", 256)
+    if state.membership_lock is not None and state.membership_lock["owner"] == owner:
+        state.membership_lock = None
+        return True
+    return False
 
 
 # -- accounts ---------------------------------------------------------------------

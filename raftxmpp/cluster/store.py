@@ -31,12 +31,16 @@ class StoreError(Exception):
 
 
 class Store:
-    def __init__(self, raft: RaftNode, scram_iterations: int = 4096, timeout: float = 5.0) -> None:
+    def __init__(self, raft: RaftNode, scram_iterations: int = 4096, timeout: float = 5.0,
+                 refuse_writes=None) -> None:
         self.raft = raft
         self.scram_iterations = scram_iterations
         self.timeout = timeout
+        self.refuse_writes = refuse_writes or (lambda: False)
 
     async def _write(self, op: str, **args: Any) -> Any:
+        if self.refuse_writes():
+            raise RaftUnavailable("this node was removed from the cluster")
         result = await self.raft.submit(self.raft.command(op, **args), self.timeout)
         if result[0] == "error":
             raise StoreError(result[1], result[2])
@@ -152,3 +156,18 @@ class Store:
 
     def digest(self) -> str:
         return self._read(lambda s: s.digest())
+
+    # -- registered components (XEP-0114) ---------------------------------------------------------
+
+    async def component_add(self, domain: str, sealed_secret: bytes, balancing: str = "random",
+                            buckets: int = 0) -> bool:
+        """Registers or updates a component; True when it is new.
+
+        The state machine's `secret_hash` field holds the secret sealed with the cluster
+        secret (raftxmpp.cluster.secrets), never the secret itself."""
+        return await self._write("component_add", domain=domain, secret_hash=sealed_secret,
+                                 balancing=balancing, buckets=buckets)
+
+    async def component_remove(self, domain: str) -> bool:
+        """Unregisters a component; False when it was not registered."""
+        return await self._write("component_remove", domain=domain)

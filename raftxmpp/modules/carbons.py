@@ -31,6 +31,7 @@ async def toggle(request: IqRequest) -> None:
     if action not in ("enable", "disable"):
         raise StanzaError("bad-request")
     request.sender.carbons = action == "enable"
+    request.router.sessions.publish(request.sender)
     return None
 
 

@@ -4,6 +4,11 @@ Subscription state changes go through the replicated state machine, one command 
 account and event ("out-subscribe" on the sender's roster, "in-subscribe" on the
 contact's), so concurrent handling on different nodes cannot lose a change. Presence
 itself (available, unavailable, probes) is volatile and never touches Raft.
+
+Broadcast is local everywhere: a session's presence travels to the other nodes in
+its gossip entry, and each node delivers it to its own clients that are entitled to
+it. So a node's death (its entries purged) or its return reaches every contact
+as unavailable or available presence with no extra protocol.
 """
 
 from __future__ import annotations
@@ -16,18 +21,20 @@ from lxml import etree
 from raftxmpp.cluster import roster_states
 from raftxmpp.jid import JID
 from raftxmpp.routing.router import Router
-from raftxmpp.routing.sessions import LocalSession
+from raftxmpp.routing.sessions import LocalSession, RemoteSession, Session
 from raftxmpp.xml import ns
 from raftxmpp.xml.errors import StanzaError
 from raftxmpp.xml.stanza import make, serialize
 
 SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 PRIORITY = f"{{{ns.CLIENT}}}priority"
 
 
 def setup(router: Router) -> None:
     router.local.presence_handler = partial(handle, router)
     router.add_hook("session-closed", partial(on_session_closed, router))
+    router.sessions.on_remote_change.append(partial(on_remote_change, router))
 
 
 async def handle(router: Router, stanza: etree._Element, target: JID | None,
@@ -123,6 +130,8 @@ async def broadcast(router: Router, sender: LocalSession, stanza: etree._Element
     else:
         sender.available = False
         sender.presence = None
+    if router.sessions.local_session(sender.jid) is sender:
+        router.sessions.publish(sender)  # other nodes fan it out to their clients
     _fan_out(router, sender, stanza)
     if not available:
         _directed_unavailable(router, sender, stanza)
@@ -132,8 +141,17 @@ async def broadcast(router: Router, sender: LocalSession, stanza: etree._Element
         await router.run_hooks("initial-presence", sender)
 
 
-def _fan_out(router: Router, sender: LocalSession, stanza: etree._Element) -> None:
-    """To each subscribed contact's available resources, and the user's other resources."""
+def on_remote_change(router: Router, session: RemoteSession, was_available: bool) -> None:
+    """A session on another node changed presence (or went): tell our clients."""
+    if session.available and session.presence is not None:
+        _fan_out(router, session, etree.fromstring(session.presence, _PARSER))
+    elif was_available:
+        _fan_out(router, session, make("presence", {"type": "unavailable",
+                                                    "from": session.full_jid}))
+
+
+def _fan_out(router: Router, sender: Session, stanza: etree._Element) -> None:
+    """To this node's clients entitled to the presence: subscribed contacts, own resources."""
     user = sender.bare_jid
     local = router.local
     for contact, item in router.store.roster(user)["items"].items():
@@ -142,14 +160,13 @@ def _fan_out(router: Router, sender: LocalSession, stanza: etree._Element) -> No
         if local.is_blocked(user, JID.parse(contact)) or local.is_blocked(contact, sender.jid):
             continue
         _deliver_to_account(router, stanza, contact)
-    for session in router.sessions.available(user):
+    for session in router.sessions.available_local(user):
         if session is not sender:
             session.send_stanza(stanza)
-    sender.directed.clear() if stanza.get("type") == "unavailable" else None
 
 
 def _deliver_to_account(router: Router, stanza: etree._Element, bare: str) -> None:
-    sessions = router.sessions.available(bare)
+    sessions = router.sessions.available_local(bare)
     if not sessions:
         return
     element = copy.copy(stanza)
@@ -215,15 +232,18 @@ def send_current_presence(router: Router, user: str, contact: str) -> None:
     for session in router.sessions.available(user):
         if session.presence is not None:
             for target in router.sessions.available(contact):
-                element = etree.fromstring(session.presence)
+                element = etree.fromstring(session.presence, _PARSER)
                 element.set("to", contact)
                 target.send_stanza(element)
 
 
 def send_unavailable(router: Router, user: str, contact: str) -> None:
+    """Unavailable from each of `user`'s resources to every resource of `contact`, anywhere."""
     for session in router.sessions.available(user):
         element = make("presence", {"type": "unavailable", "from": session.full_jid, "to": contact})
-        _deliver_to_account(router, element, contact)
+        data = serialize(element)
+        for target in router.sessions.available(contact):
+            target.send(data)
 
 
 async def on_session_closed(router: Router, session: LocalSession) -> None:

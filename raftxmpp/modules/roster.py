@@ -52,8 +52,9 @@ def _own_roster(request: IqRequest) -> str:
 
 async def get_roster(request: IqRequest) -> etree._Element | None:
     owner = _own_roster(request)
-    if request.sender is not None:
+    if request.sender is not None and not request.sender.roster_requested:
         request.sender.roster_requested = True
+        request.router.sessions.publish(request.sender)
     roster = request.router.store.roster(owner)
     if request.payload.get("ver") == str(roster["ver"]):
         return None  # unchanged since the client's copy (XEP-0237 §5.2)

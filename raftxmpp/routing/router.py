@@ -8,6 +8,7 @@ adding a XEP never means editing the router.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -16,19 +17,22 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
+from raftxmpp import metrics
 from raftxmpp.cluster.raft import RaftUnavailable
 from raftxmpp.cluster.store import StoreError
 from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.routing.components import ComponentManager
 from raftxmpp.routing.local import MESSAGE, LocalRouter
 from raftxmpp.routing.s2s import S2SManager
-from raftxmpp.routing.sessions import LocalSession, SessionManager
+from raftxmpp.routing.sessions import LocalSession, SessionManager, link_hops
 from raftxmpp.xml.errors import StanzaError, can_reply_with_error, error_reply
 
 if TYPE_CHECKING:
     from raftxmpp.node import Node
 
 log = logging.getLogger("raftxmpp.router")
+
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 
 MODULES = (
     "roster",
@@ -68,7 +72,7 @@ class Router:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.config = node.config
-        self.sessions = SessionManager()
+        self.sessions = SessionManager(node.config.node.name)
         self.local = LocalRouter(self)
         self.components = ComponentManager(self)
         self.s2s = S2SManager(self)
@@ -135,9 +139,30 @@ class Router:
         else:
             await self.s2s.route(stanza, target, sender)
 
+    async def deliver_from_link(self, payload: bytes) -> None:
+        """A stanza another node routed to a session it believes is ours."""
+        hops, (target, _, data) = payload[0], payload[1:].partition(b"\0")
+        session = self.sessions.local_session(JID.parse(target.decode()))
+        if session is not None:
+            session.send(data)  # serialised by the sending node from a parsed tree
+            return
+        # The session left before the stanza arrived: route it again from here.
+        stanza = etree.fromstring(data, _PARSER)
+        token = link_hops.set(hops + 1)
+        try:
+            await self.route(stanza, None)
+        except (StanzaError, StoreError, RaftUnavailable) as exc:
+            error = exc if isinstance(exc, StanzaError) else StanzaError("service-unavailable")
+            if can_reply_with_error(stanza):
+                with contextlib.suppress(StanzaError, StoreError, RaftUnavailable):
+                    await self.route(error_reply(stanza, error), None)
+        finally:
+            link_hops.reset(token)
+
     def bounce(self, stanza: etree._Element, error: StanzaError,
                session: LocalSession | None) -> None:
         """Returns an error to the sender of a stanza, unless it was an error itself."""
+        metrics.ROUTED_ERROR.inc()
         if session is None or not can_reply_with_error(stanza):
             return
         session.send_stanza(error_reply(stanza, error))

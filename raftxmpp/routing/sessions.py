@@ -1,17 +1,25 @@
-"""Session manager: where the resources of each account are, and delivery to them.
+"""Session manager: where the resources of each account are, cluster-wide.
 
-A session is one bound resource (full JID). Local sessions hold a c2s connection's
-outgoing queue; the cluster issue adds sessions on other nodes, learnt by gossip.
-Message delivery follows RFC 6121 §8.5: a full JID goes to that resource; a bare JID
-to the available resources of highest non-negative priority; none → offline storage
-(the offline module's hook) or an error.
+A session is one bound resource (full JID). A LocalSession holds a c2s connection's
+outgoing queue on this node; a RemoteSession stands for a session on another node,
+learnt by gossip, and sends through the node link. Both answer the same questions
+(priority, availability, last presence, roster interest, carbons) and both take
+`send()`, so the routing rules of RFC 6121 §8.5 and every module work the same for
+a contact on this node or on another.
+
+Each node writes only its own sessions (published with `publish`); two sessions
+with one full JID on two nodes (a bind race) are settled the same way everywhere:
+the later bind wins, ties by node name, and the loser gets <conflict/>.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import trio
 from lxml import etree
@@ -21,7 +29,16 @@ from raftxmpp.xml import ns
 from raftxmpp.xml.errors import StreamError
 from raftxmpp.xml.stanza import serialize
 
+if TYPE_CHECKING:
+    from raftxmpp.cluster.gossip import Gossip
+    from raftxmpp.cluster.links import Links
+
 log = logging.getLogger("raftxmpp.sessions")
+
+SESSION_KEY = "s:"
+# How many node links the stanza being handled has crossed; bounds re-routing loops.
+link_hops: contextvars.ContextVar[int] = contextvars.ContextVar("link_hops", default=0)
+MAX_HOPS = 2
 
 # A client that stops reading may hold at most this much of our memory.
 MAX_OUTBOX_BYTES = 1024 * 1024
@@ -44,6 +61,8 @@ class LocalSession:
     outbox_bytes: int = 0
     closing: StreamError | None = None
     wakeup: trio.Event = field(default_factory=trio.Event)
+    created: float = field(default_factory=time.time)
+    is_local = True
 
     def __post_init__(self) -> None:
         self.full_jid = str(self.jid)
@@ -77,18 +96,87 @@ class LocalSession:
             self.wakeup.set()
 
 
+@dataclass(eq=False)
+class RemoteSession:
+    """A session bound on another node, as its gossip entry describes it."""
+
+    jid: JID
+    node: str
+    links: Links
+    gossip: Gossip
+    priority: int = 0
+    available: bool = False
+    presence: bytes | None = None
+    roster_requested: bool = False
+    carbons: bool = False
+    created: float = 0.0
+    directed: set[str] = field(default_factory=set)
+    is_local = False
+
+    def __post_init__(self) -> None:
+        self.full_jid = str(self.jid)
+        self.bare_jid = str(self.jid.bare)
+
+    def update(self, entry: dict) -> None:
+        self.priority = int(entry.get("p", 0))
+        self.available = bool(entry.get("a"))
+        presence = entry.get("pr")
+        self.presence = presence.encode() if presence else None
+        self.roster_requested = bool(entry.get("r"))
+        self.carbons = bool(entry.get("c"))
+        self.created = float(entry.get("t", 0.0))
+
+    def send(self, data: bytes) -> None:
+        hops = link_hops.get()
+        if hops >= MAX_HOPS or not self.links.send_stanza(self.node, self.full_jid, data, hops):
+            log.debug("stanza for %s on %s not forwarded (hops %d)", self.full_jid, self.node, hops)
+
+    def send_stanza(self, stanza: etree._Element) -> None:
+        self.send(serialize(stanza))
+
+    def close(self, error: StreamError | None) -> None:
+        """Asks the owning node to end the session (used for <conflict/>)."""
+        self.gossip.send(self.node, {"t": "kick", "jid": self.full_jid,
+                                     "condition": (error or StreamError("conflict")).condition})
+
+
+Session = LocalSession | RemoteSession
+
+
+def _entry(session: LocalSession) -> dict[str, Any]:
+    return {"p": session.priority, "a": session.available,
+            "pr": session.presence.decode() if session.presence else None,
+            "r": session.roster_requested, "c": session.carbons, "t": session.created}
+
+
+def _wins(a: Session, b: Session) -> bool:
+    """The later bind wins (RFC 6120 §7.7.2.2); node names break ties, the same everywhere."""
+    node_a = "" if a.is_local else a.node
+    node_b = "" if b.is_local else b.node
+    return (a.created, node_a) > (b.created, node_b)
+
+
 class SessionManager:
-    def __init__(self) -> None:
-        self._by_bare: dict[str, dict[str, LocalSession]] = {}
-        self.on_unavailable: list[Callable[[LocalSession], None]] = []
+    def __init__(self, node_name: str = "") -> None:
+        self.node_name = node_name
+        self._by_bare: dict[str, dict[str, Session]] = {}
+        self.gossip: Gossip | None = None
+        self.links: Links | None = None
+        # Called with (remote session, was available) when a remote session appears,
+        # changes or goes: the presence module fans it out to this node's clients.
+        self.on_remote_change: list[Callable[[RemoteSession, bool], None]] = []
+
+    def attach(self, gossip: Gossip, links: Links) -> None:
+        self.gossip, self.links = gossip, links
 
     # -- the session table ---------------------------------------------------------------------
 
-    def bind(self, session: LocalSession) -> LocalSession | None:
-        """Adds a session; returns the session it replaced (RFC 6120 §7.7.2.2), if any."""
+    def bind(self, session: LocalSession) -> Session | None:
+        """Adds a local session; returns the session it replaced (RFC 6120 §7.7.2.2), if any."""
         resources = self._by_bare.setdefault(session.bare_jid, {})
         old = resources.get(session.jid.resource)
         resources[session.jid.resource] = session
+        self.publish(session)
         return old
 
     def unbind(self, session: LocalSession) -> None:
@@ -97,28 +185,101 @@ class SessionManager:
             del resources[session.jid.resource]
             if not resources:
                 del self._by_bare[session.bare_jid]
+        current = self.session(session.jid)
+        if self.gossip is not None and (current is None or not current.is_local):
+            self.gossip.delete(SESSION_KEY + session.full_jid)
 
-    def session(self, full_jid: JID) -> LocalSession | None:
+    def publish(self, session: LocalSession) -> None:
+        """Tells the cluster about a change of one of our sessions."""
+        if self.gossip is not None:
+            self.gossip.set(SESSION_KEY + session.full_jid, _entry(session))
+
+    def session(self, full_jid: JID) -> Session | None:
         return self._by_bare.get(str(full_jid.bare), {}).get(full_jid.resource)
 
-    def resources(self, bare_jid: str) -> list[LocalSession]:
+    def local_session(self, full_jid: JID) -> LocalSession | None:
+        session = self.session(full_jid)
+        return session if session is not None and session.is_local else None
+
+    def resources(self, bare_jid: str) -> list[Session]:
         return list(self._by_bare.get(bare_jid, {}).values())
 
-    def available(self, bare_jid: str) -> list[LocalSession]:
+    def available(self, bare_jid: str) -> list[Session]:
         return [s for s in self._by_bare.get(bare_jid, {}).values() if s.available]
+
+    def available_local(self, bare_jid: str) -> list[LocalSession]:
+        return [s for s in self._by_bare.get(bare_jid, {}).values() if s.available and s.is_local]
 
     def resource_count(self, bare_jid: str) -> int:
         return len(self._by_bare.get(bare_jid, ()))
 
     def local_count(self) -> int:
-        return sum(len(r) for r in self._by_bare.values())
+        return sum(1 for r in self._by_bare.values() for s in r.values() if s.is_local)
 
     def all_local(self) -> list[LocalSession]:
-        return [s for r in self._by_bare.values() for s in r.values()]
+        return [s for r in self._by_bare.values() for s in r.values() if s.is_local]
+
+    def count_by_node(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for resources in self._by_bare.values():
+            for s in resources.values():
+                node = self.node_name if s.is_local else s.node
+                counts[node] = counts.get(node, 0) + 1
+        return counts
+
+    # -- gossip from other nodes -------------------------------------------------------------------
+
+    def on_gossip_change(self, node: str, key: str, old: Any, new: Any) -> None:
+        if not key.startswith(SESSION_KEY):
+            return
+        try:
+            jid = JID.parse(key[len(SESSION_KEY):])
+        except ValueError:
+            return
+        if jid.local is None or jid.resource is None:
+            return
+        resources = self._by_bare.setdefault(str(jid.bare), {})
+        current = resources.get(jid.resource)
+        if new is None:
+            if current is not None and not current.is_local and current.node == node:
+                del resources[jid.resource]
+                self._notify(current, current.available, gone=True)
+            if not resources:
+                del self._by_bare[str(jid.bare)]
+            return
+        if current is not None and not current.is_local and current.node == node:
+            was_available = current.available
+            current.update(new)
+            self._notify(current, was_available)
+            return
+        remote = RemoteSession(jid, node, self.links, self.gossip)
+        remote.update(new)
+        if current is not None and _wins(current, remote):
+            return  # ours (or another node's) is newer; the other node closes its own
+        if current is not None and current.is_local:
+            current.close(StreamError("conflict", "replaced by a newer session on another node"))
+        resources[jid.resource] = remote
+        self._notify(remote, False)
+
+    def _notify(self, session: RemoteSession, was_available: bool, gone: bool = False) -> None:
+        if gone:
+            session.available = False
+        for callback in self.on_remote_change:
+            callback(session, was_available)
+
+    def kick(self, full_jid: str, condition: str) -> None:
+        """Another node bound the same full JID later: ours gives way."""
+        try:
+            session = self.local_session(JID.parse(full_jid))
+        except ValueError:
+            return
+        if session is not None:
+            session.close(StreamError(condition if condition == "conflict" else "conflict",
+                                      "replaced by a newer session on another node"))
 
     # -- delivery --------------------------------------------------------------------------------
 
-    def highest_priority(self, bare_jid: str) -> list[LocalSession]:
+    def highest_priority(self, bare_jid: str) -> list[Session]:
         """The available resources with the highest non-negative priority (RFC 6121 §8.5.2.1.1)."""
         candidates = [s for s in self.available(bare_jid) if s.priority >= 0]
         if not candidates:
@@ -126,7 +287,7 @@ class SessionManager:
         top = max(s.priority for s in candidates)
         return [s for s in candidates if s.priority == top]
 
-    def interested(self, bare_jid: str) -> list[LocalSession]:
+    def interested(self, bare_jid: str) -> list[Session]:
         return [s for s in self.resources(bare_jid) if s.roster_requested]
 
     async def shutdown(self) -> None:

@@ -9,7 +9,6 @@ entities can bounce errors at each other forever.
 
 from __future__ import annotations
 
-import copy
 import re
 from xml.sax.saxutils import escape
 
@@ -157,8 +156,8 @@ def error_reply(stanza: etree._Element, error: StanzaError) -> etree._Element:
     if not can_reply_with_error(stanza):
         raise ValueError("refusing to answer an error or result stanza with an error")
     qname = etree.QName(stanza)
-    ns = qname.namespace or CLIENT
-    reply = etree.Element(stanza.tag, nsmap={None: ns})
+    ns = qname.namespace or CLIENT  # a stanza in no namespace gets a jabber:client reply
+    reply = etree.Element(f"{{{ns}}}{qname.localname}", nsmap={None: ns})
     _copy_reply_attributes(stanza, reply)
     for child in stanza:
         reply.append(_detached_copy(child))
@@ -180,7 +179,8 @@ def _copy_reply_attributes(stanza: etree._Element, reply: etree._Element) -> Non
 
 
 def _detached_copy(child: etree._Element) -> etree._Element:
-    # deepcopy keeps the tail; whitespace from the original stanza has no place here.
-    clone = copy.deepcopy(child)
+    # lxml's __copy__ is a deep copy that keeps the tail; whitespace from the original
+    # stanza has no place in the reply.
+    clone = child.__copy__()
     clone.tail = None
     return clone

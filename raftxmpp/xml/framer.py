@@ -21,13 +21,14 @@ C; Python only walks the events. lxml rejects none of the restricted XML by itse
   `_standalone_copy`), and drop the whitespace between stanzas, so memory stays flat
   on a connection that lives for days.
 
-Byte counting is per feed call, not per byte, to stay cheap (the server's budget is
-~22 µs per routed message). Big feeds are cut into slices of at most
-min(64 KiB, max_stanza_size) so the limit is checked before a huge stanza is buffered.
-The count restarts after each slice in which a stanza ended, so the bytes a new stanza
-has in that same slice go uncounted: a stanza may reach max_stanza_size plus one slice
-before it is refused. Whitespace-only slices between stanzas (keepalives) are not
-counted against the next stanza.
+Byte counting is per slice of input, not per byte, to stay cheap (the server's budget
+is ~22 µs per routed message). Input is handed to libxml2 in slices of at most
+min(64 KiB, max_stanza_size), and never more than one byte past what the stanza in
+progress may still grow, so a huge stanza is refused before it is buffered. The count
+restarts after each slice in which a stanza ended, so the bytes a new stanza has in
+that same slice go uncounted: a stanza is refused once it exceeds max_stanza_size plus
+its bytes in the slice where it began (less than one slice). Whitespace-only slices
+between stanzas (keepalives) are not counted against the next stanza.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from raftxmpp.xml.ns import CLIENT, STREAM, XML
 
 _ROOT_TAG = f"{{{STREAM}}}stream"
 _LANG = f"{{{XML}}}lang"
-_HEADER_ATTRS = (("to", "to"), ("from", "from"), ("version", "version"), ("id", "id"))
+# StreamOpened.attrs key -> stream header attribute (RFC 6120 §4.7).
+_HEADER_ATTRS = {"to": "to", "from": "from", "version": "version", "id": "id", "lang": _LANG}
 
 _MAX_SLICE = 65536
 # libxml2 holds back up to a few hundred bytes of character data before it appends them
@@ -81,6 +83,9 @@ _ENTITY_ERRORS = frozenset(
 _SPECIFIC_ERRORS = {
     _E.ERR_RESOURCE_LIMIT: "policy-violation",  # libxml2's own depth or size cap
     _E.ERR_UNSUPPORTED_ENCODING: "unsupported-encoding",
+    # <?xml version='2.0'?>: libxml2 speaks XML 1.x only; the peer asked for a version
+    # we do not speak, which is what RFC 6120 §4.9.3.25 names.
+    _E.ERR_UNKNOWN_VERSION: "unsupported-version",
 }
 
 
@@ -96,7 +101,8 @@ class StreamOpened:
 
 @dataclass(frozen=True)
 class StanzaReceived:
-    """A complete first-level child of the stream, detached from the stream root.
+    """A complete first-level child of the stream, detached from the stream root: a deep
+    copy in a document of its own, declaring its own namespaces.
 
     `size` is the bytes fed for it, measured per feed call: exact when each feed holds
     one stanza, otherwise a feed's bytes are shared evenly among the stanzas it ends."""
@@ -114,18 +120,27 @@ Event = StreamOpened | StanzaReceived | StreamClosed
 
 
 class StreamFramer:
-    """Frames one XML stream; `reset()` starts the next one on the same connection."""
+    """Frames one XML stream; `reset()` starts the next one on the same connection.
+
+    `max_stanza_size` bounds the bytes of one stanza (and of the stream header), give or
+    take one slice as the module docstring explains. `max_depth` bounds nesting, the
+    stanza element itself being level 1. `stream_ns` is the content namespace this
+    listener serves (jabber:client, jabber:server, jabber:component:accept)."""
 
     def __init__(
         self,
         max_stanza_size: int = 262144,
         max_depth: int = 64,
         stream_ns: str = CLIENT,
+        max_idle_whitespace: int = 1 << 20,
     ) -> None:
-        if max_stanza_size < 1 or max_depth < 1:
-            raise ValueError("max_stanza_size and max_depth must be positive")
+        if max_stanza_size < 1 or max_depth < 1 or max_idle_whitespace < 1:
+            raise ValueError("max_stanza_size, max_depth and max_idle_whitespace must be positive")
         self.max_stanza_size = max_stanza_size
         self.max_depth = max_depth
+        # Whitespace between two stanzas (keepalives): a peer that sends nothing else
+        # forever costs parsing time; past this many bytes it is ended.
+        self.max_idle_whitespace = max_idle_whitespace
         self.stream_ns = stream_ns
         self._slice = min(_MAX_SLICE, max_stanza_size)
         self._failed: str | None = None
@@ -142,6 +157,10 @@ class StreamFramer:
         self._prologue_tail = b""  # where a DOCTYPE split between feeds would start
         self._unattributed = 0  # bytes fed since the last slice in which a stanza ended
         self._unproven_blank = 0  # whitespace-only bytes not yet seen as stream text
+        self._idle_blank = 0  # whitespace-only bytes since the last stanza or header
+        # A stanza in progress began in a slice that also ended a stanza (or opened the
+        # stream), so up to one slice of its bytes went uncounted: see _received.
+        self._head_uncounted = False
         self._errors_seen = 0
 
     def feed(self, data: bytes) -> list[Event]:
@@ -151,15 +170,28 @@ class StreamFramer:
             raise StreamError(self._failed, "stream already failed")
         events: list[Event] = []
         try:
-            if len(data) <= self._slice:
-                self._feed_slice(data, events)
+            size = self._next_slice_size()
+            if size >= len(data):
+                self._feed_slice(data, events)  # the common case: no copy
             else:
-                for start in range(0, len(data), self._slice):
-                    self._feed_slice(data[start : start + self._slice], events)
+                self._feed_slices(data, size, events)
         except StreamError as exc:
             self._fail(exc.condition)
             raise
         return events
+
+    def _feed_slices(self, data: bytes, size: int, events: list[Event]) -> None:
+        start = 0
+        while start < len(data):
+            self._feed_slice(data[start : start + size], events)
+            start += size
+            size = self._next_slice_size()
+
+    def _next_slice_size(self) -> int:
+        """At most one slice, and at most one byte more than the stanza in progress may
+        still grow: if it has not ended within those bytes it is too big, and a slice in
+        which it does end cannot carry an oversized stanza past the check."""
+        return max(1, min(self._slice, self.max_stanza_size - self._counted() + 1))
 
     def _fail(self, condition: str) -> None:
         self._failed = condition
@@ -167,6 +199,7 @@ class StreamFramer:
         self._root = None
 
     def _feed_slice(self, data: bytes, events: list[Event]) -> None:
+        """Parse one slice of at most self._slice bytes; append what it completed."""
         if self._root is None:
             self._check_prologue(data)
         try:
@@ -180,10 +213,12 @@ class StreamFramer:
         if opened is not None:
             events.append(opened)
         if stanzas:
-            share = self._attribute(len(data), len(stanzas))
-            events.extend([StanzaReceived(stanza, share) for stanza in stanzas])
+            events.extend(self._received(stanzas, len(data)))
+            self._idle_blank = 0
         else:
             self._count(len(data), data.isspace(), opened is not None)
+        if stanzas or opened is not None:
+            self._head_uncounted = self._depth > 1
         if closed:
             events.append(StreamClosed())
         elif self._depth == 1:
@@ -269,6 +304,28 @@ class StreamFramer:
         self._root = root
         return StreamOpened(attrs, default_ns)
 
+    def _received(self, stanzas: list[etree._Element], size: int) -> list[StanzaReceived]:
+        """The events for the stanzas a slice of `size` bytes finished, each checked
+        against the limit.
+
+        A finished stanza holds at most the bytes counted since the last slice that
+        ended one, this slice, and (if it began in a slice that ended another) part of
+        one more slice. Only when that bound passes the limit is each stanza measured,
+        by serialising it: rare with the default limit, so the common path costs
+        nothing, and no stanza over the limit gets through however the reads fall."""
+        bound = self._unattributed + size + (self._slice if self._head_uncounted else 0)
+        if bound <= self.max_stanza_size:
+            share = self._attribute(size, len(stanzas))
+            return [StanzaReceived(stanza, share) for stanza in stanzas]
+        received = []
+        for stanza in stanzas:
+            measured = len(etree.tostring(stanza, encoding="utf-8"))
+            if measured > self.max_stanza_size:
+                raise StreamError("policy-violation", f"stanza over {self.max_stanza_size} bytes")
+            received.append(StanzaReceived(stanza, measured))
+        self._unattributed = 0
+        return received
+
     def _attribute(self, size: int, finished: int) -> int:
         """Share the bytes fed since the last finished stanza among the `finished` ones;
         what does not divide evenly carries over to the next."""
@@ -284,12 +341,17 @@ class StreamFramer:
             self._unattributed = 0  # those bytes were the header's
         elif blank and self._depth <= 1:
             self._unproven_blank += size  # most likely a keepalive: see _drop_stream_text
+            self._idle_blank += size
+            if self._idle_blank > self.max_idle_whitespace:
+                raise StreamError("policy-violation", "nothing but whitespace for too long")
         else:
             self._unattributed += size
-        counted = self._unattributed + max(0, self._unproven_blank - _BLANK_SLACK)
-        if counted > self.max_stanza_size:
+        if self._counted() > self.max_stanza_size:
             where = "stanza" if self._root is not None else "stream header"
             raise StreamError("policy-violation", f"{where} over {self.max_stanza_size} bytes")
+
+    def _counted(self) -> int:
+        return self._unattributed + max(0, self._unproven_blank - _BLANK_SLACK)
 
     def _drop_stream_text(self) -> None:
         """Whitespace between stanzas lands in the root's text: check it and free it."""
@@ -344,11 +406,12 @@ def _condition_for(entries: Iterable[etree._LogEntry]) -> str | None:
 
 
 def _header_attrs(root: etree._Element) -> dict[str, str]:
-    attrs = {key: root.get(name) for key, name in _HEADER_ATTRS if root.get(name) is not None}
-    lang = root.get(_LANG)
-    if lang is not None:
-        attrs["lang"] = lang
-    return attrs  # type: ignore[return-value]
+    attrs: dict[str, str] = {}
+    for key, name in _HEADER_ATTRS.items():
+        value = root.get(name)
+        if value is not None:
+            attrs[key] = value
+    return attrs
 
 
 def _check_version(version: str) -> None:

@@ -6,6 +6,7 @@ Output is always re-serialised from a tree, never echoed from received bytes
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from xml.sax.saxutils import escape
 
 from lxml import etree
@@ -15,32 +16,55 @@ from raftxmpp.xml.ns import CLIENT, STREAM
 STREAM_CLOSE = b"</stream:stream>"
 
 _ATTR_ENTITIES = {"'": "&apos;", '"': "&quot;"}
-_CLIENT_QUALIFIER = f"{{{CLIENT}}}"
-_REDUNDANT_XMLNS = f' xmlns="{CLIENT}"'.encode()
+
+# Namespaces our stream header declares, with the prefix it gives each: an element in
+# one of them is written without declaring it again.
+_HEADER_PREFIXES = {CLIENT: None, STREAM: "stream"}
+_HEADER_DECLARATIONS = {
+    CLIENT: (b"", f' xmlns="{CLIENT}"'.encode()),
+    STREAM: (b"stream:", f' xmlns:stream="{STREAM}"'.encode()),
+}
 
 
-def make(tag: str, attrs: dict[str, str] | None = None, ns: str = CLIENT) -> etree._Element:
-    """A new element `tag` in `ns`, declared as the default namespace so it serialises
-    without generated prefixes (`ns0:`). A tag already in `{ns}name` form is kept."""
-    qualified = tag if tag.startswith("{") else f"{{{ns}}}{tag}"
-    return etree.Element(qualified, attrs, nsmap={None: ns})
+def make(
+    tag: str, attrs: Mapping[str, str | None] | None = None, ns: str = CLIENT
+) -> etree._Element:
+    """A new element `tag` in `ns` (a tag already in `{ns}name` form is kept as is);
+    attributes whose value is None are left out.
+
+    jabber:client and other namespaces become the default namespace, the stream
+    namespace gets the `stream` prefix, so output never carries generated `ns0:`
+    prefixes and `serialize` can leave out what the stream header declared."""
+    if attrs:
+        attrs = {name: value for name, value in attrs.items() if value is not None}
+    if tag.startswith("{"):
+        ns = tag[1:].partition("}")[0]
+    else:
+        tag = f"{{{ns}}}{tag}"
+    return etree.Element(tag, attrs, nsmap={_HEADER_PREFIXES.get(ns): ns})
 
 
 def serialize(element: etree._Element) -> bytes:
-    """Bytes of `element` for a stream whose default namespace is jabber:client.
+    """Bytes of `element` for a client stream opened by `stream_header`.
 
-    lxml declares `xmlns="jabber:client"` on the top element; the stream header already
-    did, so that declaration is cut, but only where lxml writes it first, right after an
-    unprefixed tag name: there it cannot be part of an attribute or another namespace
-    name. Anything else is returned as lxml wrote it, which is also correct XML."""
+    lxml declares the top element's namespace on it; when the stream header already
+    declared it (jabber:client as default, or the `stream` prefix), that declaration is
+    cut, but only where lxml writes it first, right after the tag name: there it cannot
+    be part of an attribute or of another namespace name. Anything else is returned as
+    lxml wrote it, which is also correct XML."""
     data = etree.tostring(element, with_tail=False)
     tag = element.tag
-    if not (isinstance(tag, str) and tag.startswith(_CLIENT_QUALIFIER)):
+    if not (isinstance(tag, str) and tag.startswith("{")):
         return data
-    start = b"<" + tag[len(_CLIENT_QUALIFIER) :].encode()
-    if not data.startswith(start + _REDUNDANT_XMLNS):
+    namespace, _, local = tag[1:].partition("}")
+    declared = _HEADER_DECLARATIONS.get(namespace)
+    if declared is None:
         return data
-    return start + data[len(start) + len(_REDUNDANT_XMLNS) :]
+    prefix, declaration = declared
+    start = b"<" + prefix + local.encode()
+    if not data.startswith(start + declaration):
+        return data
+    return start + data[len(start) + len(declaration) :]
 
 
 def stream_header(

@@ -1,0 +1,19 @@
+#!/bin/bash
+# usage: bench/build_xmppload.sh
+# Builds the load generator from ../shared/bench/xmppload.c (next to this checkout):
+#   bench/xmppload        the shared generator, unchanged (what the anchors were measured with)
+#   bench/xmppload-x      the same plus bench/xmppload-extras.patch: -Q PORT (receivers of the
+#                         messages scenario connect to another node: cross-node) and -O (skip a
+#                         session IQ the server marks <optional/>)
+# Both binaries are gitignored. Exits non-zero if the source or gcc is missing.
+set -euo pipefail
+D=$(cd "$(dirname "$0")" && pwd)
+SRC=${XMPPLOAD_SRC:-$D/../../shared/bench/xmppload.c}
+[ -f "$SRC" ] || SRC=$D/../shared/bench/xmppload.c
+[ -f "$SRC" ] || { echo "build_xmppload: no xmppload.c (looked next to the checkout: ../shared/bench/)" >&2; exit 2; }
+command -v gcc >/dev/null || { echo "build_xmppload: gcc not found" >&2; exit 2; }
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+gcc -O2 -o "$D/xmppload" "$SRC"
+patch -s -o "$TMP/xmppload-x.c" "$SRC" "$D/xmppload-extras.patch"
+gcc -O2 -o "$D/xmppload-x" "$TMP/xmppload-x.c"
+echo "built $D/xmppload and $D/xmppload-x from $SRC"

@@ -1,0 +1,329 @@
+"""Node links: authenticated TCP connections that carry stanzas and gossip between nodes.
+
+Each node dials every other member (its outgoing link carries its traffic to that
+peer) and accepts the peers' links (their traffic to it). A link is usable only after
+both sides proved the cluster secret with an HMAC challenge-response over fresh
+nonces, so nobody without the secret can inject a stanza or a gossip entry; before
+that, frames are capped at HANDSHAKE_MAX bytes and the exchange at a few seconds.
+
+Frames: 4-byte big-endian length, 1-byte kind, payload. Kinds:
+  S  a stanza for a full JID on the receiving node: hops(1) target NUL bytes
+  G  a gossip message (JSON)
+  J  a join request from a node that is not a member yet (JSON), answered with J
+
+Queues are bounded per peer (MAX_QUEUE_BYTES): while a peer is slow or unreachable,
+stanzas beyond that are dropped and counted, never buffered without bound.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from raftxmpp.config import Address
+
+log = logging.getLogger("raftxmpp.links")
+
+HANDSHAKE_MAX = 4096
+FRAME_MAX = 4 * 1024 * 1024
+MAX_QUEUE_BYTES = 8 * 1024 * 1024
+HANDSHAKE_TIMEOUT = 5.0
+READ_SIZE = 65536
+
+STANZA, GOSSIP, JOIN = b"S", b"G", b"J"
+
+
+FrameHandler = Callable[[str, bytes, bytes], Awaitable[None]]
+JoinHandler = Callable[[dict], Awaitable[dict]]
+
+
+class LinkError(Exception):
+    pass
+
+
+# What a broken, slow or hostile peer can raise; each ends that one link, nothing more.
+_LINK_ERRORS = (LinkError, OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+                trio.TooSlowError, ValueError, KeyError, TypeError)
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload) + 1) + kind + payload
+
+
+class FrameReader:
+    """Sans-IO: bytes in, (kind, payload) frames out, with a size cap."""
+
+    def __init__(self, limit: int) -> None:
+        self.buffer = bytearray()
+        self.limit = limit
+        self.pending: list[tuple[bytes, bytes]] = []  # read during the handshake, not yet used
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        self.buffer += data
+        frames, self.pending = self.pending, []
+        while len(self.buffer) >= 4:
+            (size,) = struct.unpack_from(">I", self.buffer)
+            if size < 1 or size > self.limit:
+                raise LinkError(f"frame of {size} bytes")
+            if len(self.buffer) < 4 + size:
+                break
+            body = bytes(self.buffer[4:4 + size])
+            del self.buffer[:4 + size]
+            frames.append((body[:1], body[1:]))
+        return frames
+
+
+def _proof(secret: str, role: str, nonce_a: str, nonce_b: str, name: str) -> str:
+    message = f"{role}|{nonce_a}|{nonce_b}|{name}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Peer:
+    name: str
+    address: Address
+    queue: list[bytes] = field(default_factory=list)
+    queued_bytes: int = 0
+    wakeup: trio.Event = field(default_factory=trio.Event)
+    connected: bool = False
+    dropped: int = 0
+    cancel: trio.CancelScope | None = None
+
+
+class NotMember(LinkError):
+    """The peer refused our link: we are not (any more) a member of its cluster."""
+
+
+class Links:
+    def __init__(self, name: str, secret: str, listen: Address, on_frame: FrameHandler,
+                 on_join: JoinHandler | None = None, raft: str = "",
+                 is_member: Callable[[str], bool] | None = None,
+                 on_refused: Callable[[str], None] | None = None) -> None:
+        self.name = name
+        self.secret = secret
+        self.listen = listen
+        self.on_frame = on_frame
+        self.on_join = on_join
+        self.raft = raft  # our Raft address, by which peers check our membership
+        self.is_member = is_member or (lambda raft: True)
+        self.on_refused = on_refused or (lambda peer: None)
+        self.peers: dict[str, Peer] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # -- sending ---------------------------------------------------------------------------------------
+
+    def send(self, peer_name: str, kind: bytes, payload: bytes) -> bool:
+        peer = self.peers.get(peer_name)
+        if peer is None:
+            return False
+        data = frame(kind, payload)
+        if peer.queued_bytes + len(data) > MAX_QUEUE_BYTES:
+            peer.dropped += 1
+            if peer.dropped in (1, 10, 100) or peer.dropped % 1000 == 0:
+                log.warning("link to %s is full; dropped %d frames", peer_name, peer.dropped)
+            return False
+        peer.queue.append(data)
+        peer.queued_bytes += len(data)
+        peer.wakeup.set()
+        return True
+
+    def broadcast(self, kind: bytes, payload: bytes) -> None:
+        for name in self.peers:
+            self.send(name, kind, payload)
+
+    def send_stanza(self, peer_name: str, target: str, data: bytes, hops: int = 0) -> bool:
+        return self.send(peer_name, STANZA, bytes([hops]) + target.encode() + b"\0" + data)
+
+    def connected(self, peer_name: str) -> bool:
+        peer = self.peers.get(peer_name)
+        return peer is not None and peer.connected
+
+    def queue_depths(self) -> dict[str, int]:
+        return {name: peer.queued_bytes for name, peer in self.peers.items()}
+
+    # -- membership of the link mesh ---------------------------------------------------------------------
+
+    def set_peers(self, members: dict[str, Address]) -> None:
+        """Dials new members, hangs up on removed ones; called as the member table changes."""
+        wanted = {n: a for n, a in members.items() if n != self.name}
+        for name in list(self.peers):
+            if name not in wanted or self.peers[name].address != wanted[name]:
+                peer = self.peers.pop(name)
+                if peer.cancel is not None:
+                    peer.cancel.cancel()
+        for name, address in wanted.items():
+            if name not in self.peers and self._nursery is not None:
+                peer = Peer(name, address)
+                self.peers[name] = peer
+                self._nursery.start_soon(self._dial_loop, peer)
+
+    # -- running ---------------------------------------------------------------------------------------------
+
+    async def serve(self, listener: trio.SocketListener, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.serve_listeners(self._accept, [listener])
+
+    async def _dial_loop(self, peer: Peer) -> None:
+        with trio.CancelScope() as scope:
+            peer.cancel = scope
+            delay = 0.1
+            while True:
+                try:
+                    stream = await trio.open_tcp_stream(peer.address.host, peer.address.port)
+                except OSError:
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                try:
+                    async with stream:
+                        await self._handshake_out(stream, peer.name)
+                        delay = 0.1
+                        peer.connected = True
+                        log.info("link to %s up", peer.name)
+                        await self._write_loop(stream, peer)
+                except* NotMember:
+                    self.on_refused(peer.name)
+                except* _LINK_ERRORS as group:
+                    if peer.connected:
+                        log.info("link to %s down: %r", peer.name, group.exceptions[0])
+                finally:
+                    peer.connected = False
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _write_loop(self, stream: trio.SocketStream, peer: Peer) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_close, stream)
+            while True:
+                if not peer.queue:
+                    await peer.wakeup.wait()
+                    peer.wakeup = trio.Event()
+                    continue
+                data = b"".join(peer.queue)
+                peer.queue.clear()
+                peer.queued_bytes = 0
+                await stream.send_all(data)
+
+    @staticmethod
+    async def _watch_close(stream: trio.SocketStream) -> None:
+        """The peer never writes on our outgoing link; EOF means it is gone."""
+        while await stream.receive_some(READ_SIZE):
+            pass
+        raise LinkError("closed by peer")
+
+    async def _accept(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                peer_name, reader = await self._handshake_in(stream)
+                if peer_name is None:
+                    return
+                await self._read_loop(stream, peer_name, reader)
+            except* _LINK_ERRORS as group:
+                log.debug("incoming link closed: %r", group.exceptions[0])
+
+    async def _read_loop(self, stream: trio.SocketStream, peer_name: str, reader: FrameReader) -> None:
+        reader.limit = FRAME_MAX
+        data = b""
+        while True:
+            for kind, payload in reader.feed(data):
+                await self.on_frame(peer_name, kind, payload)
+            data = await stream.receive_some(READ_SIZE)
+            if not data:
+                return
+
+    # -- handshake ------------------------------------------------------------------------------------------
+
+    async def _handshake_out(self, stream: trio.SocketStream, expected: str | None) -> str:
+        reader = FrameReader(HANDSHAKE_MAX)
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            nonce = secrets.token_hex(16)
+            await stream.send_all(frame(b"H", json.dumps(
+                {"node": self.name, "nonce": nonce, "raft": self.raft}).encode()))
+            hello = await _read_json(stream, reader)
+            their_name, their_nonce = str(hello["node"]), str(hello["nonce"])
+            if not hmac.compare_digest(str(hello.get("proof", "")),
+                                       _proof(self.secret, "acceptor", nonce, their_nonce, their_name)):
+                raise LinkError("peer failed to prove the cluster secret")
+            if expected is not None and their_name != expected:
+                raise LinkError(f"expected {expected}, reached {their_name}")
+            proof = _proof(self.secret, "connector", nonce, their_nonce, self.name)
+            await stream.send_all(frame(b"H", json.dumps({"proof": proof}).encode()))
+            if expected is not None and (await _read_json(stream, reader)).get("member") is False:
+                raise NotMember(f"{their_name} says we are not a member")
+        return their_name
+
+    async def _handshake_in(self, stream: trio.SocketStream) -> tuple[str | None, FrameReader]:
+        reader = FrameReader(HANDSHAKE_MAX)
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            hello = await _read_json(stream, reader)
+            their_name, their_nonce = str(hello["node"]), str(hello["nonce"])
+            nonce = secrets.token_hex(16)
+            proof = _proof(self.secret, "acceptor", their_nonce, nonce, self.name)
+            await stream.send_all(frame(b"H", json.dumps(
+                {"node": self.name, "nonce": nonce, "proof": proof}).encode()))
+            answer = await _read_json(stream, reader)
+            expected = _proof(self.secret, "connector", their_nonce, nonce, their_name)
+            if not hmac.compare_digest(str(answer.get("proof", "")), expected):
+                log.warning("refused a link claiming to be %s: wrong cluster secret", their_name)
+                raise LinkError("wrong cluster secret")
+            if their_name.startswith("join:"):
+                await self._answer_join(stream, reader)
+                return None, reader
+            member = self.is_member(str(hello.get("raft", "")))
+            await stream.send_all(frame(b"H", json.dumps({"member": member}).encode()))
+        if not member:
+            return None, reader
+        return their_name, reader
+
+    # -- joining ------------------------------------------------------------------------------------------
+
+    async def _answer_join(self, stream: trio.SocketStream, reader: FrameReader) -> None:
+        with trio.fail_after(60):
+            request = await _read_json(stream, reader, kind=JOIN)
+            reply = await self.on_join(request) if self.on_join else {"error": "joining not served"}
+            await stream.send_all(frame(JOIN, json.dumps(reply).encode()))
+
+    async def request_join(self, member: Address, request: dict, timeout: float = 60) -> dict:
+        """Asks a member to add us to the cluster; returns its answer (the member list)."""
+        stream = await trio.open_tcp_stream(member.host, member.port)
+        async with stream:
+            with trio.fail_after(timeout):
+                self_name = self.name
+                self.name = f"join:{self_name}"
+                try:
+                    await self._handshake_out(stream, None)
+                finally:
+                    self.name = self_name
+                await stream.send_all(frame(JOIN, json.dumps(request).encode()))
+                return await _read_json(stream, FrameReader(FRAME_MAX), kind=JOIN)
+
+
+async def _read_json(stream: trio.SocketStream, reader: FrameReader, kind: bytes = b"H") -> dict:
+    """One handshake frame; frames that came with it wait in reader.pending."""
+    while True:
+        frames = reader.feed(b"" if reader.pending else await _receive(stream))
+        if frames:
+            (got_kind, payload), reader.pending = frames[0], frames[1:]
+            if got_kind != kind:
+                raise LinkError(f"unexpected frame {got_kind!r}")
+            message = json.loads(payload)
+            if not isinstance(message, dict):
+                raise LinkError("malformed handshake")
+            return message
+
+
+async def _receive(stream: trio.SocketStream) -> bytes:
+    data = await stream.receive_some(READ_SIZE)
+    if not data:
+        raise LinkError("closed during handshake")
+    return data

@@ -1,0 +1,191 @@
+"""This node's place in the cluster: links, gossip, the member table, membership changes.
+
+- The replicated member table maps node names to their Raft and link addresses; each
+  node writes its own entry, and every node dials the links of the others from it.
+- Membership changes (add-peer, remove-peer, join) take a cluster-wide lock in the
+  state machine first, because pysyncobj does not refuse a second change in flight.
+  A node is added to Raft before it starts (pysyncobj #89): `node start --join`
+  asks a member over the authenticated link port to add it, then starts Raft with
+  the member list it got back.
+- A node that finds itself removed from the member table says so and refuses
+  durable writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from raftxmpp.cluster.gossip import Gossip
+from raftxmpp.cluster.links import GOSSIP, STANZA, LinkError, Links
+from raftxmpp.cluster.raft import RaftUnavailable
+from raftxmpp.cluster.store import StoreError
+from raftxmpp.config import Address
+
+if TYPE_CHECKING:
+    from raftxmpp.node import Node
+
+log = logging.getLogger("raftxmpp.cluster")
+
+MEMBERSHIP_TTL = 60
+REFUSED_MEANS_REMOVED = 3.0
+
+__all__ = ["ClusterMembership", "MembershipError", "LinkError", "join", "remembered_peers"]
+
+
+class MembershipError(Exception):
+    """A membership change that cannot be made; the message is for the operator."""
+
+
+class ClusterMembership:
+    def __init__(self, node: Node, secret: str) -> None:
+        self.node = node
+        cfg = node.config
+        self.name = cfg.node.name
+        self.links = Links(self.name, secret, cfg.cluster.link, self._on_frame, self._on_join,
+                           raft=str(cfg.cluster.raft), is_member=self._is_member,
+                           on_refused=self._refused)
+        self.gossip = Gossip(self.name, self.links, node.router.sessions.on_gossip_change,
+                             self._on_gossip_message)
+        node.router.sessions.attach(self.gossip, self.links)
+        self.removed = False
+        self._was_member = False
+        self._refused_since: float | None = None
+
+    # -- running ------------------------------------------------------------------------------------
+
+    async def run(self, listener: trio.SocketListener, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.links.serve, listener)
+            nursery.start_soon(self.gossip.run)
+            nursery.start_soon(self._track_members)
+            task_status.started()
+
+    async def _track_members(self) -> None:
+        cfg = self.node.config
+        own = {"raft": str(cfg.cluster.raft), "link": str(cfg.cluster.link)}
+        while True:
+            members = self.node.raft.read(lambda s: dict(s.members))
+            self.links.set_peers({name: Address.parse(m["link"]) for name, m in members.items()})
+            if self.name in members:
+                self._was_member = True
+            elif self._was_member and members and not self.removed:
+                self.removed = True
+                log.warning("this node was removed from the cluster: it no longer serves "
+                            "durable writes")
+            if members.get(self.name) != own and not self.removed:
+                await self._register(own)
+            await trio.sleep(0.5)
+
+    async def _register(self, own: dict) -> None:
+        try:
+            await self.node.store._write("member_set", name=self.name, **own)
+        except RaftUnavailable:
+            pass  # no quorum yet: try again next round
+        except StoreError as exc:
+            log.error("cannot register this node in the member table: %s", exc.text)
+
+    # -- frames from other nodes -----------------------------------------------------------------------
+
+    async def _on_frame(self, peer: str, kind: bytes, payload: bytes) -> None:
+        try:
+            if kind == GOSSIP:
+                self.gossip.handle(peer, payload)
+            elif kind == STANZA:
+                await self.node.router.deliver_from_link(payload)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("bad %r frame from %s: %r", kind, peer, exc)
+
+    def _on_gossip_message(self, peer: str, message: dict) -> None:
+        kind = message.get("t")
+        if kind == "kick":
+            self.node.router.sessions.kick(str(message["jid"]), str(message.get("condition")))
+        elif kind == "removed" and not self.removed:
+            self.removed = True
+            log.warning("node %s removed this node from the cluster: it no longer serves "
+                        "durable writes", peer)
+
+    def _is_member(self, raft_address: str) -> bool:
+        return raft_address in self.node.raft.members()
+
+    def _refused(self, peer: str) -> None:
+        """A peer says we are not a member. A lagging peer may say so for a heartbeat or
+        two right after we joined, so only a refusal that lasts means removal."""
+        now = trio.current_time()
+        if self._refused_since is None:
+            self._refused_since = now
+        elif now - self._refused_since > REFUSED_MEANS_REMOVED and not self.removed:
+            self.removed = True
+            log.warning("%s and others no longer accept this node: it was removed from the "
+                        "cluster and no longer serves durable writes", peer)
+
+    def _member_name(self, raft_address: str) -> str | None:
+        members = self.node.raft.read(lambda s: dict(s.members))
+        return next((n for n, m in members.items() if m["raft"] == raft_address), None)
+
+    # -- membership changes ------------------------------------------------------------------------------
+
+    async def change(self, action: str, address: str) -> None:
+        """Adds or removes one Raft member, holding the cluster-wide lock while it happens."""
+        store = self.node.store
+        owner = f"{self.name}:{uuid.uuid4().hex[:8]}"
+        try:
+            await store._write("membership_lock", owner=owner, ttl=MEMBERSHIP_TTL)
+        except StoreError as exc:
+            raise MembershipError(exc.text) from None
+        try:
+            await self.node.raft.change_membership(action, address)
+            if action == "remove":
+                # It gets no more log entries now: tell it directly, then forget it.
+                name = self._member_name(address)
+                if name is not None:
+                    self.gossip.send(name, {"t": "removed"})
+                await store._write("member_remove", raft=address)
+            log.info("membership change done: %s %s", action, address)
+        finally:
+            try:
+                await store._write("membership_unlock", owner=owner)
+            except (RaftUnavailable, StoreError):
+                log.warning("could not release the membership lock; it expires in %ds",
+                            MEMBERSHIP_TTL)
+
+    async def _on_join(self, request: dict) -> dict:
+        raft = str(request.get("raft", ""))
+        try:
+            Address.parse(raft)
+        except ValueError:
+            return {"error": f"bad raft address {raft!r}"}
+        if raft not in self.node.raft.members():
+            try:
+                await self.change("add", raft)
+            except (MembershipError, RaftUnavailable) as exc:
+                return {"error": str(exc)}
+        log.info("node %s (%s) joined the cluster", request.get("name"), raft)
+        return {"peers": sorted(self.node.raft.members())}
+
+
+async def join(links: Links, member: Address, request: dict, data_dir: Path) -> list[str]:
+    """Asks a member to add us; returns the Raft peers to start with, and keeps them."""
+    answer = await links.request_join(member, request)
+    if "error" in answer:
+        raise MembershipError(f"{member} refused the join: {answer['error']}")
+    peers = [p for p in answer["peers"] if p != request["raft"]]
+    (data_dir / "raft.peers").write_text(json.dumps(peers))
+    return peers
+
+
+def remembered_peers(data_dir: Path) -> list[str] | None:
+    """The member list a previous `--join` got, so a restart finds the cluster again."""
+    path = data_dir / "raft.peers"
+    if not path.exists():
+        return None
+    try:
+        peers: Any = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return [str(p) for p in peers] if isinstance(peers, list) else None

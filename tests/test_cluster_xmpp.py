@@ -1,0 +1,224 @@
+"""The cluster as clients see it: three real node processes, slixmpp clients on different nodes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import trustme
+
+from tests.harness import Cluster, NodeProcess, free_ports, wait_for
+from tests.xmpp_client import Client, run, unique
+
+pytestmark = pytest.mark.cluster
+
+PASSWORD = "cluster-password"
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    cert.private_key_pem.write_to_path(str(base / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(base / "cert.pem"))
+    ca.cert_pem.write_to_path(str(base / "ca.pem"))
+    return base
+
+
+def tls_extra(tls) -> str:
+    return f'\n[tls]\ncertificate = "{tls / "cert.pem"}"\nkey = "{tls / "key.pem"}"\n'
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, tls):
+    c = Cluster(tmp_path_factory.mktemp("cluster"), 3, tls_extra(tls)).start()
+    c.leader()
+    wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3 for n in c.nodes), 20,
+             "every node to see the others by gossip")
+    yield c
+    c.kill_all()
+
+
+def account(node, prefix: str) -> str:
+    jid = f"{unique(prefix)}@localhost"
+    node.admin("user.add", jid=jid, password=PASSWORD)
+    return jid
+
+
+def client(node, tls, jid: str, resource: str | None = None, **kwargs) -> Client:
+    full = f"{jid}/{resource}" if resource else jid
+    return Client(full, PASSWORD, node.c2s_port, tls / "ca.pem", **kwargs)
+
+
+async def befriend(a: Client, b: Client) -> None:
+    """A mutual subscription through the real protocol."""
+    for c in (a, b):
+        c.auto_authorize = True
+        c.auto_subscribe = True
+    a.send_presence(pto=b.boundjid.bare, ptype="subscribe")
+    await a.presence_from(b.boundjid.bare)
+    await b.presence_from(a.boundjid.bare)
+
+
+def test_chat_and_presence_between_clients_on_different_nodes(cluster, tls):
+    node1, node2, _ = cluster.nodes
+    alice_jid, bob_jid = account(node1, "alice"), account(node2, "bob")
+
+    async def scenario():
+        alice, bob = client(node1, tls, alice_jid), client(node2, tls, bob_jid)
+        assert await alice.start() and await bob.start()
+        await befriend(alice, bob)
+        alice.send_message(mto=bob_jid, mbody="across the cluster", mtype="chat")
+        assert (await bob.next_message())["body"] == "across the cluster"
+        bob.send_message(mto=alice.boundjid, mbody="and back", mtype="chat")
+        assert (await alice.next_message())["body"] == "and back"
+        await bob.stop()
+        await alice.presence_from(bob_jid, "unavailable")
+        await alice.stop()
+
+    run(scenario())
+
+
+def test_bare_jid_message_goes_to_the_highest_priority_resource_on_any_node(cluster, tls):
+    node1, node2, node3 = cluster.nodes
+    sender_jid, rcpt_jid = account(node1, "s"), account(node2, "r")
+
+    async def scenario():
+        low = client(node2, tls, rcpt_jid, "low")
+        high = client(node3, tls, rcpt_jid, "high")
+        sender = client(node1, tls, sender_jid)
+        assert await low.start(priority=1) and await high.start(priority=10)
+        assert await sender.start()
+        await _until(lambda: node1.admin("node.status")["sessions_by_node"].get("node3", 0) >= 1)
+        sender.send_message(mto=rcpt_jid, mbody="to the top", mtype="chat")
+        assert (await high.next_message())["body"] == "to the top"
+        await low.expect_no_message(within=0.5)
+        for c in (low, high, sender):
+            await c.stop()
+
+    run(scenario())
+
+
+def test_offline_message_stored_on_one_node_is_delivered_on_login_at_another(cluster, tls):
+    node1, _, node3 = cluster.nodes
+    sender_jid, rcpt_jid = account(node1, "os"), account(node1, "or")
+
+    async def scenario():
+        sender = client(node1, tls, sender_jid)
+        assert await sender.start()
+        sender.send_message(mto=rcpt_jid, mbody="stored via node1", mtype="chat")
+        await sender.plugin["xep_0199"].ping(jid="localhost", timeout=10)
+        await sender.stop()
+        rcpt = client(node3, tls, rcpt_jid, plugins=("xep_0203",))
+        assert await rcpt.start()
+        msg = await rcpt.next_message()
+        assert msg["body"] == "stored via node1" and msg["delay"]["stamp"] is not None
+        await rcpt.stop()
+
+    run(scenario())
+
+
+def test_roster_push_reaches_a_resource_on_another_node(cluster, tls):
+    node1, node2, _ = cluster.nodes
+    jid = account(node1, "pusher")
+
+    async def scenario():
+        here, there = client(node1, tls, jid, "here"), client(node2, tls, jid, "there")
+        assert await here.start() and await there.start()
+        pushed = asyncio.get_running_loop().create_future()
+        there.add_event_handler("roster_update", lambda iq: pushed.done() or pushed.set_result(iq))
+        await _until(lambda: node1.admin("node.status")["sessions_by_node"].get("node2", 0) >= 1)
+        await here.update_roster("friend@localhost", name="Friend")
+        update = await asyncio.wait_for(pushed, 10)
+        assert "friend@localhost" in update["roster"]["items"]
+        await here.stop()
+        await there.stop()
+
+    run(scenario())
+
+
+def test_a_killed_nodes_sessions_are_purged_and_contacts_see_unavailable(tmp_path, tls):
+    cluster = Cluster(tmp_path, 3, tls_extra(tls)).start()
+    try:
+        cluster.leader()
+        node1, _, node3 = cluster.nodes
+        wait_for(lambda: len(node1.admin("node.status")["gossip"]) == 3, 20, "gossip")
+        alice_jid, bob_jid = account(node1, "watcher"), account(node3, "doomed")
+
+        async def scenario():
+            alice, bob = client(node1, tls, alice_jid), client(node3, tls, bob_jid)
+            assert await alice.start() and await bob.start()
+            await befriend(alice, bob)
+            node3.kill()
+            gone = await alice.presence_from(bob_jid, "unavailable", timeout=15)
+            assert gone["from"].bare == bob_jid
+            bob.abort()
+            # bob logs in again on a surviving node and finds his roster.
+            again = client(node1, tls, bob_jid)
+            assert await again.start()
+            assert alice_jid in again.client_roster
+            await again.stop()
+            await alice.stop()
+
+        run(scenario())
+        assert node1.admin("node.status")["sessions_by_node"].get("node3", 0) == 0
+    finally:
+        cluster.kill_all()
+
+
+def test_client_writes_resume_after_the_leader_is_killed(tmp_path, tls):
+    cluster = Cluster(tmp_path, 3, tls_extra(tls)).start()
+    try:
+        leader = cluster.leader()
+        first, second = [n for n in cluster.nodes if n is not leader]
+        jid = account(first, "writer")
+        leader.kill()
+
+        async def scenario():
+            c = client(first, tls, jid, "one")
+            assert await c.start()
+            await c.update_roster("after-failover@localhost", name="ok", timeout=15)
+            await c.stop()
+            other = client(second, tls, jid, "two")
+            assert await other.start()  # fetches the roster from the other survivor
+            assert "after-failover@localhost" in other.client_roster
+            await other.stop()
+
+        run(scenario())
+    finally:
+        cluster.kill_all()
+
+
+def test_a_node_joins_at_runtime_then_is_removed(tmp_path):
+    cluster = Cluster(tmp_path, 3).start()
+    try:
+        cluster.leader()
+        node1 = cluster.nodes[0]
+        node1.admin("user.add", jid="early@localhost", password=PASSWORD)
+        ports = dict(zip(("raft", "link", "c2s", "c2s_tls"), free_ports(4), strict=True))
+        node4 = NodeProcess(tmp_path, "node4", ports, [], "")
+        node4.config_path.write_text(node4.config_path.read_text().replace(
+            "[cluster]", '[cluster]\nsecret = "test-cluster-secret-0123456789abcdef"'))
+        node4.start("--join", f"127.0.0.1:{node1.ports['link']}")
+        cluster.nodes.append(node4)
+        wait_for(lambda: "early@localhost" in node4.admin("user.list", current=True), 30,
+                 "node4 to catch up by snapshot and log")
+        members = set(node1.status()["members"])
+        assert node4.raft_address in members and len(members) == 4
+        node4.admin("user.add", jid="late@localhost", password=PASSWORD)
+        assert "late@localhost" in node1.admin("user.list", current=True)
+        node1.admin("cluster.change", action="remove", address=node4.raft_address)
+        wait_for(lambda: node4.raft_address not in node1.status()["members"], 15, "removal")
+        wait_for(lambda: node4.admin("node.status")["removed"], 15, "node4 to know it was removed")
+        node1.admin("user.add", jid="after-removal@localhost", password=PASSWORD)
+    finally:
+        cluster.kill_all()
+
+
+async def _until(predicate, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
