@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import slixmpp
 import trustme
 
 from tests.harness import Cluster, NodeProcess, free_ports, wait_for
@@ -222,3 +223,34 @@ async def _until(predicate, timeout: float = 10.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.05)
+
+
+def test_a_node_without_majority_routes_but_refuses_durable_writes_with_a_wait_error(tmp_path, tls):
+    cluster = Cluster(tmp_path, 3, tls_extra(tls)).start()
+    try:
+        cluster.leader()
+        node1, node2, node3 = cluster.nodes
+        alice_jid, bob_jid = account(node1, "minority-a"), account(node1, "minority-b")
+
+        async def scenario():
+            alice, bob = client(node1, tls, alice_jid), client(node1, tls, bob_jid)
+            assert await alice.start() and await bob.start()
+            node2.kill()
+            node3.kill()
+            alice.send_message(mto=bob.boundjid, mbody="still routed", mtype="chat")
+            assert (await bob.next_message())["body"] == "still routed"
+            iq = alice.make_iq_set(ito=None)
+            iq.enable("roster")
+            iq["roster"]["items"] = {"carol@localhost": {"name": "Carol"}}
+            try:
+                await iq.send(timeout=15)
+            except slixmpp.exceptions.IqError as exc:
+                assert exc.iq["error"]["type"] == "wait"
+            else:
+                raise AssertionError("a roster change was acknowledged without a majority")
+            await alice.stop()
+            await bob.stop()
+
+        run(scenario())
+    finally:
+        cluster.kill_all()

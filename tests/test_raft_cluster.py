@@ -105,3 +105,23 @@ def test_a_minority_refuses_durable_writes_with_a_clear_error(make_cluster):
     node3.kill()
     with pytest.raises(AdminClientError, match="quorum"):
         node1.admin("user.add", jid="lonely@localhost", password=PASSWORD)
+
+
+def test_rolling_restart_of_every_node_loses_nothing(make_cluster):
+    cluster = make_cluster(3).start()
+    cluster.leader()
+    acknowledged = []
+    for round_, node in enumerate(cluster.nodes):
+        writer = next(n for n in cluster.nodes if n is not node)
+        jid = f"rolling{round_}@localhost"
+        writer.admin("user.add", jid=jid, password=PASSWORD)
+        acknowledged.append(jid)
+        assert node.stop() == 0
+        wait_for(lambda w=writer, j=f"during{round_}@localhost": w.admin(
+            "user.add", jid=j, password=PASSWORD), 15, "a write while one node is down")
+        acknowledged.append(f"during{round_}@localhost")
+        node.start()
+        cluster.leader()
+    for node in cluster.nodes:
+        wait_for(lambda n=node: set(acknowledged) <= set(accounts(n)), 20,
+                 f"{node.name} to hold every acknowledged account")

@@ -38,16 +38,20 @@ from raftxmpp.c2s.stream import (
     State,
     StreamSettings,
 )
+from raftxmpp.cluster.raft import RaftUnavailable
 from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.routing.sessions import LocalSession
+from raftxmpp.xml import ns
 from raftxmpp.xml.errors import StanzaError, StreamError, error_reply
-from raftxmpp.xml.framer import StreamFramer
+from raftxmpp.xml.framer import StanzaReceived, StreamFramer
 from raftxmpp.xml.stanza import STREAM_CLOSE, serialize
 
 if TYPE_CHECKING:
     from raftxmpp.node import Node
 
 log = logging.getLogger("raftxmpp.c2s")
+
+SASL_AUTH = f"{{{ns.SASL}}}auth"
 
 TLS_HANDSHAKE_TIMEOUT = 15.0
 READ_SIZE = 65536
@@ -86,6 +90,7 @@ class C2SConnection:
         self.admission = admission
         self._read_bucket = guards.read_bucket(self.ip, trio.current_time()) if guards else None
         self._sasl_account: str | None = None  # the account the SASL exchange named
+        self._credentials_stale = False
         self._sasl_throttled = False
 
     # -- lifetime ---------------------------------------------------------------------------------------
@@ -112,6 +117,8 @@ class C2SConnection:
     async def _negotiate(self) -> None:
         while self.session is None:
             for event in await self._read_events():
+                if self._starts_sasl(event):
+                    await self._make_credentials_current()
                 await self._perform(self._receive_before_bind(event))
                 if self.session is not None:
                     return
@@ -129,6 +136,19 @@ class C2SConnection:
             self.admission.authenticated()
         return actions
 
+    def _starts_sasl(self, event) -> bool:
+        return (self.core.state is State.AUTH and isinstance(event, StanzaReceived)
+                and event.element.tag == SASL_AUTH)
+
+    async def _make_credentials_current(self) -> None:
+        """Credentials are read after a shared Raft barrier: a node cut off from the
+        majority must not accept a password that was changed on the other side."""
+        try:
+            await self.node.raft.fresh()
+            self._credentials_stale = False
+        except RaftUnavailable:
+            self._credentials_stale = True
+
     def _lookup_credentials(self, user: str, domain: str):
         """The SASL mechanisms' account lookup; refuses throttled logins first, the same
         way for accounts that exist and accounts that do not."""
@@ -137,6 +157,10 @@ class C2SConnection:
         if self.guards is not None and self.guards.auth.blocked(self.ip, account):
             self._sasl_throttled = True
             raise sasl.SaslFailure("temporary-auth-failure", "too many failed logins")
+        if self._credentials_stale:
+            self._sasl_throttled = True  # not the client's fault: no failure counted
+            raise sasl.SaslFailure("temporary-auth-failure", "the cluster cannot confirm "
+                                   "credentials now; try again")
         return self.node.store.credentials(account)
 
     async def _serve_bound(self) -> None:

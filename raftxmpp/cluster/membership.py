@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from raftxmpp import metrics
 from raftxmpp.cluster.gossip import Gossip
 from raftxmpp.cluster.links import GOSSIP, STANZA, LinkError, Links
 from raftxmpp.cluster.raft import RaftUnavailable
@@ -50,7 +51,7 @@ class ClusterMembership:
         self.links = Links(self.name, secret, cfg.cluster.link, self._on_frame, self._on_join,
                            raft=str(cfg.cluster.raft), is_member=self._is_member,
                            on_refused=self._refused)
-        self.gossip = Gossip(self.name, self.links, node.router.sessions.on_gossip_change,
+        self.gossip = Gossip(self.name, self.links, self._on_gossip_change,
                              self._on_gossip_message)
         node.router.sessions.attach(self.gossip, self.links)
         self.removed = False
@@ -80,6 +81,8 @@ class ClusterMembership:
                             "durable writes")
             if members.get(self.name) != own and not self.removed:
                 await self._register(own)
+            for peer, depth in self.links.queue_depths().items():
+                metrics.set_link_queue_depth(peer, depth)
             await trio.sleep(0.5)
 
     async def _register(self, own: dict) -> None:
@@ -100,6 +103,14 @@ class ClusterMembership:
                 await self.node.router.deliver_from_link(payload)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("bad %r frame from %s: %r", kind, peer, exc)
+
+    def _on_gossip_change(self, node: str, key: str, old: Any, new: Any) -> None:
+        """Routes a gossip entry change to its owner by key prefix: s: sessions, c: components."""
+        router = self.node.router
+        if key.startswith("s:"):
+            router.sessions.on_gossip_change(node, key, old, new)
+        elif key.startswith("c:"):
+            router.components.on_gossip_change(node, key, old, new)
 
     def _on_gossip_message(self, peer: str, message: dict) -> None:
         kind = message.get("t")

@@ -142,6 +142,10 @@ class RaftNode:
             onReady=on_ready,
         )
         self._peers = [str(p) for p in cluster.peers]
+        self._fresh_started = 0
+        self._fresh_completed = 0
+        self._fresh_running = False
+        self._fresh_changed = trio.Event()
         self._syncobj: SyncObj | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -205,6 +209,36 @@ class RaftNode:
     async def barrier(self, timeout: float = 5.0) -> None:
         """Returns once everything committed before the call is applied here."""
         await self.submit(self.command("barrier"), timeout)
+
+    async def fresh(self, timeout: float = 5.0) -> None:
+        """A linearizable read point, shared: concurrent callers ride one barrier.
+
+        Reads are served from this node's applied state, which on a node cut off from
+        the majority can be stale (an old password would still work there). Waiting
+        for a barrier that *started after the call* makes the read that follows see
+        every write acknowledged before it, or fail with RaftUnavailable.
+        """
+        wanted = self._fresh_started + 1
+        with trio.move_on_after(timeout):
+            while self._fresh_completed < wanted:
+                if self._fresh_running:
+                    await self._fresh_changed.wait()
+                    continue
+                await self._run_fresh_barrier(timeout)
+            return
+        raise RaftUnavailable(f"no commit within {timeout:g}s: the cluster has no quorum")
+
+    async def _run_fresh_barrier(self, timeout: float) -> None:
+        self._fresh_running = True
+        self._fresh_started += 1
+        generation = self._fresh_started
+        try:
+            await self.barrier(timeout)
+            self._fresh_completed = max(self._fresh_completed, generation)
+        finally:
+            self._fresh_running = False
+            changed, self._fresh_changed = self._fresh_changed, trio.Event()
+            changed.set()
 
     # -- reads -----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from functools import partial
 
 from lxml import etree
 
+from raftxmpp import metrics
 from raftxmpp.cluster.store import StoreError
 from raftxmpp.jid import JID
 from raftxmpp.routing.router import Router
@@ -44,6 +45,7 @@ async def store_message(router: Router, stanza: etree._Element, account: JID) ->
     limit = router.config.limits.offline_queue
     try:
         await router.store.offline_store(str(account), etree.tostring(stanza), limit)
+        metrics.ROUTED_OFFLINE.inc()
     except StoreError as exc:
         if exc.condition == "resource-constraint":
             raise StanzaError("service-unavailable", text="offline storage is full") from None

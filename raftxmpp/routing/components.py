@@ -27,5 +27,8 @@ class ComponentManager:
         store = self.router.store
         return store is not None and domain in store.components()
 
+    def on_gossip_change(self, node: str, key: str, old, new) -> None:
+        """A component instance on another node appeared, changed or went (key "c:...")."""
+
     async def route(self, stanza: etree._Element, target: JID, sender: LocalSession | None) -> None:
         raise StanzaError("service-unavailable", text=f"no live instance of {target.domain}")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from lxml import etree
 
+from raftxmpp import metrics
 from raftxmpp.jid import JID
 from raftxmpp.xml import ns
 from raftxmpp.xml.errors import StreamError
@@ -72,6 +73,7 @@ class LocalSession:
         """Queues bytes for the connection's writer; a client that stops reading is cut off."""
         if self.closing is not None:
             return
+        metrics.ROUTED_LOCAL.inc()
         self.outbox.append(data)
         self.outbox_bytes += len(data)
         if self.outbox_bytes > MAX_OUTBOX_BYTES:
@@ -128,6 +130,7 @@ class RemoteSession:
 
     def send(self, data: bytes) -> None:
         hops = link_hops.get()
+        metrics.ROUTED_REMOTE.inc()
         if hops >= MAX_HOPS or not self.links.send_stanza(self.node, self.full_jid, data, hops):
             log.debug("stanza for %s on %s not forwarded (hops %d)", self.full_jid, self.node, hops)
 
