@@ -279,16 +279,24 @@ def cluster_status(as_json, config_file, data_dir) -> None:
 def render_status(status: dict) -> None:
     raft = status.get("raft", {})
     click.echo(f"node {status['node']}  hosts {', '.join(status['hosts'])}  "
-               f"sessions {status['sessions']}")
+               f"sessions {status['sessions']}"
+               + ("  REMOVED FROM THE CLUSTER" if status.get("removed") else ""))
     click.echo(f"raft {raft.get('self')}  role {raft.get('role')}  term {raft.get('term')}  "
                f"leader {raft.get('leader') or '-'}  quorum {'yes' if raft.get('has_quorum') else 'no'}")
-    click.echo(f"commit index {raft.get('commit_index')}  applied index {raft.get('applied_index')}")
+    click.echo(f"commit index {raft.get('commit_index')}  applied index {raft.get('applied_index')}"
+               f"  lag {raft.get('lag', '-')}")
     click.echo("")
-    click.echo(f"{'MEMBER':<24} {'ROLE':<10} {'REACHABLE':<9}")
+    names = status.get("member_names", {})
+    sessions = status.get("sessions_by_node", {})
+    lags = raft.get("member_lag", {})
+    click.echo(f"{'MEMBER':<22} {'NAME':<10} {'ROLE':<9} {'REACHABLE':<9} {'LAG':>6} {'SESSIONS':>8}")
     for member, reachable in sorted(raft.get("members", {}).items()):
+        name = names.get(member, "?")
         role = "leader" if member == raft.get("leader") else "follower"
         mark = "self" if member == raft.get("self") else ("yes" if reachable else "no")
-        click.echo(f"{member:<24} {role:<10} {mark:<9}")
+        lag = lags.get(member, "-")
+        click.echo(f"{member:<22} {name:<10} {role:<9} {mark:<9} {lag!s:>6} "
+                   f"{sessions.get(name, 0):>8}")
 
 
 # -- components ----------------------------------------------------------------------------------

@@ -70,8 +70,15 @@ class Node:
             "sessions_by_node": self.router.sessions.count_by_node() if self.router else {},
             "gossip": self.cluster.gossip.nodes() if self.cluster else {},
             "removed": bool(self.cluster and self.cluster.removed),
+            "member_names": self._member_names(),
             "raft": raft,
         }
+
+    def _member_names(self) -> dict[str, str]:
+        if self.raft is None:
+            return {}
+        members = self.raft.read(lambda s: dict(s.members))
+        return {m["raft"]: name for name, m in members.items()}
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -6,34 +6,10 @@ import asyncio
 
 import pytest
 import slixmpp
-import trustme
 
-from tests.harness import NodeProcess, free_ports, wait_for
 from tests.xmpp_client import Client, run, unique
 
 PASSWORD = "interop-password"
-
-
-@pytest.fixture(scope="module")
-def ca_file(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    cert.private_key_pem.write_to_path(str(base / "key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(base / "cert.pem"))
-    ca.cert_pem.write_to_path(str(base / "ca.pem"))
-    return base
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory, ca_file):
-    ports = dict(zip(("raft", "link", "c2s", "c2s_tls"), free_ports(4), strict=True))
-    extra = f'\n[tls]\ncertificate = "{ca_file / "cert.pem"}"\nkey = "{ca_file / "key.pem"}"\n'
-    process = NodeProcess(tmp_path_factory.mktemp("im"), "im", ports, [], extra)
-    process.start()
-    wait_for(lambda: process.status()["leader"], 10, "the node to lead")
-    yield process
-    process.kill()
 
 
 def account(node, prefix: str) -> str:

@@ -274,9 +274,13 @@ class RaftNode:
             return {"self": self.self_address, "state": "unknown"}
         leader = raw.get("leader")
         members = {self.self_address: True}
+        member_lag = {}
         for key, value in raw.items():
             if key.startswith("partner_node_status_server_"):
                 members[key.removeprefix("partner_node_status_server_")] = value == 2
+            elif key.startswith("match_idx_server_") and raw["state"] == 2:
+                member_lag[key.removeprefix("match_idx_server_")] = max(
+                    0, raw["commit_idx"] - value)
         return {
             "self": self.self_address,
             "role": {0: "follower", 1: "candidate", 2: "leader"}.get(raw["state"], "unknown"),
@@ -285,6 +289,8 @@ class RaftNode:
             "commit_index": raw["commit_idx"],
             "applied_index": raw["last_applied"],
             "leader_commit_index": raw["leader_commit_idx"],
+            "lag": max(0, (raw["leader_commit_idx"] or 0) - raw["last_applied"]),
+            "member_lag": member_lag,
             "has_quorum": raw["has_quorum"],
             "ready": self.syncobj.isReady(),
             "members": members,
