@@ -43,6 +43,7 @@ class Node:
         self.cluster: membership.ClusterMembership | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
+        self._served_hosts: frozenset[str] | None = None
         self.raft: RaftNode | None = None
         self.store: Store | None = None
         self.router: Router | None = None
@@ -53,11 +54,15 @@ class Node:
 
     # -- queries used by the admin API and the XMPP layer ------------------------------------
 
-    def served_hosts(self) -> set[str]:
-        hosts = set(self.config.node.hosts)
-        if self.store is not None:
-            hosts |= self.store.hosts()
-        return hosts
+    def served_hosts(self) -> frozenset[str]:
+        """Configured hosts and replicated ones; recomputed only when a host op applies,
+        since the router asks for every stanza."""
+        if self._served_hosts is None:
+            hosts = set(self.config.node.hosts)
+            if self.store is not None:
+                hosts |= self.store.hosts()
+            self._served_hosts = frozenset(hosts)
+        return self._served_hosts
 
     def status(self) -> dict[str, Any]:
         raft = self.raft.status() if self.raft else {}
@@ -152,9 +157,17 @@ class Node:
         node: whichever comes second, the queue is taken (once, through Raft) by the
         node holding an available session.
         """
-        if command.get("op") == "offline_store" and result[0] == "ok" and self._token:
-            with contextlib.suppress(trio.RunFinishedError):
+        op = command.get("op")
+        if self._token is None:
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            if op in ("host_add", "host_remove"):
+                self._token.run_sync_soon(self._forget_served_hosts)
+            elif op == "offline_store" and result[0] == "ok":
                 self._token.run_sync_soon(self._offline_stored, command["jid"])
+
+    def _forget_served_hosts(self) -> None:
+        self._served_hosts = None  # on the trio thread, after the apply: recomputed fresh
 
     def _offline_stored(self, jid: str) -> None:
         targets = [s for s in self.router.sessions.available_local(jid) if s.priority >= 0]

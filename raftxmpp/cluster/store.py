@@ -137,6 +137,14 @@ class Store:
     def blocklist(self, jid: str) -> set[str]:
         return self._read(lambda s: set(s.blocklists.get(jid, ())))
 
+    def blocks_any(self, owner: str, candidates: tuple[str, ...]) -> bool:
+        """Whether `owner` blocks any of `candidates`; no copy, it runs per stanza."""
+        def query(s: ClusterState) -> bool:
+            blocked = s.blocklists.get(owner)
+            return blocked is not None and any(c in blocked for c in candidates)
+
+        return self._read(query)
+
     async def block(self, jid: str, items: list[str]) -> list[str]:
         return await self._write("block", jid=jid, items=items)
 

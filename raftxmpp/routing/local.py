@@ -157,7 +157,4 @@ class LocalRouter:
 
     def is_blocked(self, owner: str, other: JID) -> bool:
         """True when `owner` blocks `other` by full JID, bare JID or domain."""
-        blocked = self.router.store.blocklist(owner)
-        if not blocked:
-            return False
-        return (str(other) in blocked or str(other.bare) in blocked or other.domain in blocked)
+        return self.router.store.blocks_any(owner, (str(other), str(other.bare), other.domain))

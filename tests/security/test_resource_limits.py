@@ -154,6 +154,7 @@ async def test_a_client_that_stops_reading_is_closed_and_its_queue_stays_bounded
     assert largest <= sessions_module.MAX_OUTBOX_BYTES + len(stanza)
     await flooder.send(b"<iq type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
     assert b"id=\"alive\"" in await flooder.until(b"id=\"alive\"", timeout=10)
+    await slow.aclose()  # held open (unread) until here
 
 
 @pytest.mark.parametrize("direct_tls", [False])

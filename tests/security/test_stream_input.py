@@ -180,3 +180,10 @@ async def test_hostile_clients_leave_other_sessions_served(port):
     alice = await authenticated(port, "alice", "fine")
     await alice.send(b"<message to='bob@localhost/stay'><body>still here</body></message>")
     assert b"still here" in await bob.until(b"</message>")
+
+
+def test_no_hostile_input_above_crashed_a_connection_or_logged_a_traceback(shared_node):
+    # Runs after the module's other tests, against the node they all attacked.
+    assert shared_node.alive()
+    log = shared_node.log()
+    assert "Traceback" not in log and "crashed" not in log, log[-3000:]
