@@ -87,7 +87,7 @@ class ClusterMembership:
 
     async def _register(self, own: dict) -> None:
         try:
-            await self.node.store._write("member_set", name=self.name, **own)
+            await self.node.store.member_set(self.name, **own)
         except RaftUnavailable:
             pass  # no quorum yet: try again next round
         except StoreError as exc:
@@ -146,7 +146,7 @@ class ClusterMembership:
         store = self.node.store
         owner = f"{self.name}:{uuid.uuid4().hex[:8]}"
         try:
-            await store._write("membership_lock", owner=owner, ttl=MEMBERSHIP_TTL)
+            await store.membership_lock(owner, MEMBERSHIP_TTL)
         except StoreError as exc:
             raise MembershipError(exc.text) from None
         try:
@@ -156,11 +156,11 @@ class ClusterMembership:
                 name = self._member_name(address)
                 if name is not None:
                     self.gossip.send(name, {"t": "removed"})
-                await store._write("member_remove", raft=address)
+                await store.member_remove(address)
             log.info("membership change done: %s %s", action, address)
         finally:
             try:
-                await store._write("membership_unlock", owner=owner)
+                await store.membership_unlock(owner)
             except (RaftUnavailable, StoreError):
                 log.warning("could not release the membership lock; it expires in %ds",
                             MEMBERSHIP_TTL)

@@ -179,3 +179,17 @@ class Store:
     async def component_remove(self, domain: str) -> bool:
         """Unregisters a component; False when it was not registered."""
         return await self._write("component_remove", domain=domain)
+
+    # -- cluster membership ---------------------------------------------------------------------
+
+    async def member_set(self, name: str, raft: str, link: str) -> None:
+        await self._write("member_set", name=name, raft=raft, link=link)
+
+    async def member_remove(self, raft: str) -> str | None:
+        return await self._write("member_remove", raft=raft)
+
+    async def membership_lock(self, owner: str, ttl: float) -> None:
+        await self._write("membership_lock", owner=owner, ttl=ttl)
+
+    async def membership_unlock(self, owner: str) -> None:
+        await self._write("membership_unlock", owner=owner)
