@@ -343,11 +343,27 @@ def component_remove(domain, config_file, data_dir) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @node_options
 def component_list(as_json, config_file, data_dir) -> None:
-    """List registered components (as committed cluster-wide), without their secrets."""
+    """List registered components (as committed cluster-wide), without their secrets,
+    and their live instances per node."""
     components = admin(config_file, data_dir, "component.list")
-    emit(components, as_json, lambda rows: render_table(
-        rows, [("DOMAIN", "domain"), ("BALANCING", "balancing"), ("BUCKETS", "buckets")],
-        empty="no component registered"))
+    emit(components, as_json, _render_components)
+
+
+def _render_components(rows: list[dict]) -> None:
+    """One line per component; live instances per node once any is connected."""
+    columns = [("DOMAIN", "domain"), ("BALANCING", "balancing"), ("BUCKETS", "buckets")]
+    if any(row.get("instances") for row in rows):
+        columns.append(("INSTANCES", "per_node"))
+        rows = [{**row, "per_node": _instances_per_node(row.get("instances", []))} for row in rows]
+    render_table(rows, columns, empty="no component registered")
+
+
+def _instances_per_node(instances: list[dict]) -> str:
+    """"node1: node1#0, node1#1; node2: node2#0", or "-" when none is connected."""
+    by_node: dict[str, list[str]] = {}
+    for instance in instances:
+        by_node.setdefault(instance["node"], []).append(instance["id"])
+    return "; ".join(f"{node}: {', '.join(ids)}" for node, ids in sorted(by_node.items())) or "-"
 
 
 # -- config ------------------------------------------------------------------------------------

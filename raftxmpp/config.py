@@ -118,6 +118,8 @@ class LimitsSection:
     auth_failures_per_ip: int = 20  # failed logins, then <temporary-auth-failure/> …
     auth_failures_per_account: int = 10
     auth_failure_window: float = 600.0  # … until the counter drains over this many seconds
+    registrations_per_ip: int = 5  # in-band registrations (XEP-0077) …
+    registration_window: float = 3600.0  # … per this many seconds (a token bucket)
     # Not limited per address: a local load generator or TCP proxy speaks for many users.
     exempt_ips: tuple[str, ...] = ("127.0.0.0/8", "::1")
 
@@ -135,6 +137,15 @@ class HTTPSection:
 
 
 @dataclass(frozen=True)
+class ComponentsSection:
+    # External components (XEP-0114, raftxmpp.component); "" in the file turns it off.
+    listen: Address | None = Address("127.0.0.1", 5347)
+    max_stanza_size: int = 262144
+    handshake_timeout: float = 30.0  # seconds to open the stream and complete the handshake
+    send_timeout: float = 30.0  # a write blocked longer than this ends a component that stopped reading
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
@@ -143,6 +154,7 @@ class Config:
     limits: LimitsSection = field(default_factory=LimitsSection)
     log: LogSection = field(default_factory=LogSection)
     http: HTTPSection = field(default_factory=HTTPSection)
+    components: ComponentsSection = field(default_factory=ComponentsSection)
     source: str = "<embedded default>"
 
     @property
@@ -211,6 +223,7 @@ _SECTION_TYPES = {
     "limits": LimitsSection,
     "log": LogSection,
     "http": HTTPSection,
+    "components": ComponentsSection,
 }
 
 
@@ -308,12 +321,19 @@ def _check_limits(config: Config) -> None:
     for key in ("pre_auth_timeout", "send_timeout"):
         if getattr(c2s, key) <= 0:
             raise ConfigError(f"{source}: [c2s] {key} must be positive")
+    components = config.components
+    if components.max_stanza_size < 1:
+        raise ConfigError(f"{source}: [components] max_stanza_size must be at least 1")
+    for key in ("handshake_timeout", "send_timeout"):
+        if getattr(components, key) <= 0:
+            raise ConfigError(f"{source}: [components] {key} must be positive")
     if limits.connection_rate_per_ip > 0 and limits.connection_burst_per_ip < 1:
         raise ConfigError(f"{source}: [limits] connection_burst_per_ip must be at least 1")
     if limits.c2s_read_rate > 0 and limits.c2s_read_burst < 1:
         raise ConfigError(f"{source}: [limits] c2s_read_burst must be at least 1")
-    if limits.auth_failure_window <= 0:
-        raise ConfigError(f"{source}: [limits] auth_failure_window must be positive")
+    for key in ("auth_failure_window", "registration_window"):
+        if getattr(limits, key) <= 0:
+            raise ConfigError(f"{source}: [limits] {key} must be positive")
     for text in limits.exempt_ips:
         try:
             ipaddress.ip_network(text, strict=False)

@@ -137,6 +137,8 @@ class HTTPServer:
         if path == "/ready":
             raft = self.node.raft
             ready, reason = readiness(raft.status() if raft is not None else None)
+            if getattr(self.node, "cluster", None) is not None and self.node.cluster.removed:
+                ready, reason = False, "removed from the cluster"
             return (200 if ready else 503), reason.encode() + b"\n", TEXT
         return 404, b"not found: try /metrics, /health or /ready\n", TEXT
 

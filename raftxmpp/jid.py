@@ -46,11 +46,15 @@ class JID:
     @classmethod
     def parse(cls, text: str) -> JID:
         """The JID written as `text`, with every part prepared. Raises InvalidJID."""
+        if len(text) > _CACHED_CHARS:  # a client can invent endless long JIDs: never pin them
+            return _parse.__wrapped__(text)
         return _parse(text)
 
     @classmethod
     def from_parts(cls, local: str | None, domain: str, resource: str | None = None) -> JID:
         """A JID from separate, unprepared parts (e.g. a resource a client asked for)."""
+        if len(local or "") + len(domain) + len(resource or "") > _CACHED_CHARS:
+            return _from_parts.__wrapped__(local, domain, resource)
         return _from_parts(local, domain, resource)
 
     @property
@@ -67,6 +71,10 @@ class JID:
         return text if self.resource is None else f"{text}/{self.resource}"
 
 
+# Real JIDs are short; caching only those bounds the cache at ~65536 × 3 short strings.
+_CACHED_CHARS = 256
+
+
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _parse(text: str) -> JID:
     if len(text) > _MAX_JID_CHARS:
@@ -79,7 +87,7 @@ def _parse(text: str) -> JID:
     local, at, domain = rest.partition("@")
     if not at:  # no localpart: partition left the whole rest in `local`
         local, domain = None, rest
-    return _from_parts(local, domain, resource if slash else None)
+    return JID.from_parts(local, domain, resource if slash else None)
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)

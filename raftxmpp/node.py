@@ -26,6 +26,7 @@ from raftxmpp.c2s import listener as c2s_listener
 from raftxmpp.cluster import membership
 from raftxmpp.cluster.raft import RaftNode, RaftUnavailable, load_or_create_local_secret
 from raftxmpp.cluster.store import Store
+from raftxmpp.component import listener as component_listener
 from raftxmpp.config import Address, Config, ConfigError
 from raftxmpp.routing.router import Router
 
@@ -96,6 +97,8 @@ class Node:
         self._setup_tls(data_dir)
         listeners = await self._open_listeners()
         http_listener = await _listen(cfg.http.listen, "http") if cfg.http.listen else None
+        component_socket = (await _listen(cfg.components.listen, "components")
+                            if cfg.components.listen else None)
         link_listener = await _listen(cfg.cluster.link, "node links")
         secret = cfg.cluster_secret() or load_or_create_local_secret(data_dir)
         self._token = trio.lowlevel.current_trio_token()
@@ -119,6 +122,8 @@ class Node:
                     nursery.start_soon(c2s_listener.serve, self, listener, direct_tls)
                 if http_listener is not None:
                     nursery.start_soon(http.serve, self, http_listener)
+                if component_socket is not None:
+                    nursery.start_soon(component_listener.serve, self, component_socket)
                 nursery.start_soon(self._register_hosts)
                 if threading.current_thread() is threading.main_thread():
                     nursery.start_soon(self._stop_on_signals)
@@ -129,6 +134,7 @@ class Node:
                 await self._stop.wait()
                 log.info("node %s stopping", cfg.node.name)
                 await self.router.sessions.shutdown()
+                await self.router.components.shutdown()
                 nursery.cancel_scope.cancel()
         finally:
             await trio.to_thread.run_sync(self.raft.stop)
@@ -165,6 +171,9 @@ class Node:
                 self._token.run_sync_soon(self._forget_served_hosts)
             elif op == "offline_store" and result[0] == "ok":
                 self._token.run_sync_soon(self._offline_stored, command["jid"])
+            elif op == "component_remove" and result == ("ok", True):
+                # Its connected instances are closed at once, on every node.
+                self._token.run_sync_soon(self.router.components.unregistered, command["domain"])
 
     def _forget_served_hosts(self) -> None:
         self._served_hosts = None  # on the trio thread, after the apply: recomputed fresh

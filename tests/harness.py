@@ -6,6 +6,7 @@ Raft status), never a bare sleep; every process started is killed at teardown.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from raftxmpp import config as config_mod
 from raftxmpp.admin.client import AdminClientError, call
 
 SECRET = "test-cluster-secret-0123456789abcdef"
@@ -69,6 +71,9 @@ hosts = ["localhost"]
 [http]
 listen = "127.0.0.1:{ports.get('http', 0)}"
 
+[components]
+listen = "127.0.0.1:{ports.get('component', 0)}"
+
 [cluster]
 raft = "127.0.0.1:{ports['raft']}"
 peers = [{peer_list}]
@@ -86,6 +91,10 @@ registration = true
     @property
     def c2s_port(self) -> int:
         return self.ports["c2s"]
+
+    @property
+    def component_port(self) -> int:
+        return self.ports["component"]
 
     def start(self, *args: str) -> NodeProcess:
         """Starts `raftxmpp node start --config ...` with extra command-line `args`."""
@@ -129,13 +138,13 @@ registration = true
 
 class Cluster:
     def __init__(self, base: Path, size: int, extra: str = "") -> None:
-        ports = free_ports(size * 5)
+        ports = free_ports(size * 6)
         self.raft_ports = ports[:size]
         self.nodes = []
         for i in range(size):
             node_ports = {"raft": ports[i], "link": ports[size + i],
                           "c2s": ports[2 * size + i], "c2s_tls": ports[3 * size + i],
-                          "http": ports[4 * size + i]}
+                          "http": ports[4 * size + i], "component": ports[5 * size + i]}
             peers = [p for j, p in enumerate(self.raft_ports) if j != i]
             self.nodes.append(NodeProcess(base, f"node{i + 1}", node_ports, peers, extra))
 
@@ -159,3 +168,10 @@ class Cluster:
     def kill_all(self) -> None:
         for node in self.nodes:
             node.kill()
+
+
+def listener_sections() -> list[str]:
+    """Config sections other than [c2s] that open a listener with a fixed default port."""
+    return [f.name for f in dataclasses.fields(config_mod.Config)
+            if f.name not in ("c2s", "cluster", "source")
+            and "listen" in {g.name for g in dataclasses.fields(config_mod._SECTION_TYPES[f.name])}]

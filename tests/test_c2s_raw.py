@@ -10,7 +10,7 @@ import trio
 
 from raftxmpp import config as config_mod
 from raftxmpp.node import Node
-from tests.harness import free_ports
+from tests.harness import free_ports, listener_sections
 
 HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
@@ -25,7 +25,8 @@ async def node(tmp_path, nursery):
         base,
         cluster=dataclasses.replace(base.cluster, raft=config_mod.Address("127.0.0.1", raft),
                                     link=config_mod.Address("127.0.0.1", link)),
-        http=dataclasses.replace(base.http, listen=config_mod.Address("127.0.0.1", 0)),
+        **{name: dataclasses.replace(getattr(base, name), listen=config_mod.Address("127.0.0.1", 0))
+           for name in listener_sections()},
         c2s=dataclasses.replace(base.c2s, listen=config_mod.Address("127.0.0.1", c2s),
                                 tls_listen=config_mod.Address("127.0.0.1", tls),
                                 plaintext_auth_on_loopback=True, max_stanza_size=4096),

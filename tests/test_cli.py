@@ -159,3 +159,13 @@ def test_admin_socket_is_owner_only(single_node):
     mode = (single_node.data_dir / "admin.sock").stat().st_mode & 0o777
     assert mode == 0o600
     assert single_node.data_dir.stat().st_mode & 0o077 == 0
+
+
+def test_every_package_is_listed_for_installation():
+    """A package missing from pyproject.toml works from a checkout and breaks `pip install .`."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for p in (ROOT / "raftxmpp").rglob("__init__.py")}
+    assert found <= listed, f"not in pyproject.toml packages: {sorted(found - listed)}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.error
+import urllib.request
 
 import pytest
 import slixmpp
@@ -197,7 +199,7 @@ def test_a_node_joins_at_runtime_then_is_removed(tmp_path):
         cluster.leader()
         node1 = cluster.nodes[0]
         node1.admin("user.add", jid="early@localhost", password=PASSWORD)
-        ports = dict(zip(("raft", "link", "c2s", "c2s_tls"), free_ports(4), strict=True))
+        ports = dict(zip(("raft", "link", "c2s", "c2s_tls", "http"), free_ports(5), strict=True))
         node4 = NodeProcess(tmp_path, "node4", ports, [], "")
         node4.config_path.write_text(node4.config_path.read_text().replace(
             "[cluster]", '[cluster]\nsecret = "test-cluster-secret-0123456789abcdef"'))
@@ -212,9 +214,18 @@ def test_a_node_joins_at_runtime_then_is_removed(tmp_path):
         node1.admin("cluster.change", action="remove", address=node4.raft_address)
         wait_for(lambda: node4.raft_address not in node1.status()["members"], 15, "removal")
         wait_for(lambda: node4.admin("node.status")["removed"], 15, "node4 to know it was removed")
+        assert http_status(ports["http"], "/ready") == 503
         node1.admin("user.add", jid="after-removal@localhost", password=PASSWORD)
     finally:
         cluster.kill_all()
+
+
+def http_status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 async def _until(predicate, timeout: float = 10.0) -> None:

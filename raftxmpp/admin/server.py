@@ -60,11 +60,16 @@ async def serve(node: Node, task_status=trio.TASK_STATUS_IGNORED) -> None:
 
 
 async def _handle(node: Node, stream: trio.SocketStream) -> None:
-    async with stream:
-        with trio.move_on_after(30):
-            request = await _read_line(stream)
-            response = await _dispatch(node, request)
-            await stream.send_all(json.dumps(response).encode() + b"\n")
+    # A client that hangs up before its answer (a CLI timed out, a Ctrl-C) ends only its
+    # own request: an error escaping here would end serve_listeners and the whole node.
+    try:
+        async with stream:
+            with trio.move_on_after(30):
+                request = await _read_line(stream)
+                response = await _dispatch(node, request)
+                await stream.send_all(json.dumps(response).encode() + b"\n")
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        log.info("admin client hung up before its answer")
 
 
 async def _read_line(stream: trio.SocketStream) -> bytes:
@@ -320,11 +325,19 @@ async def component_remove(node: Node, args: dict) -> str:
 
 
 async def component_list(node: Node, args: dict) -> list[dict]:
-    """Registered components, as committed cluster-wide; never their secrets."""
+    """Registered components, as committed cluster-wide; never their secrets. A component
+    with live instances also lists them (id, node, since), as this node's routing table
+    holds them."""
     await node.raft.barrier()
-    return [{"domain": domain, "balancing": entry.get("balancing", "random"),
-             "buckets": entry.get("buckets", 0)}
-            for domain, entry in sorted(node.store.components().items())]
+    listed = []
+    for domain, entry in sorted(node.store.components().items()):
+        row = {"domain": domain, "balancing": entry.get("balancing", "random"),
+               "buckets": entry.get("buckets", 0)}
+        instances = node.router.components.describe(domain)
+        if instances:
+            row["instances"] = instances
+        listed.append(row)
+    return listed
 
 
 HANDLERS: dict[str, Handler] = {

@@ -10,6 +10,8 @@ What each limit prevents:
   pushes back on the client; it is never disconnected for it.
 - `AuthThrottle` counts failed logins per client address and per account, so a
   password cannot be guessed faster than the configured rate.
+- `RateTable` (a token bucket per address) also paces in-band registrations: each
+  one is a Raft write and a key derivation, the most expensive thing a stranger can ask.
 
 Addresses in `exempt` (by default loopback: a local load generator, or a TCP proxy in
 front of the node, would otherwise hit every per-address limit at once) skip the
@@ -26,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 log = logging.getLogger("raftxmpp.c2s.limits")
 
@@ -117,6 +120,28 @@ class _Exemption:
         return exempt
 
 
+class RateTable:
+    """A token bucket per key (a client address), the table bounded."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def allow(self, key: str, now: float) -> bool:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= MAX_TRACKED:
+                for idle in [k for k, b in self._buckets.items() if b.full(now)]:
+                    del self._buckets[idle]
+                _drop_oldest(self._buckets)
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        return bucket.try_take(1, now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
 class ConnectionLimits:
     """Admission of client connections, per client address."""
 
@@ -135,19 +160,14 @@ class ConnectionLimits:
         self.exempt = _Exemption(exempt)
         self._open: dict[str, int] = {}
         self._pre_auth: dict[str, int] = {}
-        self._buckets: dict[str, TokenBucket] = {}
+        self._rates = RateTable(rate, burst) if rate > 0 else None
 
     def admit(self, ip: str, now: float) -> Admission:
         """An admission to hold for the connection's life; raises Refused."""
         if self.exempt(ip):
             return Admission(self, ip, counted=False)
-        if self.rate > 0:
-            bucket = self._buckets.get(ip)
-            if bucket is None:
-                self._prune_buckets(now)
-                bucket = self._buckets[ip] = TokenBucket(self.rate, self.burst, now)
-            if not bucket.try_take(1, now):
-                raise Refused(f"{ip} opens connections faster than {self.rate:g}/s", polite=False)
+        if self._rates is not None and not self._rates.allow(ip, now):
+            raise Refused(f"{ip} opens connections faster than {self.rate:g}/s", polite=False)
         if self.per_ip and self._open.get(ip, 0) >= self.per_ip:
             raise Refused(f"too many connections from {ip}", polite=True)
         if self.pre_auth_per_ip and self._pre_auth.get(ip, 0) >= self.pre_auth_per_ip:
@@ -161,13 +181,6 @@ class ConnectionLimits:
 
     def pre_auth_connections(self, ip: str) -> int:
         return self._pre_auth.get(ip, 0)
-
-    def _prune_buckets(self, now: float) -> None:
-        if len(self._buckets) < MAX_TRACKED:
-            return
-        for ip in [ip for ip, bucket in self._buckets.items() if bucket.full(now)]:
-            del self._buckets[ip]
-        _drop_oldest(self._buckets)
 
 
 class Admission:
@@ -194,6 +207,14 @@ class Admission:
             _decrement(self._limits._open, self.ip)
 
 
+class SharedFailures(Protocol):
+    """Other nodes' failure counters (implemented over gossip in raftxmpp.cluster)."""
+
+    def share(self, kind: str, key: str, level: float, drain: float) -> None: ...
+
+    def level(self, kind: str, key: str) -> float: ...
+
+
 class AuthThrottle:
     """Failed logins per client address and per account, as decaying counters.
 
@@ -203,10 +224,9 @@ class AuthThrottle:
     the sustained guess rate is bounded, and a login that was blocked is not checked at all (so a blocked
     guess says nothing about the password or whether the account exists).
 
-    This instance counts one node's failures. The interface is what a cluster-wide
-    throttle keeps: a gossip-backed version sums every node's counters in `blocked`
-    and shares `record_failure`, so an attacker does not get N times the guesses on an
-    N-node cluster.
+    Counters are per node; with `peers` set (a clustered node), each failure is
+    shared by gossip and `blocked` adds every other node's counter, so an attacker does
+    not get N times the guesses on an N-node cluster.
     """
 
     def __init__(
@@ -224,30 +244,45 @@ class AuthThrottle:
         self._clock = clock
         self._by_ip: dict[str, tuple[float, float]] = {}
         self._by_account: dict[str, tuple[float, float]] = {}
+        # The other nodes' counters (raftxmpp.cluster.auth_failures), when clustered.
+        self.peers: SharedFailures | None = None
 
     def record_failure(self, ip: str, account: str | None) -> None:
         now = self._clock()
         if self.per_ip and not self.exempt(ip):
-            level = _bump(self._by_ip, ip, self.per_ip / self.window, now)
+            drain = self.per_ip / self.window
+            level = _bump(self._by_ip, ip, drain, now)
+            self._share("ip", ip, level, drain)
             if level - 1 <= self.per_ip - 1 < level:
                 log.warning("logins from %s throttled: %d failures", ip, self.per_ip)
         if self.per_account and account is not None:
-            level = _bump(self._by_account, account, self.per_account / self.window, now)
+            drain = self.per_account / self.window
+            level = _bump(self._by_account, account, drain, now)
+            self._share("account", account, level, drain)
             if level - 1 <= self.per_account - 1 < level:
                 log.warning("logins for %s throttled: %d failures", account, self.per_account)
 
     def blocked(self, ip: str, account: str | None) -> bool:
-        """True while one more failure would pass the limit: the counter has not yet
-        drained by one whole failure since it reached the limit."""
+        """True while one more failure would pass the limit: the counter (this node's
+        plus every other node's) has not drained by one failure since it reached it."""
         now = self._clock()
         if (self.per_ip and not self.exempt(ip)
-                and _level(self._by_ip, ip, self.per_ip / self.window, now) > self.per_ip - 1):
+                and self._total("ip", self._by_ip, ip, self.per_ip / self.window, now)
+                > self.per_ip - 1):
             return True
         return bool(
             self.per_account and account is not None
-            and _level(self._by_account, account, self.per_account / self.window, now)
-            > self.per_account - 1
+            and self._total("account", self._by_account, account,
+                            self.per_account / self.window, now) > self.per_account - 1
         )
+
+    def _share(self, kind: str, key: str, level: float, drain: float) -> None:
+        if self.peers is not None:
+            self.peers.share(kind, key, level, drain)
+
+    def _total(self, kind: str, table: dict, key: str, drain: float, now: float) -> float:
+        level = _level(table, key, drain, now)
+        return level + (self.peers.level(kind, key) if self.peers is not None else 0.0)
 
 
 def _level(table: dict[str, tuple[float, float]], key: str, drain: float, now: float) -> float:
@@ -292,11 +327,15 @@ class C2SGuards:
     exempt: _Exemption
     read_rate: float  # bytes a second per session; 0 = unlimited
     read_burst: float
+    registrations: RateTable | None  # in-band registrations per address; None = unlimited
 
     def read_bucket(self, ip: str, now: float) -> TokenBucket | None:
         if self.read_rate <= 0 or self.exempt(ip):
             return None
         return TokenBucket(self.read_rate, self.read_burst, now)
+
+    def registration_allowed(self, ip: str, now: float) -> bool:
+        return self.registrations is None or self.exempt(ip) or self.registrations.allow(ip, now)
 
 
 def guards_from_config(limits) -> C2SGuards:
@@ -319,4 +358,7 @@ def guards_from_config(limits) -> C2SGuards:
         exempt=_Exemption(exempt),
         read_rate=limits.c2s_read_rate,
         read_burst=limits.c2s_read_burst,
+        registrations=RateTable(limits.registrations_per_ip / limits.registration_window,
+                                limits.registrations_per_ip)
+        if limits.registrations_per_ip else None,
     )

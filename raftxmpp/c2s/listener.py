@@ -3,7 +3,9 @@
 Admission happens here, before any byte is read: a client address over its
 connection count (or its count of unauthenticated connections) gets a stream header
 and <policy-violation/>; one opening connections faster than its rate is closed at
-once, spending nothing more on it (raftxmpp.c2s.limits).
+once, spending nothing more on it (raftxmpp.c2s.limits). The listener also keeps the
+slow-consumer clock: a connection whose write stays blocked for `[c2s] send_timeout`
+is ended.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import trio
 
 from raftxmpp.c2s.connection import C2SConnection
 from raftxmpp.c2s.limits import C2SGuards, Refused, guards_from_config
+from raftxmpp.cluster.auth_failures import GossipedFailures
 from raftxmpp.xml.errors import StreamError
 from raftxmpp.xml.stanza import STREAM_CLOSE, stream_header
 
@@ -35,11 +38,14 @@ def guards_for(node: Node) -> C2SGuards:
     guards = _GUARDS.get(node)
     if guards is None:
         guards = _GUARDS[node] = guards_from_config(node.config.limits)
+        if node.cluster is not None:  # count failed logins cluster-wide
+            guards.auth.peers = GossipedFailures(node.cluster.gossip)
     return guards
 
 
 async def serve(node: Node, listener: trio.SocketListener, direct_tls: bool) -> None:
     guards = guards_for(node)
+    live: set[C2SConnection] = set()
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
@@ -52,15 +58,31 @@ async def serve(node: Node, listener: trio.SocketListener, direct_tls: bool) -> 
         except Refused as refused:
             await _refuse(node, stream, refused, direct_tls)
             return
+        connection = C2SConnection(node, stream, direct_tls, peer, guards, admission)
+        live.add(connection)
         try:
-            await C2SConnection(node, stream, direct_tls, peer, guards, admission).run()
+            await connection.run()
         except Exception:
             # A bug must cost one connection, never the node.
             log.exception("connection from %s crashed", peer)
         finally:
+            live.discard(connection)
             admission.release()
 
-    await trio.serve_listeners(handle, [listener])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cut_stalled_writers, live, node.config.c2s.send_timeout)
+        await trio.serve_listeners(handle, [listener])
+
+
+async def _cut_stalled_writers(live: set[C2SConnection], timeout: float) -> None:
+    """The slow-consumer policy's clock: a write blocked for `timeout` seconds ends
+    its connection. One sweep for all connections, instead of a timer per write."""
+    period = min(1.0, timeout / 4)
+    while True:
+        await trio.sleep(period)
+        now = trio.current_time()
+        for connection in list(live):
+            connection.cut_if_stalled(now, timeout)
 
 
 async def _refuse(node: Node, stream: trio.SocketStream, refused: Refused, direct_tls: bool) -> None:

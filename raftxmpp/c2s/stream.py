@@ -24,7 +24,7 @@ from lxml import etree
 
 from raftxmpp.c2s import sasl
 from raftxmpp.xml import ns
-from raftxmpp.xml.errors import StanzaError, StreamError, error_reply
+from raftxmpp.xml.errors import StanzaError, StreamError, can_reply_with_error, error_reply
 from raftxmpp.xml.framer import StanzaReceived, StreamClosed, StreamOpened
 from raftxmpp.xml.stanza import make, serialize, stream_header
 
@@ -304,6 +304,8 @@ class ClientStream:
                 return [BindRequest(element, resource.strip() if resource else None)]
             if payload.tag == f"{{{ns.SESSION}}}session":
                 return [Send(serialize(make("iq", {"type": "result", "id": element.get("id")})))]
+        if not can_reply_with_error(element):
+            return []  # an unsolicited result or error is dropped (RFC 6120 §8.2.3)
         error = StanzaError("not-authorized" if payload is not None else "bad-request")
         return [Send(serialize(error_reply(element, error)))]
 

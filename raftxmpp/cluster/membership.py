@@ -65,6 +65,7 @@ class ClusterMembership:
             await nursery.start(self.links.serve, listener)
             nursery.start_soon(self.gossip.run)
             nursery.start_soon(self._track_members)
+            nursery.start_soon(self._report_catch_up)
             task_status.started()
 
     async def _track_members(self) -> None:
@@ -84,6 +85,17 @@ class ClusterMembership:
             for peer, depth in self.links.queue_depths().items():
                 metrics.set_link_queue_depth(peer, depth)
             await trio.sleep(0.5)
+
+    async def _report_catch_up(self) -> None:
+        """Logs progress while this node is not yet current (restart, join, snapshot)."""
+        raft = self.node.raft
+        while not raft.status().get("ready"):
+            await trio.sleep(2)
+            status = raft.status()
+            if not status.get("ready"):
+                log.info("catching up: applied %s of %s (leader %s)", status.get("applied_index"),
+                         status.get("leader_commit_index"), status.get("leader") or "unknown")
+        log.info("caught up: applied index %s", raft.status().get("applied_index"))
 
     async def _register(self, own: dict) -> None:
         try:

@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("raftxmpp.components")
 
 COMPONENT_KEY = "c:"
-# Node-link target of a stanza for one component instance; a full JID never starts so
-# (':' is not allowed in a localpart or a domain name).
+# Node-link target of a stanza for one component instance, "component:<domain>/<id>";
+# a full JID never starts so (':' is allowed in neither a localpart nor a domain name).
 LINK_TARGET = "component:"
 # A component serves many users: it may hold more of our memory than one client.
 MAX_OUTBOX_BYTES = 16 * 1024 * 1024
@@ -218,7 +218,6 @@ class ComponentManager:
         if gossip is not None:
             gossip.set(f"{COMPONENT_KEY}{domain}/{instance.instance_id}",
                        {"node": self.node_name, "since": instance.since})
-        log.info("component %s connected as instance %s", domain, instance.instance_id)
         return instance
 
     def disconnect(self, instance: LocalInstance) -> None:
@@ -283,8 +282,8 @@ class ComponentManager:
             log.debug("stanza for %s not forwarded to %s (hops %d)", target, instance.node, hops)
             return
         links = self._links()
-        if links is None or not links.send_stanza(instance.node, LINK_TARGET + instance.instance_id,
-                                                  data, hops):
+        link_target = f"{LINK_TARGET}{instance.domain}/{instance.instance_id}"
+        if links is None or not links.send_stanza(instance.node, link_target, data, hops):
             raise StanzaError("service-unavailable", text=f"{target.domain} is unreachable")
 
     def pick(self, stanza: etree._Element, target: JID) -> Instance:
@@ -321,16 +320,14 @@ class ComponentManager:
     # -- stanzas from other nodes and from components --------------------------------------------------
 
     def deliver_from_link(self, target: str, data: bytes) -> bool:
-        """A stanza another node routed to an instance here; False if it is gone."""
-        instance_id = target[len(LINK_TARGET):]
-        _, _, node_part = instance_id.rpartition("#")
-        for table in self.tables.values():
-            instance = table.by_id.get(instance_id)
-            if instance is not None and instance.is_local:
-                instance.send(data)
-                return True
-        del node_part
-        return False
+        """A stanza another node routed to an instance here; False if that one is gone."""
+        domain, _, instance_id = target[len(LINK_TARGET):].partition("/")
+        table = self.tables.get(domain)
+        instance = table.by_id.get(instance_id) if table else None
+        if instance is None or not instance.is_local:
+            return False
+        instance.send(data)
+        return True
 
     async def route_from_component(self, stanza: etree._Element, instance: LocalInstance) -> None:
         """A stanza an accepted component sent (its 'from' was checked to be in its domain)."""

@@ -19,7 +19,7 @@ import trio
 
 from raftxmpp import config as config_mod
 from raftxmpp.node import Node
-from tests.harness import NodeProcess, free_ports, wait_for
+from tests.harness import NodeProcess, free_ports, listener_sections, wait_for
 
 HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
@@ -34,7 +34,7 @@ async def make_node(tmp_path, nursery):
 
     async def factory(c2s: dict | None = None, limits: dict | None = None,
                       users: tuple[str, ...] = ("alice", "bob")) -> Node:
-        raft, link, c2s_port, tls, http = free_ports(5)
+        raft, link, c2s_port, tls = free_ports(4)
         base = config_mod.embedded_default(tmp_path / f"data{len(nodes)}")
         overrides = {"plaintext_auth_on_loopback": True, "max_stanza_size": 4096, **(c2s or {})}
         changes = {
@@ -46,9 +46,9 @@ async def make_node(tmp_path, nursery):
                 tls_listen=config_mod.Address("127.0.0.1", tls), **overrides),
             "limits": dataclasses.replace(base.limits, **{"exempt_ips": (), **(limits or {})}),
         }
-        if hasattr(base, "http"):  # the metrics listener, when this tree has one
-            changes["http"] = dataclasses.replace(
-                base.http, listen=config_mod.Address("127.0.0.1", http))
+        for name in listener_sections():  # metrics, components …: ports of their own
+            changes[name] = dataclasses.replace(
+                getattr(base, name), listen=config_mod.Address("127.0.0.1", free_ports(1)[0]))
         cfg = dataclasses.replace(base, **changes)
         node = await nursery.start(Node(cfg).run)
         nodes.append(node)
@@ -75,9 +75,17 @@ def node_process(base: Path, c2s: str = "", limits: str = "", log: str = "") -> 
     if log:
         extra += "\n[log]\n" + log
     node = NodeProcess(base, "solo", ports, [], extra)
+    return with_free_listeners(node)
+
+
+def with_free_listeners(node: NodeProcess) -> NodeProcess:
+    """Gives every other listener the node's config leaves at its default a free port,
+    so nodes of parallel tests do not fight over 5280, 5347 …"""
     text = node.config_path.read_text()
-    if hasattr(config_mod, "HTTPSection") and not re.search(r"^\[http\]", text, re.M):
-        node.config_path.write_text(text + f'\n[http]\nlisten = "127.0.0.1:{free_ports(1)[0]}"\n')
+    for name in listener_sections():
+        if not re.search(rf"^\[{name}\]", text, re.M):
+            text += f'\n[{name}]\nlisten = "127.0.0.1:{free_ports(1)[0]}"\n'
+    node.config_path.write_text(text)
     return node
 
 

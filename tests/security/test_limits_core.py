@@ -75,7 +75,7 @@ def test_rate_buckets_of_many_addresses_stay_bounded(monkeypatch):
     conns = ConnectionLimits(per_ip=0, pre_auth_per_ip=0, rate=1, burst=1)
     for i in range(1000):
         conns.admit(f"10.0.{i // 256}.{i % 256}", float(i) * 0.001)
-    assert len(conns._buckets) <= 100
+    assert len(conns._rates) <= 100
 
 
 def test_auth_throttle_blocks_after_the_limit_then_lets_one_through_per_interval():
@@ -110,3 +110,20 @@ def test_auth_throttle_tables_stay_bounded(monkeypatch):
     for i in range(500):
         throttle.record_failure(f"10.1.{i // 256}.{i % 256}", f"user{i}@localhost")
     assert len(throttle._by_ip) <= 50 and len(throttle._by_account) <= 50
+
+
+def test_addressing_many_long_jids_does_not_pin_memory():
+    import tracemalloc
+
+    from raftxmpp import jid
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(5000):
+            jid.JID.parse(f"u{i}@localhost/" + "r" * 1000)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        jid._parse.cache_clear()
+    assert grown < 4 * 2**20, f"{grown >> 20} MiB held for 5000 JIDs the client made up"

@@ -165,3 +165,27 @@ async def test_refusal_of_a_full_address_names_no_other_client(make_node, direct
     data = await expect_stream_error(await connect(port), "policy-violation")
     assert b"alice" not in data and b"bob" not in data
     await holder.aclose()
+
+
+async def test_a_client_that_never_authenticates_is_cut_off(make_node):
+    node = await make_node(c2s={"pre_auth_timeout": 0.5})
+    raw = await opened(c2s_port(node))
+    for _ in range(5):  # keepalives do not buy it more time (the Openfire pre-auth DoS)
+        await raw.send(b" ")
+        await trio.sleep(0.05)
+    await expect_stream_error(raw, "connection-timeout")
+
+
+async def test_in_band_registrations_are_paced_per_address(make_node):
+    node = await make_node(limits={"registrations_per_ip": 2, "registration_window": 3600})
+    raw = await opened(c2s_port(node))
+    replies = []
+    for i in range(3):
+        await raw.send(f"<iq type='set' id='reg{i}'><query xmlns='jabber:iq:register'>"
+                       f"<username>new{i}</username><password>pw-{i}-long-enough</password>"
+                       f"</query></iq>".encode())
+        replies.append(await raw.until(f"id=\"reg{i}\"".encode(), timeout=10)
+                       + await raw.until(b">"))
+    assert [b"type=\"result\"" in reply for reply in replies] == [True, True, False]
+    assert b"<resource-constraint" in replies[2] + await raw.until(b"</iq>")
+    assert "new2@localhost" not in node.store.accounts("localhost")

@@ -182,6 +182,29 @@ async def test_hostile_clients_leave_other_sessions_served(port):
     assert b"still here" in await bob.until(b"</message>")
 
 
+
+async def test_unsolicited_iq_result_before_bind_is_ignored(port):
+    # Found by the long hypothesis run: an error reply to a result crashed the connection.
+    raw = await opened(port)
+    await raw.send(plain_auth("alice"))
+    await raw.until(b"<success")
+    await raw.send(HEADER)
+    await raw.until(b"</stream:features>")
+    await raw.send(b"<iq type='result' id='x'/><iq type='error' id='y'/>"
+                   b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                   b"<resource>after-result</resource></bind></iq>")
+    assert b"<jid>alice@localhost/after-result</jid>" in await raw.until(b"</iq>")
+
+
+@pytest.mark.parametrize("kind", ["result", "error"])
+async def test_unsolicited_register_result_before_auth_is_ignored(port, kind):
+    raw = await opened(port)
+    await raw.send(f"<iq type='{kind}' id='x'><query xmlns='jabber:iq:register'/></iq>".encode()
+                   + b"<iq type='get' id='form'><query xmlns='jabber:iq:register'/></iq>")
+    reply = await raw.until(b"</iq>")
+    assert b"id=\"form\"" in reply and b"id=\"x\"" not in reply, reply
+
+
 def test_no_hostile_input_above_crashed_a_connection_or_logged_a_traceback(shared_node):
     # Runs after the module's other tests, against the node they all attacked.
     assert shared_node.alive()
