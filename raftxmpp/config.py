@@ -200,7 +200,7 @@ def from_dict(
     for f in dataclasses.fields(Config):
         if f.name == "source":
             continue
-        section_type = f.type if isinstance(f.type, type) else _SECTION_TYPES[f.name]
+        section_type = _SECTION_TYPES[f.name]  # f.type is a string under `annotations`
         section_raw = raw.get(f.name, {})
         if not isinstance(section_raw, dict):
             raise ConfigError(f"{source}: [{f.name}] must be a table")
@@ -208,7 +208,7 @@ def from_dict(
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ConfigError(f"{source}: unknown section [{unknown[0]}]")
-    config = Config(**sections, source=source)  # type: ignore[arg-type]
+    config = Config(**sections, source=source)
     if data_dir is not None:
         config = dataclasses.replace(config, node=dataclasses.replace(config.node, data_dir=data_dir))
     _check(config, read_files)

@@ -46,7 +46,7 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
 
 
 def opened(**options: int | str) -> StreamFramer:
-    framer = StreamFramer(**options)  # type: ignore[arg-type]
+    framer = StreamFramer(**options)
     framer.feed(HEADER)
     return framer
 

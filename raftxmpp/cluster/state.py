@@ -88,7 +88,7 @@ class ClusterState:
     def _run(self, command: Command) -> Result:
         if command.get("v") != VERSION:
             return error("bad-request", f"unsupported command version {command.get('v')!r}")
-        op = OPS.get(command.get("op"))  # type: ignore[arg-type]
+        op = OPS.get(str(command.get("op")))
         if op is None:
             return error("bad-request", f"unknown op {command.get('op')!r}")
         try:

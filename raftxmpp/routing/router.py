@@ -25,7 +25,7 @@ from raftxmpp.routing.components import LINK_TARGET as COMPONENT_LINK_TARGET
 from raftxmpp.routing.components import ComponentManager
 from raftxmpp.routing.local import MESSAGE, LocalRouter
 from raftxmpp.routing.s2s import S2SManager
-from raftxmpp.routing.sessions import LocalSession, SessionManager, link_hops
+from raftxmpp.routing.sessions import SESSION_SEPARATOR, LocalSession, SessionManager, link_hops
 from raftxmpp.xml.errors import StanzaError, can_reply_with_error, error_reply
 
 if TYPE_CHECKING:
@@ -149,8 +149,12 @@ class Router:
             if self.components.deliver_from_link(text, data):
                 return
         else:
-            session = self.sessions.local_session(JID.parse(text))
-            if session is not None:
+            # "full JID \x01 bind time": the copy is for that session, not for a newer one
+            # that took the same full JID (after a restart) and may have had it already.
+            full_jid, _, bound = text.partition(SESSION_SEPARATOR)
+            text = full_jid
+            session = self.sessions.local_session(JID.parse(full_jid))
+            if session is not None and (not bound or repr(session.created) == bound):
                 session.send(data)  # serialised by the sending node from a parsed tree
                 return
         # The session or instance left before the stanza arrived: route it again from here.

@@ -40,6 +40,9 @@ SESSION_KEY = "s:"
 # How many node links the stanza being handled has crossed; bounds re-routing loops.
 link_hops: contextvars.ContextVar[int] = contextvars.ContextVar("link_hops", default=0)
 MAX_HOPS = 2
+# Separates a link stanza's target full JID from its session's bind time; PRECIS
+# forbids control characters in every JID part, so it cannot occur inside one.
+SESSION_SEPARATOR = "\x01"
 
 # A client that stops reading may hold at most this much of our memory.
 MAX_OUTBOX_BYTES = 1024 * 1024
@@ -131,7 +134,8 @@ class RemoteSession:
     def send(self, data: bytes) -> None:
         hops = link_hops.get()
         metrics.ROUTED_REMOTE.inc()
-        if hops >= MAX_HOPS or not self.links.send_stanza(self.node, self.full_jid, data, hops):
+        target = f"{self.full_jid}{SESSION_SEPARATOR}{self.created!r}"
+        if hops >= MAX_HOPS or not self.links.send_stanza(self.node, target, data, hops):
             log.debug("stanza for %s on %s not forwarded (hops %d)", self.full_jid, self.node, hops)
 
     def send_stanza(self, stanza: etree._Element) -> None:
