@@ -73,6 +73,9 @@ class ClusterSection:
     raft: Address = Address("127.0.0.1", 5270)
     peers: tuple[Address, ...] = ()
     link: Address = Address("127.0.0.1", 5271)
+    # Node links carry stanzas between nodes: AES-GCM with per-connection keys from the
+    # secret. Off only on a network that is private and trusted end to end.
+    encrypt_links: bool = True
     secret: Secret | None = None
     secret_file: Path | None = None
     election_timeout_min: float = 0.3

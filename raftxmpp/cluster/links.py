@@ -27,6 +27,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from raftxmpp.config import Address
 
@@ -81,6 +85,56 @@ class FrameReader:
         return frames
 
 
+RECORD_MAX = 16 * 1024 * 1024
+
+
+def session_key(secret: str, connector_nonce: str, acceptor_nonce: str) -> bytes:
+    """A fresh AES-256 key per link connection, from the secret and both nonces."""
+    return HKDF(algorithm=hashes.SHA256(), length=32,
+                salt=(connector_nonce + acceptor_nonce).encode(),
+                info=b"raftxmpp node link").derive(secret.encode())
+
+
+class Sealer:
+    """Connector side: bytes → AES-GCM records (4-byte length, 12-byte counter nonce, data)."""
+
+    def __init__(self, key: bytes) -> None:
+        self.aead, self.counter = AESGCM(key), 0
+
+    def seal(self, data: bytes) -> bytes:
+        self.counter += 1
+        nonce = self.counter.to_bytes(12, "big")  # unique per key: one key per connection
+        sealed = self.aead.encrypt(nonce, data, None)
+        return struct.pack(">I", len(sealed) + 12) + nonce + sealed
+
+
+class Opener:
+    """Acceptor side: records in, plaintext out; a forged or replayed record ends the link."""
+
+    def __init__(self, key: bytes) -> None:
+        self.aead, self.counter, self.buffer = AESGCM(key), 0, bytearray()
+
+    def open(self, data: bytes) -> bytes:
+        self.buffer += data
+        plain = []
+        while len(self.buffer) >= 4:
+            (size,) = struct.unpack_from(">I", self.buffer)
+            if not 12 < size <= RECORD_MAX:
+                raise LinkError(f"record of {size} bytes")
+            if len(self.buffer) < 4 + size:
+                break
+            nonce, sealed = bytes(self.buffer[4:16]), bytes(self.buffer[16:4 + size])
+            del self.buffer[:4 + size]
+            self.counter += 1
+            if int.from_bytes(nonce, "big") != self.counter:
+                raise LinkError("record out of order")
+            try:
+                plain.append(self.aead.decrypt(nonce, sealed, None))
+            except InvalidTag:
+                raise LinkError("record failed authentication") from None
+        return b"".join(plain)
+
+
 def _proof(secret: str, role: str, nonce_a: str, nonce_b: str, name: str) -> str:
     message = f"{role}|{nonce_a}|{nonce_b}|{name}".encode()
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
@@ -106,7 +160,8 @@ class Links:
     def __init__(self, name: str, secret: str, listen: Address, on_frame: FrameHandler,
                  on_join: JoinHandler | None = None, raft: str = "",
                  is_member: Callable[[str], bool] | None = None,
-                 on_refused: Callable[[str], None] | None = None) -> None:
+                 on_refused: Callable[[str], None] | None = None,
+                 encrypt: bool = True) -> None:
         self.name = name
         self.secret = secret
         self.listen = listen
@@ -115,6 +170,7 @@ class Links:
         self.raft = raft  # our Raft address, by which peers check our membership
         self.is_member = is_member or (lambda raft: True)
         self.on_refused = on_refused or (lambda peer: None)
+        self.encrypt = encrypt  # AES-GCM records after the handshake ([cluster] encrypt_links)
         self.peers: dict[str, Peer] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -186,11 +242,11 @@ class Links:
                     continue
                 try:
                     async with stream:
-                        await self._handshake_out(stream, peer.name)
+                        _, key = await self._handshake_out(stream, peer.name)
                         delay = 0.1
                         peer.connected = True
                         log.info("link to %s up", peer.name)
-                        await self._write_loop(stream, peer)
+                        await self._write_loop(stream, peer, Sealer(key) if self.encrypt else None)
                 except* NotMember:
                     self.on_refused(peer.name)
                 except* _LINK_ERRORS as group:
@@ -201,7 +257,8 @@ class Links:
                 await trio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _write_loop(self, stream: trio.SocketStream, peer: Peer) -> None:
+    async def _write_loop(self, stream: trio.SocketStream, peer: Peer,
+                          sealer: Sealer | None) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_close, stream)
             while True:
@@ -212,7 +269,7 @@ class Links:
                 data = b"".join(peer.queue)
                 peer.queue.clear()
                 peer.queued_bytes = 0
-                await stream.send_all(data)
+                await stream.send_all(sealer.seal(data) if sealer is not None else data)
 
     @staticmethod
     async def _watch_close(stream: trio.SocketStream) -> None:
@@ -224,14 +281,16 @@ class Links:
     async def _accept(self, stream: trio.SocketStream) -> None:
         async with stream:
             try:
-                peer_name, reader = await self._handshake_in(stream)
+                peer_name, reader, key = await self._handshake_in(stream)
                 if peer_name is None:
                     return
-                await self._read_loop(stream, peer_name, reader)
+                await self._read_loop(stream, peer_name, reader,
+                                      Opener(key) if self.encrypt else None)
             except* _LINK_ERRORS as group:
                 log.debug("incoming link closed: %r", group.exceptions[0])
 
-    async def _read_loop(self, stream: trio.SocketStream, peer_name: str, reader: FrameReader) -> None:
+    async def _read_loop(self, stream: trio.SocketStream, peer_name: str, reader: FrameReader,
+                         opener: Opener | None) -> None:
         reader.limit = FRAME_MAX
         data = b""
         while True:
@@ -240,15 +299,19 @@ class Links:
             data = await stream.receive_some(READ_SIZE)
             if not data:
                 return
+            if opener is not None:
+                data = opener.open(data)
 
     # -- handshake ------------------------------------------------------------------------------------------
 
-    async def _handshake_out(self, stream: trio.SocketStream, expected: str | None) -> str:
+    async def _handshake_out(self, stream: trio.SocketStream,
+                             expected: str | None) -> tuple[str, bytes]:
         reader = FrameReader(HANDSHAKE_MAX)
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             nonce = secrets.token_hex(16)
             await stream.send_all(frame(b"H", json.dumps(
-                {"node": self.name, "nonce": nonce, "raft": self.raft}).encode()))
+                {"node": self.name, "nonce": nonce, "raft": self.raft,
+                 "encrypt": self.encrypt}).encode()))
             hello = await _read_json(stream, reader)
             their_name, their_nonce = str(hello["node"]), str(hello["nonce"])
             if not hmac.compare_digest(str(hello.get("proof", "")),
@@ -260,9 +323,11 @@ class Links:
             await stream.send_all(frame(b"H", json.dumps({"proof": proof}).encode()))
             if expected is not None and (await _read_json(stream, reader)).get("member") is False:
                 raise NotMember(f"{their_name} says we are not a member")
-        return their_name
+            _check_same_encryption(hello, self.encrypt, their_name)
+        return their_name, session_key(self.secret, nonce, their_nonce)
 
-    async def _handshake_in(self, stream: trio.SocketStream) -> tuple[str | None, FrameReader]:
+    async def _handshake_in(self, stream: trio.SocketStream
+                            ) -> tuple[str | None, FrameReader, bytes]:
         reader = FrameReader(HANDSHAKE_MAX)
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             hello = await _read_json(stream, reader)
@@ -270,20 +335,23 @@ class Links:
             nonce = secrets.token_hex(16)
             proof = _proof(self.secret, "acceptor", their_nonce, nonce, self.name)
             await stream.send_all(frame(b"H", json.dumps(
-                {"node": self.name, "nonce": nonce, "proof": proof}).encode()))
+                {"node": self.name, "nonce": nonce, "proof": proof,
+                 "encrypt": self.encrypt}).encode()))
             answer = await _read_json(stream, reader)
             expected = _proof(self.secret, "connector", their_nonce, nonce, their_name)
             if not hmac.compare_digest(str(answer.get("proof", "")), expected):
                 log.warning("refused a link claiming to be %s: wrong cluster secret", their_name)
                 raise LinkError("wrong cluster secret")
+            key = session_key(self.secret, their_nonce, nonce)
             if their_name.startswith("join:"):
                 await self._answer_join(stream, reader)
-                return None, reader
+                return None, reader, key
             member = self.is_member(str(hello.get("raft", "")))
             await stream.send_all(frame(b"H", json.dumps({"member": member}).encode()))
+            _check_same_encryption(hello, self.encrypt, their_name)
         if not member:
-            return None, reader
-        return their_name, reader
+            return None, reader, key
+        return their_name, reader, key
 
     # -- joining ------------------------------------------------------------------------------------------
 
@@ -306,6 +374,12 @@ class Links:
                     self.name = self_name
                 await stream.send_all(frame(JOIN, json.dumps(request).encode()))
                 return await _read_json(stream, FrameReader(FRAME_MAX), kind=JOIN)
+
+
+def _check_same_encryption(hello: dict, ours: bool, peer: str) -> None:
+    if bool(hello.get("encrypt")) != ours:
+        log.error("link with %s refused: [cluster] encrypt_links differs between the nodes", peer)
+        raise LinkError("encrypt_links differs")
 
 
 async def _read_json(stream: trio.SocketStream, reader: FrameReader, kind: bytes = b"H") -> dict:

@@ -50,7 +50,7 @@ class ClusterMembership:
         self.name = cfg.node.name
         self.links = Links(self.name, secret, cfg.cluster.link, self._on_frame, self._on_join,
                            raft=str(cfg.cluster.raft), is_member=self._is_member,
-                           on_refused=self._refused)
+                           on_refused=self._refused, encrypt=cfg.cluster.encrypt_links)
         self.gossip = Gossip(self.name, self.links, self._on_gossip_change,
                              self._on_gossip_message)
         node.router.sessions.attach(self.gossip, self.links)
