@@ -286,6 +286,10 @@ class RaftNode:
             raise RaftUnavailable(f"{action} {address}: no commit within {timeout:g}s")
         reason = handoff.outcome[0][1]
         if reason != FAIL_REASON.SUCCESS:
+            if reason == FAIL_REASON.REQUEST_DENIED:
+                raise RaftUnavailable(
+                    f"{action} {address}: refused by the leader (a leader cannot remove "
+                    "itself: stop it first, or wait until another node leads)")
             raise RaftUnavailable(f"{action} {address}: refused (reason {reason})")
 
     def status(self) -> dict:
