@@ -8,7 +8,6 @@ import urllib.request
 
 import pytest
 import slixmpp
-import trustme
 
 from tests.harness import Cluster, NodeProcess, free_ports, wait_for
 from tests.xmpp_client import Client, run, unique
@@ -19,14 +18,9 @@ PASSWORD = "cluster-password"
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    cert.private_key_pem.write_to_path(str(base / "key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(base / "cert.pem"))
-    ca.cert_pem.write_to_path(str(base / "ca.pem"))
-    return base
+def tls(ca_file):
+    """The test CA and the node certificate it issued (tests/conftest.py)."""
+    return ca_file
 
 
 def tls_extra(tls) -> str:

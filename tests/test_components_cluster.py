@@ -19,7 +19,6 @@ from collections import Counter
 
 import pytest
 import slixmpp
-import trustme
 from lxml import etree
 
 from raftxmpp.component import balancing
@@ -162,14 +161,9 @@ def receiver_of(components: dict[str, RawComponent]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    cert.private_key_pem.write_to_path(str(base / "key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(base / "cert.pem"))
-    ca.cert_pem.write_to_path(str(base / "ca.pem"))
-    return base
+def tls(ca_file):
+    """The test CA and the node certificate it issued (tests/conftest.py)."""
+    return ca_file
 
 
 def start_cluster(base, tls=None) -> Cluster:
