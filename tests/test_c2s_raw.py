@@ -243,3 +243,11 @@ async def test_a_roster_change_is_not_acknowledged_when_raft_cannot_commit(node,
     reply = await raw.until(b"</iq>")
     assert b"type=\"error\"" in reply and b"type=\"wait\"" in reply
     assert node.store.roster_item("alice@localhost", "carol@localhost") is None
+
+
+async def test_session_iq_after_bind_gets_a_result(node):
+    """RFC 3921 §3 session establishment, still sent by older clients after bind."""
+    raw = await authenticated(node)
+    await raw.send(b"<iq type='set' id='sess1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
+    reply = await raw.until(b'id="sess1"')
+    assert b'<iq type="result" id="sess1"' in reply

@@ -49,6 +49,7 @@ MODULES = (
     "carbons",
     "register",
     "last",
+    "session",
 )
 
 
