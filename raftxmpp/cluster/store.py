@@ -137,6 +137,11 @@ class Store:
     def blocklist(self, jid: str) -> set[str]:
         return self._read(lambda s: set(s.blocklists.get(jid, ())))
 
+    def has_blocklist(self, owner: str) -> bool:
+        """Cheap pre-check for the stanza path: one dict lookup, atomic under the GIL, so
+        it needs no lock (an apply in flight makes it at most one command early or late)."""
+        return owner in self.raft.state.blocklists
+
     def blocks_any(self, owner: str, candidates: tuple[str, ...]) -> bool:
         """Whether `owner` blocks any of `candidates`; no copy, it runs per stanza."""
         def query(s: ClusterState) -> bool:

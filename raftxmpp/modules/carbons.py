@@ -44,6 +44,8 @@ def eligible(stanza: etree._Element) -> bool:
 def copy_to_others(router: Router, stanza: etree._Element, bare: str, kind: str,
                    exclude: list[LocalSession]) -> None:
     """Wraps the message in <sent/> or <received/> for each other carbons-enabled resource."""
+    if router.sessions.resource_count(bare) <= len(exclude):
+        return  # no other resource: the common case, checked before building anything
     others = [s for s in router.sessions.resources(bare) if s.carbons and s not in exclude]
     if not others or not eligible(stanza):
         return

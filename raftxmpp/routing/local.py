@@ -157,4 +157,7 @@ class LocalRouter:
 
     def is_blocked(self, owner: str, other: JID) -> bool:
         """True when `owner` blocks `other` by full JID, bare JID or domain."""
-        return self.router.store.blocks_any(owner, (str(other), str(other.bare), other.domain))
+        store = self.router.store
+        if not store.has_blocklist(owner):  # nearly every stanza: no list, nothing to build
+            return False
+        return store.blocks_any(owner, (str(other), str(other.bare), other.domain))
