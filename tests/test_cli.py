@@ -169,3 +169,15 @@ def test_every_package_is_listed_for_installation():
     found = {".".join(p.parent.relative_to(ROOT).parts)
              for p in (ROOT / "raftxmpp").rglob("__init__.py")}
     assert found <= listed, f"not in pyproject.toml packages: {sorted(found - listed)}"
+
+
+def test_single_toml_documents_every_key():
+    """README promises that config/single.toml documents every key."""
+    import dataclasses
+    import re
+
+    text = (ROOT / "config" / "single.toml").read_text()
+    for name, section in config_mod._SECTION_TYPES.items():
+        assert f"[{name}]" in text, f"[{name}] missing from config/single.toml"
+        for field in dataclasses.fields(section):
+            assert re.search(rf"^#?\s*{field.name}\s*=", text, re.M), f"[{name}] {field.name}"
