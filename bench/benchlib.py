@@ -42,8 +42,11 @@ def load1() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def wait_for_quiet(max_load: float = 1.0, poll: float = 30, limit: float = 600) -> float:
-    """Waits (bounded) until the 1-min load average is at most max_load; returns it."""
+def wait_for_quiet(max_load: float | None = None, poll: float = 30, limit: float = 600) -> float:
+    """Waits (bounded) until the 1-min load average is at most max_load (default: $LOAD_MAX
+    or 1.0); returns it. The machine has 2 cores and is shared: others' tests raise it."""
+    if max_load is None:
+        max_load = float(os.environ.get("LOAD_MAX") or 1.0)
     deadline = time.monotonic() + limit
     load = load1()
     while load > max_load and time.monotonic() < deadline:
@@ -294,7 +297,7 @@ async def write_load(port: int, kind: str, clients: int, seconds: float, warmup:
 def _main(argv: list[str]) -> int:
     cmd, args = argv[0], argv[1:]
     if cmd == "load-wait":
-        print(f"{wait_for_quiet(float(args[0]) if args else 1.0):.2f}")
+        print(f"{wait_for_quiet(float(args[0]) if args else None):.2f}")
     elif cmd == "wait-ready":
         nodes = [BenchNode(Path(a)) for a in args]
 

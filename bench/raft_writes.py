@@ -97,7 +97,7 @@ def main() -> int:
             benchlib.wait_for(node._admin_up, 30, f"{node.name} up")
         leader = wait_leader(nodes, 30)
         follower = next(n for n in nodes if n is not leader)
-        register(leader.c2s_port, a.clients + 1000)
+        register(leader.c2s_port, 2000)  # clients: user1..; offline targets: user1001..user2000
         time.sleep(2)
         for kind, node, where in (("roster", leader, "leader"), ("offline", leader, "leader"),
                                   ("roster", follower, "follower")):
@@ -105,6 +105,13 @@ def main() -> int:
             emit(f"raft_{kind}_{where}", xmpp_writes(nodes, node.c2s_port, kind, a.clients,
                                                      a.seconds), l1)
             time.sleep(3)
+        # Safety check after the load: the same state everywhere, and how often pysyncobj
+        # logged that a follower truncated entries it had already applied.
+        digests = {n.name: n.admin("state.digest", current=True)["digest"] for n in nodes}
+        truncations = sum(n.log_path.read_text(errors="replace").count("truncating already-applied")
+                          for n in nodes)
+        emit("raft_check", f"RESULT scenario=raft_check digests_equal={len(set(digests.values())) == 1} "
+             f"applied_truncations={truncations}", load1())
     finally:
         stop_all()
     return 0

@@ -14,6 +14,8 @@ OUT=${RESULTS_FILE:-$BENCH/results/raftxmpp.txt}
 mkdir -p "$BENCH/results" "$BENCH/data"
 ensure_xmppload || exit 2
 echo "load average before the sitting: $(load_wait)"
+STAMP=$(date -u +%FT%TZ)
+echo "# raftxmpp single node $STAMP reps=$REPS load1=$(load1) tree=${RAFTXMPP_TREE:-checkout} (bench/single_node.sh)" >> "$OUT"
 
 fresh_node() {
   nodes_stop_all; sleep 1
@@ -40,7 +42,7 @@ for rep in $(seq "$REPS"); do
     fresh_node
     l1=$(load1)
     line=$(timeout 300 $XL -p $PORT ${ARGS[$tag]} -S "${NODE_PIDS[0]}" | grep '^RESULT') || status=1
-    echo "server=raftxmpp rep=$rep tag=${tag}_fresh ${line:-RESULT failed=all} load1=$l1 $XL_NOTE" | tee -a "$OUT"
+    echo "server=raftxmpp rep=$rep tag=${tag}_fresh ${line:-RESULT failed=all} date=$STAMP load1=$l1 $XL_NOTE" | tee -a "$OUT"
   done
 done
 exit $status
