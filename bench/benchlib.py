@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import re
 import signal
@@ -146,10 +147,8 @@ class BenchNode:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                pass
             if sig in (signal.SIGKILL, signal.SIGTERM):
                 try:
                     self.process.wait(timeout=15)
@@ -286,7 +285,8 @@ async def write_load(port: int, kind: str, clients: int, seconds: float, warmup:
     for c in conns:
         c.close()
     lat.sort()
-    pct = (lambda q: lat[int(q * (len(lat) - 1))] * 1000 if lat else -1)
+    def pct(q):
+        return (lat[int(q * (len(lat) - 1))] * 1000 if lat else -1)
     return {"writes_per_s": counts["done"] / seconds, "p50_ms": pct(0.5), "p99_ms": pct(0.99),
             "errors": counts["errors"], "clients": clients,
             "first_error": first_error[0].decode(errors="replace") if first_error else ""}

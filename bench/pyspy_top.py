@@ -28,7 +28,9 @@ def main() -> None:
     raw, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 15
     self_c, total_c = collections.Counter(), collections.Counter()
     samples = 0
-    for line in open(raw, encoding="utf-8", errors="replace"):
+    with open(raw, encoding="utf-8", errors="replace") as lines:
+        text = lines.read().splitlines()
+    for line in text:
         line = line.rstrip("\n")
         if not line:
             continue

@@ -109,7 +109,8 @@ def node_main(index: int, ports: list[int], data: Path, mode: str, window: int,
         consumer.apply(command, callback=make_callback(t0))
     cpu = time.process_time() - cpu0
     lat.sort()
-    pct = (lambda q: lat[int(q * (len(lat) - 1))] * 1000 if lat else -1)
+    def pct(q):
+        return (lat[int(q * (len(lat) - 1))] * 1000 if lat else -1)
     out.write_text(json.dumps({"writes_per_s": counts["ok"] / seconds, "p50_ms": pct(0.5),
                                "p99_ms": pct(0.99), "failed": counts["failed"],
                                "submitter": "leader" if leader == str(me) else "follower",
@@ -120,9 +121,9 @@ def node_main(index: int, ports: list[int], data: Path, mode: str, window: int,
 
 def run(window: int, seconds: float, mode: str, data: Path) -> dict:
     """Starts the three processes, waits (bounded) for the submitter's result, kills them."""
-    from tests.harness import free_ports
-
     import shutil
+
+    from tests.harness import free_ports
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
     ports = free_ports(3)
@@ -130,12 +131,12 @@ def run(window: int, seconds: float, mode: str, data: Path) -> dict:
     procs = []
     try:
         for i in range(3):
-            procs.append(subprocess.Popen(
-                [sys.executable, __file__, "--node", str(i), "--ports", ",".join(map(str, ports)),
-                 "--data", str(data), "--submit-on", mode, "--window", str(window),
-                 "--seconds", str(seconds), "--out", str(out)],
-                start_new_session=True, stdout=subprocess.DEVNULL,
-                stderr=open(data / f"node{i + 1}.log", "wb")))
+            with open(data / f"node{i + 1}.log", "wb") as log:
+                procs.append(subprocess.Popen(
+                    [sys.executable, __file__, "--node", str(i), "--ports",
+                     ",".join(map(str, ports)), "--data", str(data), "--submit-on", mode,
+                     "--window", str(window), "--seconds", str(seconds), "--out", str(out)],
+                    start_new_session=True, stdout=subprocess.DEVNULL, stderr=log))
         deadline = time.monotonic() + seconds + 60
         while not out.exists() and time.monotonic() < deadline:
             if any(p.poll() is not None for p in procs):
