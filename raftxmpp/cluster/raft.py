@@ -150,6 +150,8 @@ class RaftNode:
         self._sequence = 0
         self._conf = SyncObjConf(
             password=secret,
+            # Without it pysyncobj binds 0.0.0.0 whatever the configured host is.
+            bindAddress=str(cluster.raft),
             journalFile=str(data_dir / "raft.journal"),
             fullDumpFile=str(data_dir / "raft.dump"),
             dynamicMembershipChange=True,

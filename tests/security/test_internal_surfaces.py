@@ -209,3 +209,12 @@ async def test_no_password_key_or_secret_in_logs_or_cluster_status(cluster):
     for where, text in texts.items():
         for what, value in forbidden.items():
             assert value not in text, f"{what} found in {where}"
+
+
+def test_the_raft_port_listens_only_on_the_configured_address(cluster):
+    """pysyncobj binds 0.0.0.0 unless told otherwise; a loopback config must stay loopback."""
+    port = cluster.nodes[0].ports["raft"]
+    listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
+                               text=True, check=True).stdout
+    assert f"127.0.0.1:{port}" in listening, listening
+    assert f"0.0.0.0:{port}" not in listening and f"*:{port}" not in listening, listening
