@@ -31,8 +31,8 @@ if os.environ.get("RAFTXMPP_TREE"):
 if str(TREE) not in sys.path:
     sys.path.insert(0, str(TREE))
 
-from raftxmpp import config as config_mod  # noqa: E402
-from raftxmpp.admin.client import AdminClientError, call  # noqa: E402
+from raftxmpp import config as config_mod  # noqa: E402 - after the sys.path switch to the frozen tree
+from raftxmpp.admin.client import AdminClientError, call  # noqa: E402 - after the sys.path switch to the frozen tree
 
 _STARTED: list[BenchNode] = []
 

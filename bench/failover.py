@@ -25,11 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-import benchlib  # noqa: F401  (puts the server tree on sys.path)
+import benchlib  # noqa: F401 - imported for its effect: the frozen tree on sys.path
 from benchlib import BENCH, load1, wait_for_quiet
 
-from raftxmpp.admin.client import AdminClientError  # noqa: E402
-from tests.harness import Cluster  # noqa: E402
+from raftxmpp.admin.client import AdminClientError  # noqa: E402 - after the sys.path switch to the frozen tree
+from tests.harness import Cluster  # noqa: E402 - after the sys.path switch to the frozen tree
 
 PASSWORD = "failover-bench-password"
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import benchlib
 from benchlib import BENCH, load1, rss_kb, wait_for_quiet
 
-from raftxmpp.admin.client import AdminClientError  # noqa: E402
-from tests.harness import Cluster  # noqa: E402
+from raftxmpp.admin.client import AdminClientError  # noqa: E402 - after the sys.path switch to the frozen tree
+from tests.harness import Cluster  # noqa: E402 - after the sys.path switch to the frozen tree
 
 PASSWORD = "join-bench-password"
 

@@ -15,6 +15,7 @@ Figures from a run are recorded in README.md (Security).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import tempfile
 import time
@@ -114,11 +115,7 @@ def main() -> None:
         return
     engine = args.engine
     if engine is None:
-        try:
-            import atheris  # noqa: F401
-            engine = "atheris"
-        except ImportError:
-            engine = "hypothesis"
+        engine = "atheris" if importlib.util.find_spec("atheris") else "hypothesis"
     if engine == "atheris":
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="raftxmpp-fuzz-"))
         print(f"atheris: corpus and crashes under {workdir}", flush=True)
