@@ -8,8 +8,10 @@ Nothing after start-up reads raw config dicts. Every mistake an operator can mak
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 import os
+import stat
 import tomllib
 import types
 import typing
@@ -78,6 +80,9 @@ class ClusterSection:
     encrypt_links: bool = True
     secret: Secret | None = None
     secret_file: Path | None = None
+    # The example cluster's secret (config/cluster-3) is public: refused unless this is
+    # set, and then only with the Raft and link addresses on loopback.
+    allow_example_secret: bool = False
     election_timeout_min: float = 0.3
     election_timeout_max: float = 0.6
     heartbeat_period: float = 0.05
@@ -125,6 +130,20 @@ class LimitsSection:
     registration_window: float = 3600.0  # … per this many seconds (a token bucket)
     # Not limited per address: a local load generator or TCP proxy speaks for many users.
     exempt_ips: tuple[str, ...] = ("127.0.0.0/8", "::1")
+    # -- abuse by one account or one outsider (issue 13) --
+    # What the per-address limits count under: an IPv4 address (or network) and an
+    # IPv6 /64, which one subscriber holds whole and rotates through at will.
+    ipv4_prefix: int = 32
+    ipv6_prefix: int = 64
+    # Unauthenticated connections one listener holds over all addresses together.
+    pre_auth_connections_per_listener: int = 1000
+    # Failed logins for one account from one source: then that source is refused …
+    auth_failures_per_account_and_ip: int = 5
+    # … while past auth_failures_per_account a login from a source the account never
+    # logged in from waits (1 s, doubling) up to this many seconds; sources it logged
+    # in from within trusted_source_ttl seconds do not wait.
+    auth_failure_delay_max: float = 20.0
+    trusted_source_ttl: float = 2592000.0  # 30 days; 0 remembers none
 
 
 @dataclass(frozen=True)
@@ -301,6 +320,7 @@ def _check(config: Config, read_files: bool = True) -> None:
     secret = config.cluster_secret() if read_files else config.cluster.secret
     if secret is not None and len(secret) < 16:
         raise ConfigError(f"{source}: [cluster] the cluster secret must be at least 16 characters")
+    _check_secret_exposure(config, secret, read_files)
     if (config.tls.certificate is None) != (config.tls.key is None):
         raise ConfigError(f"{source}: [tls] certificate and key go together")
     if config.c2s.scram_iterations < 4096:
@@ -343,6 +363,68 @@ def _check_limits(config: Config) -> None:
         except ValueError:
             raise ConfigError(f"{source}: [limits] exempt_ips: {text!r} is not an address "
                               "or network") from None
+    _check_abuse_limits(config)
+
+
+def _check_abuse_limits(config: Config) -> None:
+    """[limits] keys of issue 13: source prefixes, the listener cap, the login throttle."""
+    source, limits = config.source, config.limits
+    if not 1 <= limits.ipv4_prefix <= 32:
+        raise ConfigError(f"{source}: [limits] ipv4_prefix must be 1 to 32")
+    if not 1 <= limits.ipv6_prefix <= 128:
+        raise ConfigError(f"{source}: [limits] ipv6_prefix must be 1 to 128")
+    if limits.auth_failure_delay_max > config.c2s.pre_auth_timeout:
+        raise ConfigError(f"{source}: [limits] auth_failure_delay_max must not exceed "
+                          "[c2s] pre_auth_timeout (a login would be cut off while it waits)")
+    for key in ("auth_failure_delay_max", "trusted_source_ttl"):
+        if getattr(limits, key) < 0:
+            raise ConfigError(f"{source}: [limits] {key} must not be negative")
+
+
+# SHA-256 of the cluster secrets committed in this repository (config/cluster-3 and
+# bench/cluster-3): anyone can read them, so they are for clusters on one machine only.
+# tests/test_cli.py checks that every committed *.secret file is listed here.
+EXAMPLE_SECRET_DIGESTS = frozenset({
+    "9a65c7cef0be6d86f797854ab693c4fad8a8a98a2ad39138a3592d572cd6aa90",
+    "323e204b70799b165202af43f98b152611d5e425a8ab330f42d44eceae62a273",
+})
+
+
+def is_example_secret(secret: str) -> bool:
+    return hashlib.sha256(secret.encode()).hexdigest() in EXAMPLE_SECRET_DIGESTS
+
+
+def _check_secret_exposure(config: Config, secret: str | None, read_files: bool) -> None:
+    """Refuses a cluster secret that others can read: one published in this repository
+    (unless the config opts in, on loopback only) or a secret_file open to every user."""
+    source, cluster = config.source, config.cluster
+    if secret is not None and is_example_secret(secret):
+        if not cluster.allow_example_secret:
+            raise ConfigError(
+                f"{source}: [cluster] the cluster secret is the public example one from the "
+                "raftxmpp repository; make your own (openssl rand -hex 32 > FILE; chmod 600 "
+                "FILE), or set allow_example_secret = true for a cluster on this machine only")
+        internal = [cluster.raft, cluster.link, *cluster.peers]
+        exposed = [str(a) for a in internal if not a.is_loopback]
+        if exposed:
+            raise ConfigError(
+                f"{source}: [cluster] allow_example_secret is for nodes on loopback only, "
+                f"and {exposed[0]} is not: make a secret of your own (openssl rand -hex 32)")
+        return  # the example's file is world-readable in any checkout
+    path = cluster.secret_file
+    if read_files and path is not None and path.stat().st_mode & stat.S_IROTH:
+        raise ConfigError(f"{source}: [cluster] secret_file {path} is readable by every user "
+                          f"of this machine: chmod o-rwx {path}")
+
+
+def example_secret_warning(config: Config) -> str | None:
+    """The CLI's warning for a config that runs on the public example secret."""
+    if config.cluster.allow_example_secret:
+        secret = config.cluster_secret()
+        if secret is not None and is_example_secret(secret):
+            return (f"{config.source}: this node uses the public example cluster secret "
+                    "(allow_example_secret): fine on one machine, never for a real cluster")
+    return None
 
 
 def _read_secret_file(path: Path, source: str) -> Secret:

@@ -8,8 +8,9 @@ nothing a client sends can take more than this connection down.
 
 Limits applied here (raftxmpp.c2s.limits): a session that spends its read budget is
 not read from until the bucket refills (TCP pushes back; it is not disconnected);
-failed logins feed the node's AuthThrottle, and a throttled login is refused with
-<temporary-auth-failure/> before any account is looked up; a client that stops
+logins go through the node's AuthThrottle (raftxmpp.c2s.login): a throttled login
+is refused with <temporary-auth-failure/> before any account is looked up, or waits
+its turn, and an unfinished exchange counts as a failure; a client that stops
 reading is cut off when a write blocks longer than `[c2s] send_timeout`, while its
 queue is capped by the session's outbox limit.
 """
@@ -26,6 +27,7 @@ import trio
 from raftxmpp import metrics
 from raftxmpp.c2s import sasl
 from raftxmpp.c2s.limits import Admission, C2SGuards, host_of
+from raftxmpp.c2s.login import LoginGuard
 from raftxmpp.c2s.stream import (
     BindRequest,
     ClientStream,
@@ -83,15 +85,15 @@ class C2SConnection:
             plaintext_auth=cfg.plaintext_auth_on_loopback and loopback,
             registration=cfg.registration,
             scram_iterations=cfg.scram_iterations,
+            unknown_account_key=guards.unknown_account_key if guards else None,
             extra_features=lambda: [f() for f in self.router.stream_features],
         ))
         self.session: LocalSession | None = None
         self.guards = guards
         self.admission = admission
         self._read_bucket = guards.read_bucket(self.ip, trio.current_time()) if guards else None
-        self._sasl_account: str | None = None  # the account the SASL exchange named
+        self.login = LoginGuard(guards.auth if guards else None, self.ip)
         self._credentials_stale = False
-        self._sasl_throttled = False
         self.write_started: float | None = None  # when the write in progress began
         self._nursery: trio.Nursery | None = None
 
@@ -114,6 +116,7 @@ class C2SConnection:
             pass  # the peer went away or the stream was ended; cleanup follows
         finally:
             metrics.C2S_CONNECTIONS.dec()
+            self.login.close()
             await self._cleanup()
 
     async def _negotiate(self) -> None:
@@ -121,6 +124,7 @@ class C2SConnection:
             for event in await self._read_events():
                 if self._starts_sasl(event):
                     await self._make_credentials_current()
+                await self.login.before(self.core.claimed_account(event))
                 await self._perform(self._receive_before_bind(event))
                 if self.session is not None:
                     return
@@ -128,12 +132,9 @@ class C2SConnection:
     def _receive_before_bind(self, event) -> list:
         """core.receive, plus the login throttle's bookkeeping around SASL."""
         core = self.core
-        if core.state is State.AUTH:  # a new SASL exchange may start with this event
-            self._sasl_account, self._sasl_throttled = None, False
         failures = core.auth_failures
         actions = core.receive(event)
-        if core.auth_failures > failures and self.guards is not None and not self._sasl_throttled:
-            self.guards.auth.record_failure(self.ip, self._sasl_account)
+        self.login.outcome(failed=core.auth_failures > failures, succeeded=core.authenticated)
         if core.authenticated and self.admission is not None:
             self.admission.authenticated()
         return actions
@@ -155,12 +156,9 @@ class C2SConnection:
         """The SASL mechanisms' account lookup; refuses throttled logins first, the same
         way for accounts that exist and accounts that do not."""
         account = f"{user}@{domain}"
-        self._sasl_account = account
-        if self.guards is not None and self.guards.auth.blocked(self.ip, account):
-            self._sasl_throttled = True
-            raise sasl.SaslFailure("temporary-auth-failure", "too many failed logins")
+        self.login.begin(account)
         if self._credentials_stale:
-            self._sasl_throttled = True  # not the client's fault: no failure counted
+            self.login.withdraw()  # not the client's fault: no failure counted
             raise sasl.SaslFailure("temporary-auth-failure", "the cluster cannot confirm "
                                    "credentials now; try again")
         return self.node.store.credentials(account)

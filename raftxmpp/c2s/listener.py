@@ -1,9 +1,11 @@
 """c2s listeners: accept client connections and run each in its own task.
 
-Admission happens here, before any byte is read: a client address over its
-connection count (or its count of unauthenticated connections) gets a stream header
-and <policy-violation/>; one opening connections faster than its rate is closed at
-once, spending nothing more on it (raftxmpp.c2s.limits). The listener also keeps the
+Admission happens here, before any byte is read: a client source (an address or
+prefix) over its connection count (or its count of unauthenticated connections) gets
+a stream header and <policy-violation/>; a listener holding its cap of unauthenticated
+connections from all sources gets <resource-constraint/>; a source opening connections
+faster than its rate is closed at once, spending nothing more on it
+(raftxmpp.c2s.limits). The listener also keeps the
 slow-consumer clock: a connection whose write stays blocked for `[c2s] send_timeout`
 is ended.
 """
@@ -11,6 +13,7 @@ is ended.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -21,7 +24,9 @@ import trio
 
 from raftxmpp.c2s.connection import C2SConnection
 from raftxmpp.c2s.limits import C2SGuards, Refused, guards_from_config
+from raftxmpp.c2s.sasl import unknown_account_key
 from raftxmpp.cluster.auth_failures import GossipedFailures
+from raftxmpp.cluster.secrets import node_cluster_secret
 from raftxmpp.xml.errors import StreamError
 from raftxmpp.xml.stanza import STREAM_CLOSE, stream_header
 
@@ -37,14 +42,21 @@ _GUARDS: weakref.WeakKeyDictionary[Node, C2SGuards] = weakref.WeakKeyDictionary(
 def guards_for(node: Node) -> C2SGuards:
     guards = _GUARDS.get(node)
     if guards is None:
-        guards = _GUARDS[node] = guards_from_config(node.config.limits)
+        guards = dataclasses.replace(
+            guards_from_config(node.config.limits),
+            unknown_account_key=unknown_account_key(node_cluster_secret(node.config)))
+        _GUARDS[node] = guards
         if node.cluster is not None:  # count failed logins cluster-wide
-            guards.auth.peers = GossipedFailures(node.cluster.gossip)
+            failures = GossipedFailures(node.cluster.gossip, guards.auth.share_trusted)
+            guards.auth.peers = failures
+            node.cluster.gossip_handlers[GossipedFailures.PREFIX] = failures.on_gossip_change
     return guards
 
 
 async def serve(node: Node, listener: trio.SocketListener, direct_tls: bool) -> None:
     guards = guards_for(node)
+    bound = listener.socket.getsockname()
+    cap = guards.listener_cap(f"c2s listener {bound[0]}:{bound[1]}")
     live: set[C2SConnection] = set()
 
     async def handle(stream: trio.SocketStream) -> None:
@@ -54,7 +66,7 @@ async def serve(node: Node, listener: trio.SocketListener, direct_tls: bool) -> 
         except OSError:
             return
         try:
-            admission = guards.connections.admit(host, time.monotonic())
+            admission = guards.connections.admit(host, time.monotonic(), cap)
         except Refused as refused:
             await _refuse(node, stream, refused, direct_tls)
             return
@@ -91,7 +103,7 @@ async def _refuse(node: Node, stream: trio.SocketStream, refused: Refused, direc
     log.debug("connection refused: %s", refused.reason)  # debug: a flood must not flood the log
     if refused.polite and not direct_tls:
         domain = min(node.config.node.hosts)
-        error = StreamError("policy-violation", refused.reason)
+        error = StreamError(refused.condition, refused.reason)
         data = stream_header(domain, secrets.token_hex(8), None) + error.to_bytes() + STREAM_CLOSE
         with trio.move_on_after(2), contextlib.suppress(trio.BrokenResourceError,
                                                         trio.ClosedResourceError, OSError):

@@ -27,6 +27,7 @@ from typing import NoReturn
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from precis_i18n import get_profile
 from scramp import ScramException, ScramMechanism
 from scramp.utils import ServerError, saslprep
@@ -37,8 +38,10 @@ from raftxmpp.credentials import Credentials
 __all__ = [
     "SaslFailure",
     "SaslServer",
+    "claimed_localpart",
     "offered_mechanisms",
     "tls_server_end_point",
+    "unknown_account_key",
 ]
 
 log = logging.getLogger("raftxmpp.sasl")
@@ -71,9 +74,49 @@ CHANNEL_BINDING_TYPES = frozenset({"tls-server-end-point", "tls-unique"})
 _LOCALPART_FORBIDDEN = frozenset("\"&'/:<>@")
 _USERNAME = get_profile("UsernameCaseMapped")
 
-# Fake SCRAM salts for unknown users must be stable (a salt that changes between attempts
-# marks the user as unknown) and unguessable (a salt an attacker can compute does too).
-_FAKE_SALT_KEY = secrets.token_bytes(32)
+# Fake SCRAM salts for unknown users must be stable (a salt that changes between attempts,
+# between nodes or across a restart marks the user as unknown) and unguessable (a salt an
+# attacker can compute does too): an HMAC of the name under a key every node derives from
+# the cluster secret (`unknown_account_key`). This per-process key is only the fallback
+# of a SaslServer built without one (unit tests); nodes always pass theirs.
+_PROCESS_KEY = secrets.token_bytes(32)
+
+
+def unknown_account_key(cluster_secret: str) -> bytes:
+    """The key of fake SCRAM salts: the same on every node of a cluster and after every
+    restart, and useless for anything else (HKDF with its own label)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"raftxmpp cluster secret",
+                info=b"raftxmpp unknown-account SCRAM salt v1").derive(cluster_secret.encode())
+
+
+def claimed_localpart(mechanism: str, message: bytes, domain: str) -> str | None:
+    """The localpart a client's first SASL message names, read before the exchange runs
+    it (so the login throttle can make the connection wait first); None if it names none.
+    The mechanism's own lookup stays the authority: this only has to agree with it for
+    well-formed names."""
+    try:
+        text = message.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if mechanism == "PLAIN":
+        fields = text.split("\0")
+        name = fields[1] if len(fields) == 3 else ""
+    elif mechanism in SUPPORTED:
+        try:
+            _, bare = _Gs2Header.parse(text)
+        except SaslFailure:
+            return None
+        attribute = bare.split(",", 1)[0]
+        if not attribute.startswith("n="):
+            return None
+        name = attribute[2:].replace("=2C", ",").replace("=3D", "=")
+        try:
+            name = saslprep(name)
+        except ScramException:
+            return None
+    else:
+        return None
+    return _localpart_of(name, domain, bare_jid_required=False) if name else None
 
 
 class SaslFailure(Exception):
@@ -145,12 +188,14 @@ class SaslServer:
         channel_binding: tuple[str, bytes] | None = None,
         *,
         unknown_user_iterations: int = 4096,
+        unknown_user_key: bytes | None = None,
     ) -> None:
         """`lookup(localpart)` gives the credentials of localpart@domain, or None.
 
         `unknown_user_iterations` is the SCRAM iteration count shown for accounts that do
         not exist; set it to the count new accounts are created with, or an attacker can
-        tell real accounts from missing ones by it.
+        tell real accounts from missing ones by it. `unknown_user_key`
+        (`unknown_account_key`) makes their fake salts; give every node the same one.
         """
         if mechanism not in offered or mechanism not in SUPPORTED:
             raise SaslFailure("invalid-mechanism")
@@ -163,15 +208,24 @@ class SaslServer:
         if mechanism.endswith("-PLUS") and channel_binding is None:
             raise ValueError(f"{mechanism} needs channel binding data")
 
-        account = _AccountLookup(domain, lookup, unknown_user_iterations)
+        account = _AccountLookup(domain, lookup, unknown_user_iterations,
+                                 unknown_user_key or _PROCESS_KEY)
         self._mechanism: _Plain | _Scram
         if mechanism == "PLAIN":
             self._mechanism = _Plain(account)
         else:
             plus_offered = any(name.endswith("-PLUS") for name in offered)
             self._mechanism = _Scram(mechanism, account, channel_binding, plus_offered)
+        self.mechanism = mechanism
         self._stage = _Stage.NEW
+        self._identity_seen = False
         self.username: str | None = None
+
+    @property
+    def expects_identity(self) -> bool:
+        """True while the next client message is the one that names the user (after an
+        <auth/> without an initial response)."""
+        return self._stage is _Stage.RUNNING and not self._identity_seen
 
     def start(self, initial_response: bytes | None) -> tuple[str, bytes]:
         """Handles <auth/>. An absent or empty initial response draws an empty challenge."""
@@ -191,6 +245,7 @@ class SaslServer:
         return self._step(response)
 
     def _step(self, data: bytes) -> tuple[str, bytes]:
+        self._identity_seen = True
         try:
             kind, payload = self._mechanism.step(data)
         except SaslFailure:
@@ -206,10 +261,12 @@ class _AccountLookup:
     """Turns what the client typed into an account, the same way for every mechanism."""
 
     def __init__(
-        self, domain: str, lookup: Callable[[str], Credentials | None], unknown_iterations: int
+        self, domain: str, lookup: Callable[[str], Credentials | None], unknown_iterations: int,
+        unknown_key: bytes,
     ) -> None:
         self.domain = domain
         self.unknown_iterations = unknown_iterations
+        self.unknown_key = unknown_key
         self._lookup = lookup
 
     def localpart(self, authcid: str) -> str | None:
@@ -410,8 +467,8 @@ class _Scram:
 
     def _unknown_user_info(self, name: str) -> tuple[bytes, bytes, bytes, int]:
         salt = hmac.new(
-            _FAKE_SALT_KEY, f"{self._keys_name}\0{name}".encode(), hashlib.sha256
-        ).digest()
+            self._account.unknown_key, f"{self._keys_name}\0{name}".encode(), hashlib.sha256
+        ).digest()  # 32 bytes, as scramp makes real ones
         size = hashlib.new(credentials.MECHANISMS[self._keys_name]).digest_size
         return (
             salt,

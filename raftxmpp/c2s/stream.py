@@ -92,6 +92,8 @@ class StreamSettings:
     channel_binding: tuple[str, bytes] | None = None
     # What unknown accounts' fake SCRAM parameters show: the count new accounts get.
     scram_iterations: int = 4096
+    # … and the key of their fake salts (sasl.unknown_account_key of the cluster secret).
+    unknown_account_key: bytes | None = None
     extra_features: Callable[[], list[etree._Element]] = field(default=lambda: [])
 
 
@@ -145,6 +147,27 @@ class ClientStream:
         bind = etree.SubElement(reply, f"{{{ns.BIND}}}bind", nsmap={None: ns.BIND})
         etree.SubElement(bind, f"{{{ns.BIND}}}jid").text = full_jid
         return [Send(serialize(reply))]
+
+    def claimed_account(self, event: object) -> str | None:
+        """The bare JID that `event` (a SASL message not yet received) names as the user,
+        if it is the message that names one; the edge's login throttle may hold the
+        connection back before the exchange checks it (raftxmpp.c2s.login)."""
+        if not isinstance(event, StanzaReceived) or self.domain is None:
+            return None
+        element = event.element
+        if self.state is State.AUTH and element.tag == f"{{{ns.SASL}}}auth":
+            mechanism = element.get("mechanism", "")
+        elif (self.state is State.SASL and element.tag == f"{{{ns.SASL}}}response"
+              and self._sasl is not None and self._sasl.expects_identity):
+            mechanism = self._sasl.mechanism
+        else:
+            return None
+        try:
+            message = _decode(element.text)
+        except sasl.SaslFailure:
+            return None
+        localpart = sasl.claimed_localpart(mechanism, message, self.domain) if message else None
+        return f"{localpart}@{self.domain}" if localpart else None
 
     # -- headers and features -------------------------------------------------------------------------
 
@@ -265,6 +288,7 @@ class ClientStream:
             offered,
             s.channel_binding,
             unknown_user_iterations=s.scram_iterations,
+            unknown_user_key=s.unknown_account_key,
         )
         self.state = State.SASL
         text = element.text

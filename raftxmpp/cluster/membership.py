@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,8 @@ class ClusterMembership:
         self.gossip = Gossip(self.name, self.links, self._on_gossip_change,
                              self._on_gossip_message)
         node.router.sessions.attach(self.gossip, self.links)
+        # Gossip entries owned by other parts, by key prefix (the login throttle's "f:").
+        self.gossip_handlers: dict[str, Callable[[str, str, Any, Any], None]] = {}
         self.removed = False
         self._was_member = False
         self._refused_since: float | None = None
@@ -123,6 +126,8 @@ class ClusterMembership:
             router.sessions.on_gossip_change(node, key, old, new)
         elif key.startswith("c:"):
             router.components.on_gossip_change(node, key, old, new)
+        elif (handler := self.gossip_handlers.get(key[:2])) is not None:
+            handler(node, key, old, new)
 
     def _on_gossip_message(self, peer: str, message: dict) -> None:
         kind = message.get("t")

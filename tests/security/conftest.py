@@ -151,11 +151,16 @@ class Raw:
         await self.stream.aclose()
 
 
-async def connect(port: int, rcvbuf: int | None = None) -> Raw:
-    sock = trio.socket.socket()
+async def connect(port: int, rcvbuf: int | None = None, source: str | None = None,
+                  host: str = "127.0.0.1") -> Raw:
+    """`source`: the client address (any of 127/8 on loopback), so one test can be many
+    clients to the per-address limits."""
+    sock = trio.socket.socket(trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET)
     if rcvbuf is not None:  # set before connect, so the TCP window starts small
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    await sock.connect(("127.0.0.1", port))
+    if source is not None:
+        await sock.bind((source, 0))
+    await sock.connect((host, port))
     return Raw(trio.SocketStream(sock))
 
 

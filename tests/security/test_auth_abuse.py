@@ -17,11 +17,13 @@ from tests.security.conftest import SASL, c2s_port, opened, plain_auth
 FAILURE = re.compile(rb"<failure xmlns=['\"]" + SASL.encode() + rb"['\"]><([a-z-]+)/>")
 
 
-async def login(port: int, user: str, password: str) -> bytes:
-    """One PLAIN attempt on a fresh connection: 'success' or the failure condition."""
-    raw = await opened(port)
+async def login(port: int, user: str, password: str, source: str | None = None,
+                timeout: float = 5) -> bytes:
+    """One PLAIN attempt on a fresh connection (from `source`, an address of 127/8):
+    'success' or the failure condition."""
+    raw = await opened(port, source=source)
     await raw.send(plain_auth(user, password))
-    data = await raw.until(b">", timeout=5)
+    data = await raw.until(b">", timeout=timeout)
     if b"<failure" in data:
         data += await raw.until(b"</failure>", timeout=5)
     await raw.aclose()
@@ -35,14 +37,17 @@ async def login(port: int, user: str, password: str) -> bytes:
 @pytest.fixture
 async def throttled_node(make_node):
     return await make_node(limits={"auth_failures_per_ip": 100, "auth_failures_per_account": 3,
+                                   "auth_failures_per_account_and_ip": 3,
                                    "connection_rate_per_ip": 0})
 
 
-async def test_failures_for_one_account_throttle_that_account_only(throttled_node):
+async def test_failures_for_one_account_from_one_address_throttle_that_pair_only(throttled_node):
     port = c2s_port(throttled_node)
     assert [await login(port, "alice", "wrong") for _ in range(3)] == [b"not-authorized"] * 3
     assert await login(port, "alice", "s3cret-Passw0rd-for-tests") == b"temporary-auth-failure"
     assert await login(port, "bob", "s3cret-Passw0rd-for-tests") == b"success"
+    # alice elsewhere is not refused (she waits her turn: tests/security/test_login_lockout.py)
+    assert await login(port, "alice", "s3cret-Passw0rd-for-tests", "127.0.0.2") == b"success"
 
 
 async def test_a_missing_account_is_throttled_exactly_like_a_real_one(throttled_node):
