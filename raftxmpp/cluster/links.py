@@ -4,7 +4,22 @@ Each node dials every other member (its outgoing link carries its traffic to tha
 peer) and accepts the peers' links (their traffic to it). A link is usable only after
 both sides proved the cluster secret with an HMAC challenge-response over fresh
 nonces, so nobody without the secret can inject a stanza or a gossip entry; before
-that, frames are capped at HANDSHAKE_MAX bytes and the exchange at a few seconds.
+that, frames are capped at HANDSHAKE_MAX bytes, the exchange at a few seconds, and
+the handshakes in progress at MAX_PENDING_HANDSHAKES.
+
+The handshake (version 2), connector C and acceptor A:
+
+    C → A  hello      {v, node, nonce_c, raft, encrypt}
+    A → C  challenge  {v, nonce_a}                         nothing that depends on the secret
+    C → A  proof      {proof: HMAC(secret, connector|nonce_c|nonce_a|node)}
+    A → C  welcome    {node, proof: HMAC(secret, acceptor|…), member, encrypt}   only if C proved
+
+The connecting side proves first, over the acceptor's fresh nonce (no replay), and the
+acceptor answers nobody's challenge before they proved: a stranger who can reach the
+link port gets no HMAC of the secret to guess it offline from (version 1 had the
+acceptor prove first, to anyone). Only a peer that a node dials (a member's address)
+sees a connector's proof. Records are then AES-GCM under a key derived from the
+secret and both nonces, numbered so a replayed or reordered one ends the link.
 
 Frames: 4-byte big-endian length, 1-byte kind, payload. Kinds:
   S  a stanza for a full JID on the receiving node: hops(1) target NUL bytes
@@ -41,6 +56,11 @@ FRAME_MAX = 4 * 1024 * 1024
 MAX_QUEUE_BYTES = 8 * 1024 * 1024
 HANDSHAKE_TIMEOUT = 5.0
 READ_SIZE = 65536
+HANDSHAKE_VERSION = 2
+# Incoming connections not yet authenticated, per link listener: a cluster has a few
+# members, each dialing once; the excess is closed at once (each holds a task and up
+# to HANDSHAKE_MAX bytes until its HANDSHAKE_TIMEOUT).
+MAX_PENDING_HANDSHAKES = 64
 
 STANZA, GOSSIP, JOIN = b"S", b"G", b"J"
 
@@ -173,6 +193,8 @@ class Links:
         self.encrypt = encrypt  # AES-GCM records after the handshake ([cluster] encrypt_links)
         self.peers: dict[str, Peer] = {}
         self._nursery: trio.Nursery | None = None
+        self._handshaking = 0  # incoming connections not yet authenticated
+        self._refused_pending = 0
 
     # -- sending ---------------------------------------------------------------------------------------
 
@@ -280,8 +302,19 @@ class Links:
 
     async def _accept(self, stream: trio.SocketStream) -> None:
         async with stream:
+            if self._handshaking >= MAX_PENDING_HANDSHAKES:
+                self._refused_pending += 1
+                if self._refused_pending in (1, 100) or self._refused_pending % 10000 == 0:
+                    log.warning("link port %s: %d handshakes in progress, the cap; closed %d "
+                                "connections at once", self.listen, MAX_PENDING_HANDSHAKES,
+                                self._refused_pending)
+                return
             try:
-                peer_name, reader, key = await self._handshake_in(stream)
+                self._handshaking += 1
+                try:
+                    peer_name, reader, key = await self._handshake_in(stream)
+                finally:
+                    self._handshaking -= 1
                 if peer_name is None:
                     return
                 await self._read_loop(stream, peer_name, reader,
@@ -310,20 +343,25 @@ class Links:
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             nonce = secrets.token_hex(16)
             await stream.send_all(frame(b"H", json.dumps(
-                {"node": self.name, "nonce": nonce, "raft": self.raft,
+                {"v": HANDSHAKE_VERSION, "node": self.name, "nonce": nonce, "raft": self.raft,
                  "encrypt": self.encrypt}).encode()))
-            hello = await _read_json(stream, reader)
-            their_name, their_nonce = str(hello["node"]), str(hello["nonce"])
-            if not hmac.compare_digest(str(hello.get("proof", "")),
+            challenge = await _read_json(stream, reader)
+            if "proof" in challenge or challenge.get("v") != HANDSHAKE_VERSION:
+                raise LinkError("the peer runs a raftxmpp with another link handshake: "
+                                "upgrade every node")
+            their_nonce = _nonce(challenge)
+            proof = _proof(self.secret, "connector", nonce, their_nonce, self.name)
+            await stream.send_all(frame(b"H", json.dumps({"proof": proof}).encode()))
+            welcome = await _read_json(stream, reader)
+            their_name = str(welcome["node"])
+            if not hmac.compare_digest(str(welcome.get("proof", "")),
                                        _proof(self.secret, "acceptor", nonce, their_nonce, their_name)):
                 raise LinkError("peer failed to prove the cluster secret")
             if expected is not None and their_name != expected:
                 raise LinkError(f"expected {expected}, reached {their_name}")
-            proof = _proof(self.secret, "connector", nonce, their_nonce, self.name)
-            await stream.send_all(frame(b"H", json.dumps({"proof": proof}).encode()))
-            if expected is not None and (await _read_json(stream, reader)).get("member") is False:
+            if expected is not None and welcome.get("member") is False:
                 raise NotMember(f"{their_name} says we are not a member")
-            _check_same_encryption(hello, self.encrypt, their_name)
+            _check_same_encryption(welcome, self.encrypt, their_name)
         return their_name, session_key(self.secret, nonce, their_nonce)
 
     async def _handshake_in(self, stream: trio.SocketStream
@@ -331,23 +369,30 @@ class Links:
         reader = FrameReader(HANDSHAKE_MAX)
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             hello = await _read_json(stream, reader)
-            their_name, their_nonce = str(hello["node"]), str(hello["nonce"])
+            their_name, their_nonce = str(hello["node"]), _nonce(hello)
+            if hello.get("v") != HANDSHAKE_VERSION:
+                log.warning("refused a link from %s: it runs a raftxmpp with another link "
+                            "handshake; upgrade every node", their_name)
+                raise LinkError("another handshake version")
             nonce = secrets.token_hex(16)
-            proof = _proof(self.secret, "acceptor", their_nonce, nonce, self.name)
+            # The challenge says nothing that depends on the secret, not even our name.
             await stream.send_all(frame(b"H", json.dumps(
-                {"node": self.name, "nonce": nonce, "proof": proof,
-                 "encrypt": self.encrypt}).encode()))
+                {"v": HANDSHAKE_VERSION, "nonce": nonce}).encode()))
             answer = await _read_json(stream, reader)
             expected = _proof(self.secret, "connector", their_nonce, nonce, their_name)
             if not hmac.compare_digest(str(answer.get("proof", "")), expected):
                 log.warning("refused a link claiming to be %s: wrong cluster secret", their_name)
                 raise LinkError("wrong cluster secret")
+            joining = their_name.startswith("join:")
+            member = joining or self.is_member(str(hello.get("raft", "")))
+            proof = _proof(self.secret, "acceptor", their_nonce, nonce, self.name)
+            await stream.send_all(frame(b"H", json.dumps(
+                {"node": self.name, "proof": proof, "member": member,
+                 "encrypt": self.encrypt}).encode()))
             key = session_key(self.secret, their_nonce, nonce)
-            if their_name.startswith("join:"):
+            if joining:
                 await self._answer_join(stream, reader)
                 return None, reader, key
-            member = self.is_member(str(hello.get("raft", "")))
-            await stream.send_all(frame(b"H", json.dumps({"member": member}).encode()))
             _check_same_encryption(hello, self.encrypt, their_name)
         if not member:
             return None, reader, key
@@ -374,6 +419,15 @@ class Links:
                     self.name = self_name
                 await stream.send_all(frame(JOIN, json.dumps(request).encode()))
                 return await _read_json(stream, FrameReader(FRAME_MAX), kind=JOIN)
+
+
+def _nonce(message: dict) -> str:
+    """A peer's nonce: 32 hex digits, as ours (a short or empty one would weaken both
+    the freshness of the proofs and the per-connection key)."""
+    nonce = str(message["nonce"])
+    if len(nonce) != 32 or not all(c in "0123456789abcdef" for c in nonce):
+        raise LinkError("malformed handshake nonce")
+    return nonce
 
 
 def _check_same_encryption(hello: dict, ours: bool, peer: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import pickle
 import re
@@ -218,3 +219,40 @@ def test_the_raft_port_listens_only_on_the_configured_address(cluster):
                                text=True, check=True).stdout
     assert f"127.0.0.1:{port}" in listening, listening
     assert f"0.0.0.0:{port}" not in listening and f"*:{port}" not in listening, listening
+
+
+def test_the_link_port_gives_a_stranger_nothing_to_guess_the_secret_from(cluster):
+    """Issue 13, finding 6: the connecting side proves first. A stranger's hello gets a
+    nonce only, and a wrong proof a closed socket: no HMAC of the cluster secret, from
+    which a weak secret could be guessed offline."""
+    node = cluster.nodes[1]
+    hello = {"v": 2, "node": "node1", "nonce": os.urandom(16).hex(), "raft": "", "encrypt": True}
+    with socket.create_connection(("127.0.0.1", node.ports["link"]), timeout=5) as sock:
+        payload = json.dumps(hello).encode()
+        sock.sendall(struct.pack(">I", len(payload) + 1) + b"H" + payload)
+        size, kind = struct.unpack(">IB", _recv_exactly(sock, 5))
+        challenge = json.loads(_recv_exactly(sock, size - 1))
+        assert kind == ord("H") and set(challenge) == {"v", "nonce"}, challenge
+        wrong = json.dumps({"proof": hmac.new(b"guess", b"x", "sha256").hexdigest()}).encode()
+        sock.sendall(struct.pack(">I", len(wrong) + 1) + b"H" + wrong)
+        assert _send_and_watch_rest(sock) == b""
+    wait_for(lambda: "wrong cluster secret" in node.log(), 10, "the refusal in the log")
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    return data
+
+
+def _send_and_watch_rest(sock: socket.socket) -> bytes:
+    got = b""
+    try:
+        while chunk := sock.recv(65536):
+            got += chunk
+    except (TimeoutError, ConnectionError):
+        pass
+    return got
