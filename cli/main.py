@@ -6,6 +6,7 @@ Every failure is one line on stderr and a non-zero exit; never a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -93,6 +94,10 @@ def node_start(config_file, data_dir, log_format, log_level, join) -> None:
     from raftxmpp.node import Node, NodeStartError
 
     cfg = load_config(config_file, data_dir)
+    warn_example_secret(cfg)
+    # Everything the node creates (data dir, Raft journal and dump, keys, sockets) is
+    # for the node's user alone (issue 13).
+    os.umask(0o077)
     logs.setup(cfg.node.name, log_level or cfg.log.level, log_format or cfg.log.format)
     try:
         trio.run(Node(cfg, join=parse_join(join, cfg)).run)
@@ -100,6 +105,12 @@ def node_start(config_file, data_dir, log_format, log_level, join) -> None:
         raise Fail(str(exc)) from None
     except KeyboardInterrupt:
         pass
+
+
+def warn_example_secret(cfg: config_mod.Config) -> None:
+    warning = config_mod.example_secret_warning(cfg)
+    if warning is not None:
+        click.echo(f"raftxmpp: warning: {warning}", err=True)
 
 
 def parse_join(join: str | None, cfg: config_mod.Config) -> config_mod.Address | None:
@@ -389,6 +400,8 @@ def config_check(file, skip_files) -> None:
         cfg = config_mod.load(file, read_files=not skip_files)
     except ConfigError as exc:
         raise Fail(str(exc)) from None
+    if not skip_files:
+        warn_example_secret(cfg)
     click.echo(f"{file}: ok (node {cfg.node.name}, hosts {', '.join(cfg.node.hosts)}, "
                f"{len(cfg.cluster.peers) + 1} raft member(s))")
 

@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import signal
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,7 @@ class Node:
     def _prepare_data_dir(self, data_dir: Path) -> Path:
         try:
             data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _make_private(data_dir)
             probe = data_dir / ".write-test"
             probe.write_bytes(b"")
             probe.unlink()
@@ -235,6 +237,22 @@ class Node:
             async for _ in signals:
                 self.request_stop()
                 return
+
+
+def _make_private(data_dir: Path) -> None:
+    """The data dir holds SCRAM keys, TLS keys and secrets: mode 0700, whatever it had.
+    (Files in it are created 0600; `raftxmpp node start` also sets umask 077, which
+    covers the files pysyncobj creates.)"""
+    mode = stat.S_IMODE(data_dir.stat().st_mode)
+    if mode & 0o077:
+        try:
+            os.chmod(data_dir, 0o700)
+        except OSError as exc:  # not ours to change: say so, and go on
+            log.warning("data dir %s is mode %04o and cannot be made 0700 (%s): others may "
+                        "read its keys and secrets", data_dir, mode, exc.strerror)
+            return
+        log.warning("data dir %s was mode %04o; made it 0700 (it holds keys and secrets)",
+                    data_dir, mode)
 
 
 async def _listen(address: Address, what: str) -> trio.SocketListener:

@@ -24,6 +24,7 @@ def ensure_certificate(data_dir: Path, hosts: tuple[str, ...]) -> tuple[Path, Pa
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
     tls_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(tls_dir, 0o700)  # mkdir's mode passes through the umask
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
     now = datetime.datetime.now(datetime.UTC)
@@ -46,7 +47,9 @@ def ensure_certificate(data_dir: Path, hosts: tuple[str, ...]) -> tuple[Path, Pa
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key_bytes)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(cert_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:  # public, but like everything in the data dir: 0600
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
 

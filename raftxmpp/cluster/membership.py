@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -203,8 +204,19 @@ async def join(links: Links, member: Address, request: dict, data_dir: Path) -> 
     if "error" in answer:
         raise MembershipError(f"{member} refused the join: {answer['error']}")
     peers = [p for p in answer["peers"] if p != request["raft"]]
-    (data_dir / "raft.peers").write_text(json.dumps(peers))
+    _write_private(data_dir / "raft.peers", json.dumps(peers))
     return peers
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Written whole (a crash leaves the old file or the new one), mode 0600."""
+    partial = path.with_name(path.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
 
 
 def remembered_peers(data_dir: Path) -> list[str] | None:
