@@ -24,6 +24,7 @@ from tests.harness import NodeProcess, free_ports, listener_sections, wait_for
 HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
 PASSWORD = "s3cret-Passw0rd-for-tests"
+ROOT_DIR = Path(__file__).resolve().parents[2]
 SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 
 
