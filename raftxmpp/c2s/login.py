@@ -63,7 +63,7 @@ class LoginGuard:
         """After the core received an event: did an exchange just fail or succeed?"""
         if not (failed or succeeded) or self._throttle is None:
             return
-        attempt, self._attempt = self._attempt, None
+        attempt, self._attempt, self._waited_for = self._attempt, None, None
         if succeeded and attempt is not None:
             attempt.succeeded()
         elif failed and attempt is not None:
