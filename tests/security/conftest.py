@@ -165,6 +165,26 @@ async def connect(port: int, rcvbuf: int | None = None, source: str | None = Non
     return Raw(trio.SocketStream(sock))
 
 
+async def first_answer(port: int, source: str, kept: list, host: str = "127.0.0.1") -> str:
+    """How the node answers a new client's stream header: 'features' (the connection
+    stays open, in `kept`: it still counts against the limits), or the stream error."""
+    raw = await connect(port, source=source, host=host)
+    await raw.send(HEADER)
+    with trio.move_on_after(5):
+        while b"</stream:features>" not in raw.buffer and b"</stream:stream>" not in raw.buffer:
+            chunk = await raw.stream.receive_some(65536)
+            if not chunk:
+                break
+            raw.buffer += chunk
+    if b"</stream:features>" in raw.buffer:
+        kept.append(raw)
+        return "features"
+    error = re.search(rb"<([a-z-]+) xmlns=['\"]urn:ietf:params:xml:ns:xmpp-streams['\"]",
+                      raw.buffer)
+    await raw.aclose()
+    return error.group(1).decode() if error else "closed"
+
+
 def c2s_port(node: Node) -> int:
     return node.config.c2s.listen.port
 

@@ -18,7 +18,7 @@ import trio
 
 from raftxmpp import config as config_mod
 from raftxmpp.node import Node
-from tests.security.conftest import HEADER, connect, stream_error
+from tests.security.conftest import first_answer
 
 NODE = "fd00:0:0:1::1"
 SAME_64 = [f"fd00:0:0:1:{i:x}::{i:x}" for i in range(2, 7)]  # five addresses, one /64
@@ -32,25 +32,6 @@ def set_up_addresses() -> None:
                        check=True)
 
 
-async def answer(port: int, source: str) -> str:
-    """'features' if the node opened a stream for this client, else the stream error."""
-    raw = await connect(port, source=source, host=NODE)
-    await raw.send(HEADER)
-    with trio.move_on_after(5):
-        while b"</stream:features>" not in raw.buffer and b"</stream:stream>" not in raw.buffer:
-            chunk = await raw.stream.receive_some(65536)
-            if not chunk:
-                break
-            raw.buffer += chunk
-    if b"</stream:features>" in raw.buffer:
-        held.append(raw)
-        return "features"
-    return "policy-violation" if stream_error(raw.buffer, "policy-violation") else "other"
-
-
-held: list = []
-
-
 async def main(data_dir: Path) -> dict:
     base = config_mod.embedded_default(data_dir)
     cfg = dataclasses.replace(
@@ -62,8 +43,9 @@ async def main(data_dir: Path) -> dict:
     )
     async with trio.open_nursery() as nursery:
         node = await nursery.start(Node(cfg).run)
-        results = {"same_64": [await answer(5222, source) for source in SAME_64],
-                   "other_64": await answer(5222, OTHER_64)}
+        held: list = []
+        results = {"same_64": [await first_answer(5222, s, held, NODE) for s in SAME_64],
+                   "other_64": await first_answer(5222, OTHER_64, held, NODE)}
         for raw in held:
             await raw.aclose()
         node.request_stop()

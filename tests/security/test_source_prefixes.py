@@ -13,14 +13,13 @@ import sys
 import trio
 
 from tests.security.conftest import (
-    HEADER,
     ROOT_DIR,
     c2s_port,
     connect,
     expect_stream_error,
+    first_answer,
     opened,
     plain_auth,
-    stream_error,
 )
 from tests.security.test_auth_abuse import login
 
@@ -67,27 +66,11 @@ async def test_a_listener_caps_unauthenticated_connections_from_all_sources(make
     assert len(hit) == 1 and f":{port}" in hit[0], hit  # once, naming the listener
     await held[0].send(plain_auth("alice"))  # authenticating frees its place …
     await held[0].until(b"<success")
-    assert await _answer(port, "127.0.0.8", held) == "features"
+    assert await first_answer(port, "127.0.0.8", held) == "features"
     await held[1].aclose()  # … and so does leaving, once the node has cleaned up
     with trio.fail_after(5):
-        while await _answer(port, "127.0.0.9", held) != "features":
+        while await first_answer(port, "127.0.0.9", held) != "features":
             await trio.sleep(0.05)
     for raw in held:
         await raw.aclose()
-
-
-async def _answer(port: int, source: str, kept: list) -> str:
-    """'features' (the connection is kept open), or the stream error it got."""
-    raw = await connect(port, source=source)
-    await raw.send(HEADER)
-    with trio.move_on_after(5):
-        while b"</stream:features>" not in raw.buffer and b"</stream:stream>" not in raw.buffer:
-            chunk = await raw.stream.receive_some(65536)
-            if not chunk:
-                break
-            raw.buffer += chunk
-    if b"</stream:features>" in raw.buffer:
-        kept.append(raw)  # open: it still counts
-        return "features"
-    return "resource-constraint" if stream_error(raw.buffer, "resource-constraint") else "other"
 
