@@ -24,6 +24,7 @@ from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.routing.components import LINK_TARGET as COMPONENT_LINK_TARGET
 from raftxmpp.routing.components import ComponentManager
 from raftxmpp.routing.local import MESSAGE, LocalRouter
+from raftxmpp.routing.s2s import LINK_TARGET as S2S_LINK_TARGET
 from raftxmpp.routing.s2s import S2SManager
 from raftxmpp.routing.sessions import SESSION_SEPARATOR, LocalSession, SessionManager, link_hops
 from raftxmpp.xml.errors import StanzaError, can_reply_with_error, error_reply
@@ -146,6 +147,13 @@ class Router:
         is ours."""
         hops, (target, _, data) = payload[0], payload[1:].partition(b"\0")
         text = target.decode()
+        if text.startswith(S2S_LINK_TARGET):  # for this node's stream to another server
+            token = link_hops.set(hops + 1)
+            try:
+                self.s2s.deliver_from_link(text, data)
+            finally:
+                link_hops.reset(token)
+            return
         if text.startswith(COMPONENT_LINK_TARGET):
             if self.components.deliver_from_link(text, data):
                 return
