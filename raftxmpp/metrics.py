@@ -154,7 +154,7 @@ S2S_STREAM_FAILURES_TOTAL = HotFamily(
     "reason", ("failed",))
 S2S_STREAM_FAILURES = S2S_STREAM_FAILURES_TOTAL.labels("failed")
 S2S_BOUNCES = ("remote-server-not-found", "remote-server-timeout", "resource-constraint",
-               "policy-violation", "service-unavailable", "other")
+               "not-allowed", "service-unavailable", "other")
 S2S_BOUNCED = HotFamily("raftxmpp_s2s_bounced", "Stanzas for other servers returned to their "
                         "sender with an error, by condition.", "condition", S2S_BOUNCES)
 

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-from dnslib import QTYPE, RCODE, RR, A, DNSRecord, SRV
+from dnslib import QTYPE, RCODE, RR, SRV, A, DNSRecord
 from dnslib.server import BaseResolver, DNSServer
 
 

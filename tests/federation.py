@@ -17,6 +17,7 @@ Only loopback addresses inside namespaces this module creates are ever used.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -25,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dns.resolver
@@ -125,10 +125,8 @@ class Namespace:
     @staticmethod
     def _remove(name: str) -> None:
         for pid in _sh("ip", "netns", "pids", name, check=False).stdout.split():
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
         _sh("ip", "netns", "del", name, check=False)
         shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
 

@@ -41,6 +41,9 @@ async def handle(router: Router, stanza: etree._Element, target: JID | None,
                  sender: LocalSession | None) -> None:
     ptype = stanza.get("type")
     if ptype in SUBSCRIPTION_TYPES:
+        if target is not None and sender is None and _from_remote(router, stanza):
+            await _inbound_from_remote(router, stanza, target, ptype)  # federation
+            return
         if target is None or sender is None:
             return  # a subscription request needs a contact (§3.1.1); ignore otherwise
         await outbound_subscription(router, sender, str(target.bare), ptype, stanza)
@@ -55,7 +58,10 @@ async def handle(router: Router, stanza: etree._Element, target: JID | None,
             session = router.sessions.session(target)
             if session is not None:
                 session.send_stanza(stanza)
-    elif ptype != "probe":  # probes come from servers; a client's is ignored (§4.3)
+    elif ptype == "probe":  # probes come from servers; a client's is ignored (§4.3)
+        if target is not None and sender is None and _from_remote(router, stanza):
+            _answer_remote_probe(router, stanza, target)  # federation
+    else:
         raise StanzaError("bad-request", text=f"unknown presence type {ptype!r}")
 
 
@@ -72,7 +78,10 @@ async def outbound_subscription(router: Router, sender: LocalSession, contact: s
     if result["action"] != roster_states.DELIVER:
         return
     status = stanza.findtext(f"{{{ns.CLIENT}}}status") if stanza is not None else None
-    await inbound_subscription(router, user, contact, ptype, status or "")
+    if _is_remote(router, contact):  # §3.1.2: stamped with the bare JID, to the contact's server
+        router.s2s.send_stanza(subscription_stanza(ptype, user, contact, status or ""))
+    else:
+        await inbound_subscription(router, user, contact, ptype, status or "")
     if ptype == "subscribed":
         # §3.1.5: the contact now receives the user's presence from every available resource.
         send_current_presence(router, user, contact)
@@ -132,6 +141,7 @@ async def broadcast(router: Router, sender: LocalSession, stanza: etree._Element
         sender.presence = None
     if router.sessions.local_session(sender.jid) is sender:
         router.sessions.publish(sender)  # other nodes fan it out to their clients
+        _fan_out_remote(router, sender, stanza, initial)  # contacts on other servers
     _fan_out(router, sender, stanza)
     if not available:
         _directed_unavailable(router, sender, stanza)
@@ -211,9 +221,11 @@ def directed(router: Router, stanza: etree._Element, target: JID,
     """Directed presence (§4.6): to one resource, or to every available resource of an account."""
     from_jid = JID.parse(stanza.get("from"))
     bare = str(target.bare)
-    if router.local.is_blocked(bare, from_jid):
+    if _is_remote(router, bare):  # to another server; its server decides who gets it
+        router.s2s.send_stanza(stanza)
+    elif router.local.is_blocked(bare, from_jid):
         return
-    if target.resource is not None:
+    elif target.resource is not None:
         session = router.sessions.session(target)
         if session is not None:
             session.send_stanza(stanza)
@@ -229,6 +241,9 @@ def directed(router: Router, stanza: etree._Element, target: JID,
 
 def send_current_presence(router: Router, user: str, contact: str) -> None:
     """Presence of each of `user`'s available resources, to `contact`'s resources."""
+    if _is_remote(router, contact):
+        _presence_to_remote(router, user, contact)
+        return
     for session in router.sessions.available(user):
         if session.presence is not None:
             for target in router.sessions.available(contact):
@@ -241,6 +256,9 @@ def send_unavailable(router: Router, user: str, contact: str) -> None:
     """Unavailable from each of `user`'s resources to every resource of `contact`, anywhere."""
     for session in router.sessions.available(user):
         element = make("presence", {"type": "unavailable", "from": session.full_jid, "to": contact})
+        if _is_remote(router, contact):
+            router.s2s.send_stanza(element)
+            continue
         data = serialize(element)
         for target in router.sessions.available(contact):
             target.send(data)
@@ -267,3 +285,73 @@ def _priority(stanza: etree._Element) -> int:
     if not -128 <= value <= 127:
         raise StanzaError("bad-request", text="priority must be from -128 to 127")
     return value
+
+
+# -- contacts on other servers (federation, RFC 6121 §3-§4 over s2s) ----------------------------
+#
+# A contact on another server has no session here: what we would deliver to its
+# sessions goes to its server instead, once, from the node where the user's session
+# lives (never from every node, or the contact would get it once per node).
+
+
+def _is_remote(router: Router, bare: str) -> bool:
+    return router.s2s.is_remote(bare)
+
+
+def _from_remote(router: Router, stanza: etree._Element) -> bool:
+    return router.s2s.is_remote(stanza.get("from") or "")
+
+
+async def _inbound_from_remote(router: Router, stanza: etree._Element, target: JID,
+                               ptype: str) -> None:
+    """A subscription stanza from a contact's server (§3.1.3, §3.2.3, §3.3.3, §3.4.3)."""
+    contact = str(JID.parse(stanza.get("from")).bare)
+    status = stanza.findtext(f"{{{ns.CLIENT}}}status") or ""
+    await inbound_subscription(router, contact, str(target.bare), ptype, status)
+    if ptype == "subscribed":
+        _probe(router, str(target.bare), contact)  # §3.1.6: learn the contact's presence
+
+
+def _fan_out_remote(router: Router, sender: LocalSession, stanza: etree._Element,
+                    initial: bool) -> None:
+    """Broadcast (§4.2.2, §4.4.2) to subscribed contacts elsewhere; an initial presence
+    also probes the contacts we are subscribed to (§4.2.1)."""
+    user = sender.bare_jid
+    for contact, item in router.store.roster(user)["items"].items():
+        if not _is_remote(router, contact):
+            continue
+        subscription = item["subscription"]
+        if roster_states.has_from(subscription) and \
+                not router.local.is_blocked(user, JID.parse(contact)):
+            element = copy.copy(stanza)
+            element.set("to", contact)
+            router.s2s.send_stanza(element)
+        if initial and roster_states.has_to(subscription):
+            _probe(router, user, contact)
+
+
+def _probe(router: Router, user: str, contact: str) -> None:
+    router.s2s.send_stanza(make("presence", {"type": "probe", "from": user, "to": contact}))
+
+
+def _answer_remote_probe(router: Router, stanza: etree._Element, target: JID) -> None:
+    """§4.3.2: a contact's server asks for the user's presence; answered only when the
+    contact is subscribed to it."""
+    user, asker = str(target.bare), stanza.get("from") or ""
+    item = router.store.roster_item(user, str(JID.parse(asker).bare))
+    if item is None or not roster_states.has_from(item["subscription"]):
+        return
+    if not router.sessions.available(user):
+        router.s2s.send_stanza(make("presence", {"type": "unavailable", "from": user,
+                                                 "to": asker}))
+        return
+    _presence_to_remote(router, user, asker)
+
+
+def _presence_to_remote(router: Router, user: str, to: str) -> None:
+    for session in router.sessions.available(user):
+        if session.presence is not None:
+            element = etree.fromstring(session.presence, _PARSER)
+            element.set("to", to)
+            element.set("from", session.full_jid)
+            router.s2s.send_stanza(element)

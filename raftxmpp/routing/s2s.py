@@ -190,8 +190,22 @@ class S2SManager:
         if local is None or not self.is_local(local):
             raise StanzaError("not-allowed", text="stanzas are not relayed between servers")
         if not self.allowed(remote):
-            raise StanzaError("policy-violation", type="cancel",
-                              text=f"federation with {remote} is not allowed")
+            raise StanzaError("not-allowed", text=f"federation with {remote} is not allowed")
+        self.send((local, remote), serialize(stanza), stanza)
+
+    def is_remote(self, jid: str) -> bool:
+        """A JID on another server (not served here, not a component of ours)."""
+        domain = _domain(jid)
+        return domain is not None and not self.is_local(domain)
+
+    def send_stanza(self, stanza: etree._Element) -> None:
+        """For modules (presence broadcast, probes): a stanza from a local JID to another
+        server, with no one to tell if it cannot go (presence is never bounced to its
+        sender's client, RFC 6121 §4.2.2)."""
+        local, remote = _domain(stanza.get("from")), _domain(stanza.get("to"))
+        if (not self.config.enabled or self._open is None or local is None or remote is None
+                or not self.is_local(local) or not self.allowed(remote)):
+            return
         self.send((local, remote), serialize(stanza), stanza)
 
     def send(self, pair: Pair, data: bytes, stanza: etree._Element | None = None) -> None:
