@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -212,7 +213,8 @@ class Prosody:
     """One Prosody process serving `hosts` ({domain: (certificate, key)})."""
 
     def __init__(self, namespace: Namespace, base: Path, hosts: dict[str, tuple[Path, Path]],
-                 c2s_port: int, s2s_port: int, ca_file: Path) -> None:
+                 c2s_port: int, s2s_port: int, ca_file: Path, log_level: str = "debug",
+                 extra: str = "c2s_require_encryption = true\n") -> None:
         self.namespace = namespace
         self.base = base
         self.hosts = hosts
@@ -228,7 +230,7 @@ class Prosody:
 pidfile = "{base}/prosody.pid"
 data_path = "{self.data}"
 run_as_root = true
-log = {{ {{ levels = {{ min = "debug" }}, to = "file", filename = "{self.log_path}" }} }}
+log = {{ {{ levels = {{ min = "{log_level}" }}, to = "file", filename = "{self.log_path}" }} }}
 modules_enabled = {{ "roster", "saslauth", "tls", "dialback", "disco", "ping", "presence",
                      "private", "version", "time" }}
 modules_disabled = {{ "s2s_bidi", "posix" }}
@@ -238,8 +240,7 @@ s2s_ports = {{ {s2s_port} }}
 c2s_direct_tls_ports = {{ }}
 http_ports = {{ }}
 https_ports = {{ }}
-c2s_require_encryption = true
-s2s_require_encryption = true
+{extra}s2s_require_encryption = true
 s2s_secure_auth = false
 s2s_timeout = 10
 authentication = "internal_plain"
@@ -266,7 +267,9 @@ ssl = {{ cafile = "{ca_file}" }}
         def listening() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"prosody exited:\n{self.log()[-3000:]}")
-            return "Activated service 's2s'" in self.log() or "s2s on" in self.log()
+            with socket.socket() as probe:
+                probe.settimeout(0.5)
+                return probe.connect_ex(("127.0.0.1", self.s2s_port)) == 0
 
         wait_for(listening, 30, "prosody to listen")
         return self
