@@ -39,9 +39,8 @@ import time
 from pathlib import Path
 
 import benchlib  # noqa: F401 - imported for its effect: the frozen tree on sys.path
-from benchlib import BENCH, load1, machine
-
 import trustme  # noqa: E402 - after the sys.path switch to the frozen tree
+from benchlib import BENCH, load1, machine
 
 from tests.federation import DNS, Namespace, Prosody, ensure_prosody  # noqa: E402
 from tests.harness import Cluster, free_ports, wait_for  # noqa: E402

@@ -74,7 +74,7 @@ class Federation:
         a_tls = f'\n[tls]\ncertificate = "{a_cert[0]}"\nkey = "{a_cert[1]}"\n'
         self.a = Cluster(self.base / "a", 3, extra=a_tls, hosts=(A,), prefix=self.ns.prefix(),
                          s2s=a_s2s)
-        b_tls_port = free_ports(1)[0]
+        self.b_tls_port = b_tls_port = free_ports(1)[0]
         self.b = Cluster(self.base / "b", 1, hosts=(B,), prefix=self.ns.prefix(),
                          s2s=f'tls_listen = "127.0.0.1:{b_tls_port}"\nconnect_timeout = 5.0\n'
                              f'incoming_burst_per_ip = 500\nincoming_rate_per_ip = 100.0\n')
@@ -85,7 +85,7 @@ class Federation:
         self.silent.bind(("127.0.0.1", 0))
         self.silent.listen(16)  # accepts TCP, never speaks: a server that hangs
         dns = self.dns
-        for i, node in enumerate(self.a.nodes, 1):
+        for i in range(1, len(self.a.nodes) + 1):
             dns.set(f"node{i}.{A}", "A", ["127.0.0.1"])
         dns.set(A, "A", ["127.0.0.1"])
         dns.set(f"_xmpp-server._tcp.{A}", "SRV",
@@ -218,6 +218,7 @@ def test_users_on_every_node_talk_with_another_cluster_over_dialback(fed):
     run(scenario(), timeout=150)
     out = _outgoing(fed.streams(), B)
     assert len(out) == 1 and out[0]["auth"] == "dialback", out
+    assert out[0]["peer"] == f"{B}:{fed.b_tls_port}", out  # the xmpps-server SRV record
     b_port = [p for p in fed.b.nodes[0].admin("s2s.list") if p["direction"] == "in"]
     assert b_port and all(r["auth"] == "dialback" for r in b_port), b_port
     wait_for(lambda: any(r["auth"] == "dialback" for r in _incoming(fed.streams(), B)), 10,

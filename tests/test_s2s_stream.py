@@ -14,7 +14,12 @@ import trustme
 from lxml import etree
 
 from raftxmpp.s2s import dialback, resolver
-from raftxmpp.s2s.certs import NO_CERTIFICATE, PeerCertificate, certificate_names_domain, dns_name_matches
+from raftxmpp.s2s.certs import (
+    NO_CERTIFICATE,
+    PeerCertificate,
+    certificate_names_domain,
+    dns_name_matches,
+)
 from raftxmpp.s2s.stream import (
     Authenticated,
     Close,
