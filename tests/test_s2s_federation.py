@@ -166,6 +166,11 @@ async def _subscribe_and_talk(local: Client, remote: Client) -> None:
     back), the contact's presence, then a message each way."""
     local.send_presence_subscription(pto=remote.boundjid.bare)
     await local.presence_from(remote.boundjid.bare, timeout=20)
+    deadline = time.monotonic() + 20  # both rosters record the mutual subscription (§3.1)
+    while {local.client_roster[remote.boundjid.bare]["subscription"],
+           remote.client_roster[local.boundjid.bare]["subscription"]} != {"both"}:
+        assert time.monotonic() < deadline, (local.client_roster, remote.client_roster)
+        await asyncio.sleep(0.05)
     body = f"hello from {local.boundjid.bare}"
     local.send_message(mto=remote.boundjid.bare, mbody=body, mtype="chat")
     message = await remote.next_message(timeout=20)
@@ -224,6 +229,22 @@ def test_users_on_every_node_talk_with_another_cluster_over_dialback(fed):
     wait_for(lambda: any(r["auth"] == "dialback" for r in _incoming(fed.streams(), B)), 10,
              "b.example's stream to a.example, authenticated by dialback")
     assert b_port[0]["remote"] == A
+
+
+def test_iqs_cross_servers_and_their_answers_come_back(fed):
+    """RFC 6120 §8.2.3: an IQ from a remote user to our server (XEP-0199 ping) and to one of
+    our users' full JID (XEP-0030 disco#info, answered by the client) both get results."""
+    async def scenario():
+        pat, alice = fed.pat(), fed.alice(1)
+        assert await pat.start() and await alice.start()
+        await pat.plugin["xep_0199"].ping(jid=A, timeout=15)
+        info = await pat.plugin["xep_0030"].get_info(jid=alice.boundjid.full, timeout=15)
+        assert info["type"] == "result"
+        await alice.plugin["xep_0199"].ping(jid=P, timeout=15)
+        await alice.stop()
+        await pat.stop()
+
+    run(scenario())
 
 
 # -- what a hostile peer cannot do ----------------------------------------------------------------

@@ -452,8 +452,8 @@ def _der(pem: bytes) -> bytes:
 
 
 def test_srv_targets_go_by_priority_and_direct_tls_first_at_equal_priority():
-    records = [(10, 0, "c.example", 5269, False), (0, 0, "a.example", 5269, False),
-               (0, 0, "a.example", 5270, True)]
+    records = [(10, 0, "c.example", 5269, False), (0, 5, "a.example", 5269, False),
+               (0, 5, "a.example", 5270, True)]
     order = resolver.order(records, random.Random(1))
     assert [(t.port, t.direct_tls) for t in order] == [(5270, True), (5269, False), (5269, False)]
     assert order[-1].host == "c.example"

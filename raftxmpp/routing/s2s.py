@@ -67,6 +67,7 @@ PAIR_SEPARATOR = "|"
 # A peer that stops reading may hold at most this much of our memory per stream.
 MAX_OUTBOX_BYTES = 16 * 1024 * 1024
 CHECK_INTERVAL = 0.1
+_IQ = "{jabber:client}iq"
 
 Pair = tuple[str, str]  # (local domain, remote domain)
 
@@ -139,6 +140,29 @@ class IncomingHandle:
     since: float = field(default_factory=time.time)
     received: int = 0
     close: Callable[[StreamError], None] = lambda error: None
+
+
+class RemotePeer:
+    """The sender of an IQ from another server, as modules see it: their answers go back
+    over s2s (components have LocalInstance for the same purpose). It is nobody's
+    session: it requests no roster pushes and takes no carbons."""
+
+    is_local = False
+    roster_requested = True
+    carbons = False
+    available = False
+    priority = 0
+    presence = None
+
+    def __init__(self, manager: S2SManager, full_jid: str) -> None:
+        self.manager = manager
+        self.full_jid = full_jid
+        self.jid = JID.parse(full_jid)
+        self.bare_jid = str(self.jid.bare)
+        self.directed: set[str] = set()
+
+    def send_stanza(self, stanza: etree._Element) -> None:
+        self.manager.send_stanza(stanza)
 
 
 class S2SManager:
@@ -459,8 +483,11 @@ class S2SManager:
         """A stanza of an authenticated pair, from a peer: routed like local traffic."""
         handle.received += 1
         self.metrics.stanza_in(_domain(stanza.get("from")) or "")
+        # IQs to the server or an account need a way back; other stanzas need none, and
+        # must never look like a local client's own (subscriptions, broadcast).
+        sender = RemotePeer(self, stanza.get("from")) if stanza.tag == _IQ else None
         try:
-            await self.router.route(stanza, None)
+            await self.router.route(stanza, sender)
         except StanzaError as exc:
             self._reply_error(stanza, exc)
         except StoreError as exc:

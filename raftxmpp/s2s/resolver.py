@@ -2,8 +2,7 @@
 
 `_xmpps-server._tcp` (direct TLS) and `_xmpp-server._tcp` (STARTTLS) are looked up
 together and tried in one order: by priority, then by weight (RFC 2782's weighted
-random choice among equal priorities), direct TLS first where the two tie (XEP-0368
-§3). No SRV record at all means the domain itself on 5269 with STARTTLS (RFC 6120
+random choice among equal priorities), direct TLS first at equal priority (XEP-0368 §3). No SRV record at all means the domain itself on 5269 with STARTTLS (RFC 6120
 §3.2.2); a lone "." target means the service is decidedly not offered there (RFC 2782).
 
 DNS goes through dnspython's async resolver on trio, which reads /etc/resolv.conf; the
@@ -80,24 +79,28 @@ async def resolve(domain: str, timeout: float, rng: random.Random | None = None)
 
 
 def order(records: list[tuple[int, int, str, int, bool]], rng: random.Random) -> list[Target]:
-    """RFC 2782: ascending priority; within one, a weighted random order; direct TLS
-    before STARTTLS at equal priority and weight."""
+    """RFC 2782: ascending priority, and within one priority a weighted random order;
+    at equal priority direct TLS comes before STARTTLS (XEP-0368 §3)."""
     result: list[Target] = []
     for priority in sorted({r[0] for r in records}):
-        group = sorted((r for r in records if r[0] == priority), key=lambda r: not r[4])
-        while group:
-            total = sum(r[1] for r in group)
-            if total == 0:
-                chosen = group[0]
-            else:
-                point = rng.uniform(0, total)
-                running = 0
-                chosen = group[-1]
-                for record in group:
-                    running += record[1]
-                    if running >= point:
-                        chosen = record
-                        break
-            group.remove(chosen)
-            result.append(Target(chosen[2], chosen[3], chosen[4]))
+        for direct_tls in (True, False):
+            group = [r for r in records if r[0] == priority and r[4] is direct_tls]
+            result += [Target(r[2], r[3], r[4]) for r in _weighted(group, rng)]
     return result
+
+
+def _weighted(group: list[tuple[int, int, str, int, bool]], rng: random.Random) -> list:
+    group, ordered = list(group), []
+    while group:
+        total = sum(r[1] for r in group)
+        chosen = group[0]
+        if total > 0:
+            point, running = rng.uniform(0, total), 0
+            for record in group:
+                running += record[1]
+                if running >= point:
+                    chosen = record
+                    break
+        group.remove(chosen)
+        ordered.append(chosen)
+    return ordered
