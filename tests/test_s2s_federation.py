@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from raftxmpp import tls
 from tests.federation import DNS, Namespace, NetworkUnavailable, Prosody, ensure_prosody
 from tests.harness import Cluster, free_ports, wait_for
 from tests.xmpp_client import Client, run
@@ -37,6 +38,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.federation, pytest.mark.timeout(3
 
 PASSWORD = "federation-password"
 A, B, P = "a.example", "b.example", "p.example"
+Q = "q.example"  # a second Prosody host, with a self-signed certificate
 STREAM = ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
           "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
           "from='{frm}' to='{to}' version='1.0'>")
@@ -79,8 +81,10 @@ class Federation:
                          s2s=f'tls_listen = "127.0.0.1:{b_tls_port}"\nconnect_timeout = 5.0\n'
                              f'incoming_burst_per_ip = 500\nincoming_rate_per_ip = 100.0\n')
         p_c2s, p_s2s = free_ports(2)
-        self.prosody = Prosody(self.ns, self.base / "prosody", {P: self.issue(P)}, p_c2s, p_s2s,
-                               self.ca_file)
+        (self.base / "q").mkdir()
+        q_cert = tls.ensure_certificate(self.base / "q", (Q,))
+        self.prosody = Prosody(self.ns, self.base / "prosody", {P: self.issue(P), Q: q_cert},
+                               p_c2s, p_s2s, self.ca_file)
         self.silent = socket.socket()
         self.silent.bind(("127.0.0.1", 0))
         self.silent.listen(16)  # accepts TCP, never speaks: a server that hangs
@@ -93,12 +97,14 @@ class Federation:
         dns.set(B, "A", ["127.0.0.1"])
         dns.set(f"_xmpp-server._tcp.{B}", "SRV", [[0, 5, self.b.nodes[0].ports["s2s"], f"{B}."]])
         dns.set(f"_xmpps-server._tcp.{B}", "SRV", [[0, 5, b_tls_port, f"{B}."]])
-        dns.set(P, "A", ["127.0.0.1"])
-        dns.set(f"_xmpp-server._tcp.{P}", "SRV", [[0, 5, p_s2s, f"{P}."]])
+        for domain in (P, Q):
+            dns.set(domain, "A", ["127.0.0.1"])
+            dns.set(f"_xmpp-server._tcp.{domain}", "SRV", [[0, 5, p_s2s, f"{domain}."]])
         dns.set("silent.example", "A", ["127.0.0.1"])
         dns.set("_xmpp-server._tcp.silent.example", "SRV",
                 [[0, 5, self.silent.getsockname()[1], "silent.example."]])
         self.prosody.add_user("pat", P, PASSWORD)
+        self.prosody.add_user("quinn", Q, PASSWORD)
         self.prosody.start()
         self.a.start()
         self.b.start()
@@ -131,6 +137,9 @@ class Federation:
 
     def pat(self) -> Client:
         return Client(f"pat@{P}", PASSWORD, self.prosody.c2s_port, self.ca_file)
+
+    def quinn(self) -> Client:
+        return Client(f"quinn@{Q}", PASSWORD, self.prosody.c2s_port, self.base / "q" / "tls" / "cert.pem")
 
     def bob(self) -> Client:
         b = self.b.nodes[0]
@@ -245,6 +254,23 @@ def test_iqs_cross_servers_and_their_answers_come_back(fed):
         await pat.stop()
 
     run(scenario())
+
+
+def test_prosody_with_an_unverifiable_certificate_uses_dialback_and_answers_our_callback(fed):
+    """XEP-0220 with Prosody as the Originating and the Authoritative Server: q.example's
+    certificate is self-signed, so its stream to a.example is authenticated by calling
+    q.example back; ours to q.example still uses EXTERNAL (Prosody trusts our CA)."""
+    async def scenario():
+        quinn, alice = fed.quinn(), fed.alice(2)
+        assert await quinn.start() and await alice.start()
+        await _subscribe_and_talk(alice, quinn)
+        await alice.stop()
+        await quinn.stop()
+
+    run(scenario(), timeout=90)
+    wait_for(lambda: any(r["auth"] == "dialback" for r in _incoming(fed.streams(), Q)), 10,
+             "q.example's stream authenticated by dialback")
+    assert _outgoing(fed.streams(), Q)[0]["auth"] == "external"
 
 
 # -- what a hostile peer cannot do ----------------------------------------------------------------

@@ -616,8 +616,10 @@ class OutgoingStream:
                           "dialback key", StreamError("not-authorized"))
 
     def _on_db_verify(self, element: etree._Element) -> list[Action]:
-        if self.verify is None or element.get("id") != self.verify.stream_id:
-            return []
+        if (self.verify is None or element.get("id") != self.verify.stream_id
+                or bare_domain(element.get("from")) != self.remote
+                or bare_domain(element.get("to")) != self.local):
+            return []  # not the answer to our question
         kind = element.get("type")
         self.state = OutState.CLOSED
         outcome: bool | str = kind == "valid"
