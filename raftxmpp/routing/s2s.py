@@ -119,6 +119,8 @@ class OutgoingRoute:
         if self.closing is None:
             self.closing = error or StreamError("undefined-condition", "closing")
             self.wakeup.set()
+            if self.state != "up" and self.cancel is not None:
+                self.cancel.cancel()  # still connecting: stop trying
 
 
 @dataclass

@@ -123,11 +123,10 @@ class S2SEdge:
 
     async def _outgoing(self, route: OutgoingRoute) -> None:
         with trio.CancelScope() as scope:
-            route.cancel = scope
+            route.cancel = scope  # cancelled when the route gives way or is closed early
             try:
                 with trio.fail_after(self.config.connect_timeout):
-                    done = await self._establish(route.local, route.remote, None,
-                                                 lambda: route.closing is not None)
+                    done = await self._establish(route.local, route.remote, None)
             except trio.TooSlowError:
                 self.manager.route_failed(route, "remote-server-timeout", f"no stream to "
                                           f"{route.remote} within {self.config.connect_timeout:g}s")
@@ -143,6 +142,8 @@ class S2SEdge:
                 with trio.CancelScope(shield=True), trio.move_on_after(1), \
                         contextlib.suppress(*_GONE):
                     await done.transport.aclose()
+        if scope.cancelled_caught and route.state != "up":
+            self.manager.route_closed(route, route.take())
 
     async def _serve_route(self, route: OutgoingRoute, done: _Established) -> None:
         async def read() -> None:
@@ -195,8 +196,7 @@ class S2SEdge:
         """Asks `remote`'s authoritative server about a key (XEP-0220 §2.1.3)."""
         try:
             with trio.fail_after(self.config.connect_timeout):
-                done = await self._establish(local, remote, VerifyRequest(stream_id, key),
-                                             lambda: False)
+                done = await self._establish(local, remote, VerifyRequest(stream_id, key))
         except trio.TooSlowError:
             return "remote-server-timeout"
         except _Failure as failure:
@@ -207,8 +207,8 @@ class S2SEdge:
             await done.transport.aclose()
         return done.outcome
 
-    async def _establish(self, local: str, remote: str, verify: VerifyRequest | None,
-                         abandoned) -> _Established:
+    async def _establish(self, local: str, remote: str,
+                         verify: VerifyRequest | None) -> _Established:
         """Resolves `remote`, tries each target in turn; raises _Failure."""
         try:
             targets = await resolver.resolve(remote, min(self.config.connect_timeout, 10.0))
@@ -216,8 +216,6 @@ class S2SEdge:
             raise _Failure(exc.condition, str(exc)) from None
         last = f"no server for {remote}"
         for target in targets:
-            if abandoned():
-                raise _Failure("remote-server-not-found", "closed while connecting")
             try:
                 tcp = await trio.open_tcp_stream(target.host, target.port)
             except OSError as exc:
