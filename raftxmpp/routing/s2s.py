@@ -445,11 +445,14 @@ class S2SManager:
         for pair in list(self.held):
             self._release(pair)
             held = self.held.get(pair)
-            if held is not None and now - held.since > self.config.connect_timeout:
+            # Held stanzas wait for a failure to be noticed *and* for a new stream to be
+            # set up (each up to connect_timeout), hence twice the bound.
+            limit = 2 * self.config.connect_timeout
+            if held is not None and now - held.since > limit:
                 del self.held[pair]
                 for data in held.items:
                     self._bounce(data, None, "remote-server-timeout",
-                                 f"no stream to {pair[1]} within {self.config.connect_timeout:g}s")
+                                 f"no stream to {pair[1]} within {limit:g}s")
         for pair, (until, _, _) in list(self.failures.items()):
             if until <= now:
                 del self.failures[pair]
