@@ -474,8 +474,12 @@ def test_stanzas_sent_after_the_stream_holder_dies_go_out_once_through_another_n
     count = 30
 
     async def scenario():
-        pat, alice = fed.pat(), fed.alice(sender)
+        pat, alice, doomed = fed.pat(), fed.alice(sender), fed.alice(index)
         assert await pat.start() and await alice.start()
+        assert await doomed.start()  # on the holder; subscribed with pat since the first test
+        await pat.presence_from(f"alice{index}@{A}", timeout=20)
+        while not pat.presences.empty():  # only what comes after the kill counts below
+            pat.presences.get_nowait()
         fed.a.nodes[index].kill()
         for n in range(count):
             alice.send_message(mto=f"pat@{P}", mbody=f"after the kill #{n}", mtype="chat")
@@ -483,6 +487,9 @@ def test_stanzas_sent_after_the_stream_holder_dies_go_out_once_through_another_n
         bodies = [(await pat.next_message(timeout=30))["body"] for _ in range(count)]
         assert sorted(bodies) == sorted(f"after the kill #{n}" for n in range(count))
         await pat.expect_no_message(within=3)  # and nothing twice
+        # A survivor tells Prosody that the dead node's users are gone (RFC 6121 §4.5.2).
+        await pat.presence_from(f"alice{index}@{A}", "unavailable", timeout=20)
+        doomed.abort()
         await alice.stop()
         await pat.stop()
 

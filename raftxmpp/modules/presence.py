@@ -156,8 +156,11 @@ def on_remote_change(router: Router, session: RemoteSession, was_available: bool
     if session.available and session.presence is not None:
         _fan_out(router, session, etree.fromstring(session.presence, _PARSER))
     elif was_available:
-        _fan_out(router, session, make("presence", {"type": "unavailable",
-                                                    "from": session.full_jid}))
+        unavailable = make("presence", {"type": "unavailable", "from": session.full_jid})
+        _fan_out(router, session, unavailable)
+        if router.sessions.session(session.jid) is not session and router.s2s.deputy():
+            # Gone while available: its node died without saying so to other servers.
+            _fan_out_remote(router, session, unavailable, initial=False)
 
 
 def _fan_out(router: Router, sender: Session, stanza: etree._Element) -> None:
@@ -312,7 +315,7 @@ async def _inbound_from_remote(router: Router, stanza: etree._Element, target: J
         _probe(router, str(target.bare), contact)  # §3.1.6: learn the contact's presence
 
 
-def _fan_out_remote(router: Router, sender: LocalSession, stanza: etree._Element,
+def _fan_out_remote(router: Router, sender: Session, stanza: etree._Element,
                     initial: bool) -> None:
     """Broadcast (§4.2.2, §4.4.2) to subscribed contacts elsewhere; an initial presence
     also probes the contacts we are subscribed to (§4.2.1)."""

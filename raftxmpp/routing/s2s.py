@@ -163,6 +163,13 @@ class RemotePeer:
         self.bare_jid = str(self.jid.bare)
         self.directed: set[str] = set()
 
+    def deputy(self) -> bool:
+        """True on one live node of the cluster (the first by name): the one that speaks
+        to other servers for a node that died (e.g. its users' unavailable presence)."""
+        if self.gossip is None:
+            return True
+        return self.node_name == min([self.node_name, *self.gossip.views])
+
     def send_stanza(self, stanza: etree._Element) -> None:
         self.manager.send_stanza(stanza)
 
@@ -223,6 +230,13 @@ class S2SManager:
         """A JID on another server (not served here, not a component of ours)."""
         domain = _domain(jid)
         return domain is not None and not self.is_local(domain)
+
+    def deputy(self) -> bool:
+        """True on one live node of the cluster (the first by name): the one that speaks
+        to other servers for a node that died (e.g. its users' unavailable presence)."""
+        if self.gossip is None:
+            return True
+        return self.node_name == min([self.node_name, *self.gossip.views])
 
     def send_stanza(self, stanza: etree._Element) -> None:
         """For modules (presence broadcast, probes): a stanza from a local JID to another
