@@ -123,6 +123,9 @@ async def echo_load(senders: list[Client], receivers: list[Client], window: int,
     t_start = time.monotonic() + warmup
     t_end = t_start + seconds
     echoes = 0
+    # Messages still in flight when an earlier run stopped reach these accounts later
+    # (offline storage): only echoes of this run's own messages count.
+    run_tag = os.urandom(4).hex()
     rtts: list[float] = []
 
     async def echo(receiver: Client, sender: Client) -> None:
@@ -133,20 +136,21 @@ async def echo_load(senders: list[Client], receivers: list[Client], window: int,
         nonlocal echoes
         sent_at: dict[str, float] = {}
         for n in range(window):
-            sent_at[str(n)] = time.monotonic()
-            sender.send(receiver.jid, str(n))
+            sent_at[f"{run_tag}.{n}"] = time.monotonic()
+            sender.send(receiver.jid, f"{run_tag}.{n}")
         n = window
         async for body in sender.messages():
             now = time.monotonic()
             started = sent_at.pop(body.decode(), None)
+            if started is None:
+                continue  # not one of ours (a leftover of an earlier run)
             if t_start <= now < t_end:
                 echoes += 1
-                if started is not None:
-                    rtts.append(now - started)
+                rtts.append(now - started)
             if now >= t_end:
                 return
-            sent_at[str(n)] = now
-            sender.send(receiver.jid, str(n))
+            sent_at[f"{run_tag}.{n}"] = now
+            sender.send(receiver.jid, f"{run_tag}.{n}")
             n += 1
 
     echo_tasks = [asyncio.create_task(echo(r, s)) for s, r in zip(senders, receivers, strict=True)]
