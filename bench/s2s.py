@@ -42,7 +42,13 @@ import benchlib  # noqa: F401 - imported for its effect: the frozen tree on sys.
 import trustme  # noqa: E402 - after the sys.path switch to the frozen tree
 from benchlib import BENCH, load1, machine
 
-from tests.federation import DNS, Namespace, Prosody, ensure_prosody  # noqa: E402
+from tests.federation import (  # noqa: E402
+    DNS,
+    Namespace,
+    Prosody,
+    ensure_prosody,
+    issue_certificate,
+)
 from tests.harness import Cluster, free_ports, wait_for  # noqa: E402
 
 PASSWORD = "s2s-bench-password"
@@ -179,11 +185,7 @@ class Sitting:
         self.stops: list = []
 
     def issue(self, domain: str) -> tuple[Path, Path]:
-        cert = self.ca.issue_cert(domain)
-        paths = self.base / f"{domain}.pem", self.base / f"{domain}.key"
-        cert.cert_chain_pems[0].write_to_path(str(paths[0]))
-        cert.private_key_pem.write_to_path(str(paths[1]))
-        return paths
+        return issue_certificate(self.ca, self.base, domain)
 
     def start(self, pairs: int) -> None:
         ensure_prosody()

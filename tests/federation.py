@@ -179,6 +179,15 @@ class DNS:
             self.process.wait(timeout=10)
 
 
+def issue_certificate(ca, base: Path, domain: str) -> tuple[Path, Path]:
+    """A certificate and key for `domain` from a trustme CA, written under `base`."""
+    cert = ca.issue_cert(domain)
+    paths = base / f"{domain}.pem", base / f"{domain}.key"
+    cert.cert_chain_pems[0].write_to_path(str(paths[0]))
+    cert.private_key_pem.write_to_path(str(paths[1]))
+    return paths
+
+
 # -- Prosody -----------------------------------------------------------------------------------
 
 

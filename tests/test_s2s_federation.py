@@ -30,7 +30,14 @@ import pytest
 import trustme
 
 from raftxmpp import tls
-from tests.federation import DNS, Namespace, NetworkUnavailable, Prosody, ensure_prosody
+from tests.federation import (
+    DNS,
+    Namespace,
+    NetworkUnavailable,
+    Prosody,
+    ensure_prosody,
+    issue_certificate,
+)
 from tests.harness import Cluster, free_ports, wait_for
 from tests.xmpp_client import Client, run
 
@@ -58,11 +65,7 @@ class Federation:
         self.silent: socket.socket | None = None
 
     def issue(self, domain: str) -> tuple[Path, Path]:
-        cert = self.ca.issue_cert(domain)
-        paths = self.base / f"{domain}.pem", self.base / f"{domain}.key"
-        cert.cert_chain_pems[0].write_to_path(str(paths[0]))
-        cert.private_key_pem.write_to_path(str(paths[1]))
-        return paths
+        return issue_certificate(self.ca, self.base, domain)
 
     def start(self) -> Federation:
         ensure_prosody()  # apt-get runs here, outside the namespace

@@ -44,8 +44,9 @@ from lxml import etree
 from raftxmpp import metrics
 from raftxmpp.cluster.raft import RaftUnavailable
 from raftxmpp.cluster.store import StoreError
-from raftxmpp.jid import JID, InvalidJID
+from raftxmpp.jid import JID
 from raftxmpp.routing.sessions import MAX_HOPS, link_hops
+from raftxmpp.s2s.stream import domain_of
 from raftxmpp.xml.errors import StanzaError, StreamError, can_reply_with_error, error_reply
 from raftxmpp.xml.stanza import serialize
 
@@ -163,13 +164,6 @@ class RemotePeer:
         self.bare_jid = str(self.jid.bare)
         self.directed: set[str] = set()
 
-    def deputy(self) -> bool:
-        """True on one live node of the cluster (the first by name): the one that speaks
-        to other servers for a node that died (e.g. its users' unavailable presence)."""
-        if self.gossip is None:
-            return True
-        return self.node_name == min([self.node_name, *self.gossip.views])
-
     def send_stanza(self, stanza: etree._Element) -> None:
         self.manager.send_stanza(stanza)
 
@@ -219,7 +213,7 @@ class S2SManager:
         remote = target.domain
         if not self.config.enabled or self._open is None:
             raise StanzaError("remote-server-not-found", text=f"no route to {remote}")
-        local = _domain(stanza.get("from"))
+        local = domain_of(stanza.get("from"))
         if local is None or not self.is_local(local):
             raise StanzaError("not-allowed", text="stanzas are not relayed between servers")
         if not self.allowed(remote):
@@ -228,7 +222,7 @@ class S2SManager:
 
     def is_remote(self, jid: str) -> bool:
         """A JID on another server (not served here, not a component of ours)."""
-        domain = _domain(jid)
+        domain = domain_of(jid)
         return domain is not None and not self.is_local(domain)
 
     def deputy(self) -> bool:
@@ -242,7 +236,7 @@ class S2SManager:
         """For modules (presence broadcast, probes): a stanza from a local JID to another
         server, with no one to tell if it cannot go (presence is never bounced to its
         sender's client, RFC 6121 §4.2.2)."""
-        local, remote = _domain(stanza.get("from")), _domain(stanza.get("to"))
+        local, remote = domain_of(stanza.get("from")), domain_of(stanza.get("to"))
         if (not self.config.enabled or self._open is None or local is None or remote is None
                 or not self.is_local(local) or not self.allowed(remote)):
             return
@@ -501,7 +495,7 @@ class S2SManager:
     async def route_incoming(self, stanza: etree._Element, handle: IncomingHandle) -> None:
         """A stanza of an authenticated pair, from a peer: routed like local traffic."""
         handle.received += 1
-        self.metrics.stanza_in(_domain(stanza.get("from")) or "")
+        self.metrics.stanza_in(domain_of(stanza.get("from")) or "")
         # IQs to the server or an account need a way back; other stanzas need none, and
         # must never look like a local client's own (subscriptions, broadcast).
         sender = RemotePeer(self, stanza.get("from")) if stanza.tag == _IQ else None
@@ -520,7 +514,7 @@ class S2SManager:
         if not can_reply_with_error(stanza):
             return
         reply = error_reply(stanza, error)
-        remote, local = _domain(reply.get("to")), _domain(reply.get("from"))
+        remote, local = domain_of(reply.get("to")), domain_of(reply.get("from"))
         if remote is not None and local is not None and self.is_local(local):
             self.send((local, remote), serialize(reply), reply)
 
@@ -575,7 +569,7 @@ class S2SManager:
         return sorted(rows, key=lambda r: (r["remote"], r["direction"], r["local"] or "",
                                            r["node"]))
 
-    def close_domain(self, domain: str, reason: str = "closed by an administrator") -> int:
+    def closedomain_of(self, domain: str, reason: str = "closed by an administrator") -> int:
         """Ends this node's streams with `domain`, both ways; returns how many."""
         closed = 0
         for route in list(self.routes.values()):
@@ -609,15 +603,6 @@ class S2SManager:
 
 def _listed(domain: str, domains: tuple[str, ...]) -> bool:
     return any(domain == d or domain.endswith("." + d) for d in domains)
-
-
-def _domain(text: str | None) -> str | None:
-    if not text:
-        return None
-    try:
-        return JID.parse(text).domain
-    except InvalidJID:
-        return None
 
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)

@@ -38,6 +38,9 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
+# The stream actions c2s already defines mean the same here (bytes to send, TLS now,
+# a stream restart, a stanza for the router, the end of the stream).
+from raftxmpp.c2s.stream import Close, ResetFramer, Send, Stanza, StartTLS
 from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.s2s import dialback
 from raftxmpp.s2s.certs import NO_CERTIFICATE, PeerCertificate
@@ -122,21 +125,6 @@ def bare_domain(text: str | None) -> str | None:
 
 
 @dataclass(frozen=True)
-class Send:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class StartTLS:
-    """Send nothing more; wrap the transport in TLS, reset the framer, tell the core."""
-
-
-@dataclass(frozen=True)
-class ResetFramer:
-    """A stream restart (after SASL success, RFC 6120 §6.4.6)."""
-
-
-@dataclass(frozen=True)
 class VerifyDialback:
     """Ask `remote`'s authoritative server whether `key` is its key for this stream."""
 
@@ -153,13 +141,6 @@ class Authenticated:
     local: str
     remote: str
     method: str  # "external", "dialback", "dialback+certificate"
-
-
-@dataclass(frozen=True)
-class Stanza:
-    """A stanza of an authenticated pair, moved to jabber:client for the router."""
-
-    element: etree._Element
 
 
 @dataclass(frozen=True)
@@ -182,11 +163,6 @@ class Failed:
 
     condition: str
     reason: str
-
-
-@dataclass(frozen=True)
-class Close:
-    error: StreamError | None = None
 
 
 Action = (Send | StartTLS | ResetFramer | VerifyDialback | Authenticated | Stanza | Ready
