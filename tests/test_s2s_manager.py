@@ -267,3 +267,14 @@ def test_metrics_labels_are_bounded():
     samples = {s.labels["domain"]: s.value for s in counts.family().samples
                if s.labels["direction"] == "out"}
     assert samples == {"a.example": 1, "b.example": 1, "other": 2}
+
+
+async def test_an_operator_closes_every_stream_with_a_domain(env):
+    manager, gossip, links, opened, _ = env
+    await send(manager, 1)
+    await send(manager, 2, to="x@other.example")
+    for route in opened:
+        manager.route_up(route, "dialback", "peer")
+    assert manager.close_domain(REMOTE) == 1
+    closing = {route.remote: route.closing for route in opened}
+    assert closing[REMOTE].condition == "policy-violation" and closing["other.example"] is None

@@ -569,7 +569,7 @@ class S2SManager:
         return sorted(rows, key=lambda r: (r["remote"], r["direction"], r["local"] or "",
                                            r["node"]))
 
-    def closedomain_of(self, domain: str, reason: str = "closed by an administrator") -> int:
+    def close_domain(self, domain: str, reason: str = "closed by an administrator") -> int:
         """Ends this node's streams with `domain`, both ways; returns how many."""
         closed = 0
         for route in list(self.routes.values()):
