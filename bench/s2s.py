@@ -19,7 +19,7 @@ s2s messages/s = 2 × echoes/s, counted over `--seconds` after a 2 s warm-up. Sh
   other node (`via_link`: every stanza takes one node-link hop first);
 - Prosody ↔ Prosody;
 - then one pair with a window of 1 (`rtt`) for the round-trip latency p50, which shows the
-  extra hop's cost per message.
+  extra hop's cost per message: `--rounds` alternating rounds of each, and their medians.
 Prints RESULT lines and appends them to bench/results/s2s.txt with date, machine, commit
 and load average. Every process is killed and the namespace removed at exit.
 """
@@ -255,6 +255,7 @@ class Sitting:
 
 def run_shape(sitting: Sitting, server: str, pairs: int, window: int, seconds: float,
               sender_node: int = 0) -> dict:
+    """One measurement; fresh connections (the accounts are reused across shapes)."""
     if server == "raftxmpp":
         port_s, port_r = sitting.a.nodes[sender_node].c2s_port, sitting.b.nodes[0].c2s_port
         senders = [Client(port_s, f"s{i}", "a.example") for i in range(pairs)]
@@ -280,6 +281,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--window", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating latency rounds")
     args = parser.parse_args()
     base = BENCH / "data" / "s2s"
     subprocess.run(["rm", "-rf", str(base)], check=False)
@@ -297,21 +299,33 @@ def main() -> int:
         run_shape(sitting, "prosody", 1, 1, 1.0)
         holder = sitting.holder()
         other = 1 - holder
-        shapes = [("raftxmpp-2+1", "direct", args.pairs, args.window, holder),
-                  ("raftxmpp-2+1", "via_link", args.pairs, args.window, other),
-                  ("prosody-0.12", "p2p", args.pairs, args.window, 0),
-                  ("raftxmpp-2+1", "rtt_direct", 1, 1, holder),
-                  ("raftxmpp-2+1", "rtt_via_link", 1, 1, other),
-                  ("prosody-0.12", "rtt", 1, 1, 0)]
-        for server, tag, pairs, window, node in shapes:
+        throughput = [("raftxmpp-2+1", "direct", holder), ("raftxmpp-2+1", "via_link", other),
+                      ("prosody-0.12", "p2p", 0)]
+        # Latency shapes alternate, several short rounds each, so that the load others put
+        # on the machine falls on all three alike; the medians are what to compare.
+        latency = [("raftxmpp-2+1", "rtt_direct", holder), ("raftxmpp-2+1", "rtt_via_link", other),
+                   ("prosody-0.12", "rtt", 0)] * args.rounds
+        shapes = ([(server, tag, args.pairs, args.window, node, args.seconds)
+                   for server, tag, node in throughput]
+                  + [(server, tag, 1, 1, node, args.seconds / 2) for server, tag, node in latency])
+        medians: dict[str, list[float]] = {}
+        for server, tag, pairs, window, node, seconds in shapes:
             l1 = load1()
             result = run_shape(sitting, "prosody" if server.startswith("prosody") else "raftxmpp",
-                               pairs, window, args.seconds, node)
+                               pairs, window, seconds, node)
+            medians.setdefault(f"{server} {tag}", []).append(result["rtt_p50_ms"])
             line = (f"RESULT server={server} tag={tag}_p{pairs}_w{window} "
                     + " ".join(f"{k}={v}" for k, v in result.items())
                     + f" load1={l1} {head}")
             print(line, flush=True)
             lines.append(line)
+        for name, values in medians.items():
+            if len(values) > 1:
+                server, tag = name.split()
+                line = (f"RESULT server={server} tag={tag}_median_of_{len(values)} "
+                        f"rtt_p50_ms={statistics.median(values)} {head}")
+                print(line, flush=True)
+                lines.append(line)
     finally:
         sitting.stop()
         results = BENCH / "results"
