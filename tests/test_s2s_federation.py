@@ -41,7 +41,8 @@ from tests.federation import (
 from tests.harness import Cluster, free_ports, wait_for
 from tests.xmpp_client import Client, run
 
-pytestmark = [pytest.mark.cluster, pytest.mark.federation, pytest.mark.timeout(300)]
+# 600 s: the first test also pays for installing Prosody when the machine lacks it.
+pytestmark = [pytest.mark.cluster, pytest.mark.federation, pytest.mark.timeout(600)]
 
 PASSWORD = "federation-password"
 A, B, P = "a.example", "b.example", "p.example"
