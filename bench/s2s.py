@@ -43,14 +43,14 @@ import benchlib  # noqa: F401 - imported for its effect: the frozen tree on sys.
 import trustme  # noqa: E402 - after the sys.path switch to the frozen tree
 from benchlib import BENCH, load1, machine
 
-from tests.federation import (  # noqa: E402
+from tests.federation import (  # noqa: E402 - after the sys.path switch to the frozen tree
     DNS,
     Namespace,
     Prosody,
     ensure_prosody,
     issue_certificate,
 )
-from tests.harness import Cluster, free_ports, wait_for  # noqa: E402
+from tests.harness import Cluster, free_ports, wait_for  # noqa: E402 - after the sys.path switch to the frozen tree
 
 PASSWORD = "s2s-bench-password"
 MESSAGE = re.compile(rb"<message[^>]*>.*?</message>", re.S)

@@ -152,7 +152,10 @@ class S2SContexts:
     client: ssl.SSLContext  # for streams we open; presents our certificate too
     judges_certificates: bool  # False: peers' certificates cannot be checked here
 
-    def peer_certificate(self, ssl_object: ssl.SSLObject) -> PeerCertificate:
+    def peer_certificate(self, stream) -> PeerCertificate:
+        """What the handshake of `stream` (a trio.SSLStream, or an ssl.SSLObject) showed."""
+        # trio keeps its ssl.SSLObject private; OpenSSL's verdict can only be read there.
+        ssl_object = getattr(stream, "_ssl_object", stream)
         der = ssl_object.getpeercert(binary_form=True)
         if der is None:
             return NO_CERTIFICATE

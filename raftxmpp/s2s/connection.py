@@ -281,7 +281,7 @@ class S2SEdge:
         with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
             await stream.do_handshake()
         if self.config.require_valid_certificates:
-            certificate = self.contexts.peer_certificate(stream._ssl_object)  # noqa: SLF001
+            certificate = self.contexts.peer_certificate(stream)
             if not certificate.valid_for(remote):
                 raise _Failure("remote-server-not-found",
                                f"{remote} has no valid certificate for its domain")
@@ -357,7 +357,7 @@ class IncomingConnection:
                 await self.transport.aclose()
 
     def _opened_if_needed(self) -> bytes:
-        if self.core._header_sent:  # noqa: SLF001
+        if self.core.header_sent:
             return b""
         return stream_header(self.core.local, None, secrets.token_hex(16))
 
@@ -417,7 +417,7 @@ class IncomingConnection:
             await stream.do_handshake()
         self.transport = stream
         self.framer.reset()
-        self.core.tls_started(self.edge.contexts.peer_certificate(stream._ssl_object))  # noqa: SLF001
+        self.core.tls_started(self.edge.contexts.peer_certificate(stream))
 
     async def _verify(self, request: VerifyDialback) -> None:
         outcome = await self.edge.verify(request.local, request.remote, request.stream_id,

@@ -228,6 +228,11 @@ class IncomingStream:
         out = b"" if self._header_sent else self._header()
         return [Send(out + error.to_bytes()), Close(error)]
 
+    @property
+    def header_sent(self) -> bool:
+        """Whether our stream header went out (an error then needs no header first)."""
+        return self._header_sent
+
     def tls_started(self, certificate: PeerCertificate) -> None:
         """The edge finished the TLS handshake: a new stream header follows."""
         self.tls_active = True
