@@ -140,6 +140,8 @@ class ClusterMembership:
             self.node.router.sessions.kick(str(message["jid"]), str(message.get("condition")))
         elif kind == "s2s-close":  # `raftxmpp s2s close DOMAIN` run on another node
             self.node.router.s2s.close_domain(str(message.get("domain")))
+        elif kind == "s2s-ack":  # a holder of an s2s stream has what we handed it
+            self.node.router.s2s.acknowledged(peer, str(message["pair"]), int(message["seq"]))
         elif kind == "removed" and not self.removed:
             self.removed = True
             log.warning("node %s removed this node from the cluster: it no longer serves "

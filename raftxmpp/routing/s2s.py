@@ -68,6 +68,7 @@ PAIR_SEPARATOR = "|"
 # A peer that stops reading may hold at most this much of our memory per stream.
 MAX_OUTBOX_BYTES = 16 * 1024 * 1024
 CHECK_INTERVAL = 0.1
+MAX_UNACKED = 10_000  # per holder and pair
 _IQ = "{jabber:client}iq"
 
 Pair = tuple[str, str]  # (local domain, remote domain)
@@ -176,6 +177,12 @@ class S2SManager:
         self.routes: dict[Pair, OutgoingRoute] = {}
         self.claims: dict[Pair, dict[str, dict]] = {}  # other nodes' entries, by node
         self.held: dict[Pair, Held] = {}
+        # Stanzas handed to another node's stream and not yet acknowledged by it, by
+        # (holder, pair): if the holder dies first, they go out through the next stream.
+        self.unacked: dict[tuple[str, Pair], list[tuple[int, bytes]]] = {}
+        self._sequence = 0
+        # What this node received from other nodes' hands and must acknowledge.
+        self.acks_due: dict[tuple[str, Pair], int] = {}
         self.failures: dict[Pair, tuple[float, str, str]] = {}  # until, condition, reason
         self.incoming: dict[str, IncomingHandle] = {}
         self.remote_incoming: dict[str, dict[str, dict]] = {}  # node → stream id → entry
@@ -287,18 +294,56 @@ class S2SManager:
         if hops >= MAX_HOPS:
             log.debug("stanza for %s not forwarded to %s (hops %d)", pair[1], owner, hops)
             return
-        if self.links is None or not self.links.send_stanza(owner, LINK_TARGET + pair_key(pair),
-                                                            data, hops):
+        self._sequence += 1
+        target = f"{LINK_TARGET}{pair_key(pair)}|{self.node_name}|{self._sequence}"
+        if self.links is None or not self.links.send_stanza(owner, target, data, hops):
             self._bounce(data, stanza, "resource-constraint", "the cluster link is full")
             return
+        unacked = self.unacked.setdefault((owner, pair), [])
+        unacked.append((self._sequence, data))
+        if len(unacked) > MAX_UNACKED:
+            del unacked[0]  # beyond this, a holder's death may lose the oldest
         metrics.S2S_FORWARDED.inc()
 
     def deliver_from_link(self, target: str, data: bytes) -> None:
-        """A stanza another node handed to this node's stream for the pair."""
-        pair = parse_pair(target[len(LINK_TARGET):])
-        if pair is None:
+        """A stanza another node handed to this node's stream for the pair; acknowledged
+        (in batches, by `tick`) as soon as it is in our hands."""
+        head, origin, sequence = target[len(LINK_TARGET):].rsplit(PAIR_SEPARATOR, 2)
+        pair = parse_pair(head)
+        if pair is None or not sequence.isdigit():
             return
+        self.acks_due[(origin, pair)] = int(sequence)
         self.send(pair, data)  # ours → queued; moved meanwhile → on to the new holder
+
+    def acknowledged(self, holder: str, key: str, sequence: int) -> None:
+        """`holder` has every stanza we handed it for the pair up to `sequence`."""
+        pair = parse_pair(key)
+        unacked = self.unacked.get((holder, pair)) if pair is not None else None
+        if unacked:
+            while unacked and unacked[0][0] <= sequence:
+                unacked.pop(0)
+            if not unacked:
+                del self.unacked[(holder, pair)]
+
+    def _send_acks(self) -> None:
+        if self.gossip is None:
+            self.acks_due.clear()
+            return
+        for (origin, pair), sequence in self.acks_due.items():
+            self.gossip.send(origin, {"t": "s2s-ack", "pair": pair_key(pair), "seq": sequence})
+        self.acks_due.clear()
+
+    def _reclaim_from_dead(self) -> None:
+        """Stanzas handed to a node that died before acknowledging them were never in
+        its hands (it acknowledges on receipt): they go out through the next stream,
+        ahead of what was held since."""
+        alive = set(self.gossip.views) if self.gossip is not None else set()
+        for holder, pair in [k for k in self.unacked if k[0] not in alive]:
+            items = [data for _, data in self.unacked.pop((holder, pair))]
+            held = self.held.setdefault(pair, Held())
+            held.items[:0] = items
+            log.info("s2s: %d stanzas for %s handed to %s, which died, go out again",
+                     len(items), pair[1], holder)
 
     # -- who holds a pair's stream ----------------------------------------------------------------
 
@@ -402,6 +447,7 @@ class S2SManager:
             claims.pop(node, None)
             if not claims:
                 del self.claims[pair]
+            self._reclaim_from_dead()  # before a new stream opens with the newer ones
         self._settle(pair)
 
     def _settle(self, pair: Pair) -> None:
@@ -450,6 +496,8 @@ class S2SManager:
             self.tick(time.monotonic())
 
     def tick(self, now: float) -> None:
+        self._send_acks()
+        self._reclaim_from_dead()
         for pair in list(self.held):
             self._release(pair)
             held = self.held.get(pair)
