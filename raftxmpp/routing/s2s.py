@@ -19,8 +19,11 @@ node settles it the same way from the same two entries: the claim with the earli
 winner, in order, and closes its stream. When the holder dies, its link drops at once
 (new stanzas are held, not sent into a dead link), the gossip failure detector purges
 its entry within DEAD_AFTER, and a node holding stanzas opens a new stream with them:
-stanzas queued meanwhile are neither lost nor sent twice. Stanzas the dead node had
-accepted but not yet written die with it, as in any single server that crashes.
+stanzas queued meanwhile are neither lost nor sent twice. A holder acknowledges what it
+is handed on receipt (batched, every CHECK_INTERVAL); what a dead holder never
+acknowledged (forwarded in the moment before its link was seen down) goes out again,
+first. Stanzas the dead node had acknowledged but not yet written die with it, as in any
+single server that crashes.
 
 Incoming streams may land on any node; their stanzas are routed like local traffic.
 Each node publishes its incoming streams as "i:<stream id>" for `raftxmpp s2s list`.
