@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raftxmpp import credentials
-from raftxmpp.cluster import roster_states
+from raftxmpp.cluster import pubsub_state, roster_states
 
 VERSION = 1
 DEDUP_CAPACITY = 100_000
@@ -67,6 +67,9 @@ class ClusterState:
         self.members: dict[str, dict] = {}
         # The one membership change in flight, cluster-wide: {"owner", "until"} or None.
         self.membership_lock: dict | None = None
+        # Publish-subscribe (raftxmpp.cluster.pubsub_state): nodes by owner, and items.
+        self.pubsub: dict[str, dict[str, dict]] = {}
+        self.pubsub_items: dict[str, dict] = {}
         self.dedup: OrderedDict[str, Result] = OrderedDict()
         self.applied = 0
 
@@ -114,6 +117,8 @@ class ClusterState:
             "components": self.components,
             "members": self.members,
             "membership_lock": self.membership_lock,
+            "pubsub": self.pubsub,
+            "pubsub_items": self.pubsub_items,
             "dedup": self.dedup,
             "applied": self.applied,
         }
@@ -124,6 +129,9 @@ class ClusterState:
         for key, value in data.items():
             if key != "version":
                 setattr(self, key, value)
+        for key in pubsub_state.TABLES:  # a snapshot from before pubsub has none
+            if key not in data:
+                setattr(self, key, {})
 
     def digest(self) -> str:
         """A hash of the user-visible state, equal on every node that applied the same log."""
@@ -288,6 +296,7 @@ def op_unregister(state: ClusterState, command: Command) -> bool:
     for table in (state.accounts, state.rosters, state.offline, state.vcards, state.private,
                   state.blocklists):
         table.pop(jid, None)
+    pubsub_state.forget_account(state, jid)
     return True
 
 
@@ -445,3 +454,19 @@ def _jid_list(command: Command) -> list[str]:
 OPS: dict[str, Callable[[ClusterState, Command], Any]] = {
     name[3:]: fn for name, fn in globals().items() if name.startswith("op_") and callable(fn)
 }
+
+
+# -- publish-subscribe (XEP-0060, XEP-0163): ops in raftxmpp.cluster.pubsub_state ---------------
+
+
+def _pubsub_op(fn: Callable[[ClusterState, Command], Any]) -> Callable[[ClusterState, Command], Any]:
+    def op(state: ClusterState, command: Command) -> Any:
+        try:
+            return fn(state, command)
+        except pubsub_state.Refused as exc:
+            raise Rejected(exc.condition, pubsub_state.encode_text(exc.app, exc.text)) from None
+
+    return op
+
+
+OPS.update({name: _pubsub_op(fn) for name, fn in pubsub_state.OPS.items()})
