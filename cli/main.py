@@ -412,6 +412,42 @@ def s2s_close(domain, config_file, data_dir) -> None:
                f"asked {result['asked']} other node(s)")
 
 
+# -- publish-subscribe -----------------------------------------------------------------------------
+
+
+@main.group()
+def pubsub() -> None:
+    """Inspect and delete pubsub nodes: an account's PEP nodes, or a pubsub service's."""
+
+
+@pubsub.command("list")
+@click.argument("owner", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@node_options
+def pubsub_list(owner, as_json, config_file, data_dir) -> None:
+    """List the owners that have nodes, or the nodes of OWNER: an account
+    (user@domain, its PEP nodes) or a pubsub service domain (pubsub.domain)."""
+    rows = admin(config_file, data_dir, "pubsub.list", owner=owner)
+    if owner:
+        emit(rows, as_json, lambda r: render_table(
+            r, [("NODE", "node"), ("ACCESS", "access_model"), ("ITEMS", "items"),
+                ("BYTES", "bytes"), ("SUBSCRIBERS", "subscribers"), ("TITLE", "title")],
+            empty=f"{owner} has no node"))
+    else:
+        emit(rows, as_json, lambda r: render_table(
+            r, [("OWNER", "owner"), ("NODES", "nodes")], empty="no pubsub node anywhere"))
+
+
+@pubsub.command("delete")
+@click.argument("owner")
+@click.argument("node_name", metavar="NODE")
+@node_options
+def pubsub_delete(owner, node_name, config_file, data_dir) -> None:
+    """Delete the node NODE of OWNER with its items; subscribers are notified."""
+    result = admin(config_file, data_dir, "pubsub.delete", owner=owner, node=node_name)
+    click.echo(f"deleted {result['node']} of {result['owner']}")
+
+
 # -- config ------------------------------------------------------------------------------------
 
 

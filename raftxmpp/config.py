@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import ipaddress
 import os
+import re
 import stat
 import tomllib
 import types
@@ -196,6 +197,23 @@ class S2SSection:
 
 
 @dataclass(frozen=True)
+class PubsubSection:
+    # Publish-subscribe (raftxmpp.modules.pubsub): PEP on every account, and a XEP-0060
+    # service on "<service>.<host>" for each served host ("" turns the service off).
+    service: str = "pubsub"
+    node_creation: str = "accounts"  # who creates service nodes: accounts, or operator (CLI only)
+    max_items: int = 256  # items a node keeps at most; what a node's max_items "max" means
+    pep_default_max_items: int = 1  # of a new PEP node, unless the client asks otherwise
+    service_default_max_items: int = 10  # of a new service node
+    max_item_bytes: int = 65536  # one item's payload
+    max_avatar_bytes: int = 131072  # one item of urn:xmpp:avatar:data (XEP-0084)
+    max_node_bytes: int = 1048576  # every item of one node
+    max_account_bytes: int = 1048576  # every PEP item of one account
+    max_nodes_per_account: int = 100
+    max_service_nodes: int = 10000  # per service domain
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
@@ -206,6 +224,7 @@ class Config:
     http: HTTPSection = field(default_factory=HTTPSection)
     components: ComponentsSection = field(default_factory=ComponentsSection)
     s2s: S2SSection = field(default_factory=S2SSection)
+    pubsub: PubsubSection = field(default_factory=PubsubSection)
     source: str = "<embedded default>"
 
     @property
@@ -276,6 +295,7 @@ _SECTION_TYPES = {
     "http": HTTPSection,
     "components": ComponentsSection,
     "s2s": S2SSection,
+    "pubsub": PubsubSection,
 }
 
 
@@ -359,6 +379,7 @@ def _check(config: Config, read_files: bool = True) -> None:
         raise ConfigError(f"{source}: [c2s] needs listen or tls_listen")
     _check_limits(config)
     _check_s2s(config)
+    _check_pubsub(config)
     lo, hi = config.cluster.election_timeout_min, config.cluster.election_timeout_max
     if not 3 * config.cluster.heartbeat_period < lo < hi:
         raise ConfigError(
@@ -481,6 +502,30 @@ def _check_s2s(config: Config) -> None:
         raise ConfigError(f"{source}: [s2s] listen and tls_listen must differ")
     if s2s.ca_file is not None and not s2s.ca_file.is_file():
         raise ConfigError(f"{source}: [s2s] ca_file {s2s.ca_file} is not a file")
+
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _check_pubsub(config: Config) -> None:
+    """[pubsub]: a service subdomain made of DNS labels, and limits that fit together."""
+    source, pubsub = config.source, config.pubsub
+    if pubsub.service and not all(_LABEL.match(label) for label in pubsub.service.split(".")):
+        raise ConfigError(f"{source}: [pubsub] service must be a subdomain of DNS labels "
+                          f"(like \"pubsub\"), got {pubsub.service!r}")
+    if pubsub.node_creation not in ("accounts", "operator"):
+        raise ConfigError(f"{source}: [pubsub] node_creation must be accounts or operator")
+    for key in ("max_items", "max_item_bytes", "max_avatar_bytes", "max_node_bytes",
+                "max_account_bytes", "max_nodes_per_account", "max_service_nodes"):
+        if getattr(pubsub, key) < 1:
+            raise ConfigError(f"{source}: [pubsub] {key} must be at least 1")
+    for key in ("pep_default_max_items", "service_default_max_items"):
+        if not 1 <= getattr(pubsub, key) <= pubsub.max_items:
+            raise ConfigError(f"{source}: [pubsub] {key} must be from 1 to max_items")
+    for key in ("max_item_bytes", "max_avatar_bytes"):
+        if getattr(pubsub, key) > min(pubsub.max_node_bytes, pubsub.max_account_bytes):
+            raise ConfigError(f"{source}: [pubsub] {key} must not exceed max_node_bytes "
+                              "or max_account_bytes")
 
 
 def _read_secret_file(path: Path, source: str) -> Secret:

@@ -203,8 +203,28 @@ class S2SDomainCounts:
         return family
 
 
+# -- publish-subscribe (raftxmpp.modules.pubsub) -------------------------------------------------
+
+PUBSUB_REQUESTS = HotFamily(
+    "raftxmpp_pubsub_requests",
+    "Pubsub and PEP requests handled on this node, by kind (errors included).", "request",
+    ("publish", "retract", "items", "subscribe", "unsubscribe", "create", "configure", "delete",
+     "purge", "other"))
+PUBSUB_NOTIFICATIONS = HotFamily(
+    "raftxmpp_pubsub_notifications",
+    "Pubsub event notifications this node sent: to a session here (local), over a node link "
+    "(remote), through the router to another domain (routed), or refused there "
+    "(undeliverable).", "outcome", ("local", "remote", "routed", "undeliverable"))
+PUBSUB_CAPS = HotFamily(
+    "raftxmpp_pubsub_caps",
+    "Entity capabilities (XEP-0115) of client presence: hash known (cached), disco#info sent "
+    "to the client (queried), answer matched the hash and was shared (verified), did not "
+    "(unverified), or no answer (failed).", "outcome",
+    ("cached", "queried", "verified", "unverified", "failed"))
+
 HOT_FAMILIES = (CONNECTIONS, STANZAS_IN_TOTAL, STANZAS_OUT_TOTAL, ROUTED,
-                S2S_FORWARDED_TOTAL, S2S_STREAM_FAILURES_TOTAL, S2S_BOUNCED)
+                S2S_FORWARDED_TOTAL, S2S_STREAM_FAILURES_TOTAL, S2S_BOUNCED,
+                PUBSUB_REQUESTS, PUBSUB_NOTIFICATIONS, PUBSUB_CAPS)
 
 
 class _HotCollector(Collector):
@@ -256,6 +276,7 @@ class _NodeView(Protocol):
     config: Any
     raft: Any
     router: Any
+    store: Any
 
 
 RAFT_ROLES = ("leader", "follower", "candidate")
@@ -287,6 +308,8 @@ class NodeCollector(Collector):
             yield streams
         if node.raft is not None:
             yield from raft_families(node.raft.status())
+        if node.store is not None:
+            yield from pubsub_families(node.store.pubsub_totals())
 
 
 def raft_families(status: dict) -> Iterator[GaugeMetricFamily]:
@@ -325,6 +348,15 @@ def raft_families(status: dict) -> Iterator[GaugeMetricFamily]:
     for member, connected in sorted(members.items()):
         reachable.add_metric([member], 1.0 if connected else 0.0)
     yield reachable
+
+
+def pubsub_families(totals: dict) -> Iterator[GaugeMetricFamily]:
+    """Pubsub data in the replicated state (the same on every node that caught up)."""
+    for key, text in (("owners", "Accounts and service domains with pubsub nodes."),
+                      ("nodes", "Pubsub and PEP nodes."),
+                      ("items", "Items stored in pubsub and PEP nodes."),
+                      ("bytes", "Bytes of stored pubsub items (ids and payloads).")):
+        yield GaugeMetricFamily(f"raftxmpp_pubsub_{key}", text, value=totals.get(key, 0))
 
 
 def node_registry(node: _NodeView, version: str) -> CollectorRegistry:

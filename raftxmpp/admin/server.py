@@ -363,6 +363,56 @@ async def s2s_close(node: Node, args: dict) -> dict:
     return {"domain": domain, "closed_here": closed, "asked": asked}
 
 
+# -- publish-subscribe (raftxmpp.modules.pubsub) -------------------------------------------------
+
+
+def _pubsub_owner(node: Node, text: str) -> str:
+    """An account (its PEP service) or a pubsub service domain of this cluster."""
+    try:
+        jid = JID.parse(text)
+    except InvalidJID as exc:
+        raise AdminError(f"{text!r} is not a valid JID: {exc}") from None
+    if jid.resource is not None:
+        raise AdminError(f"{text!r} is a full JID: give an account or a pubsub service domain")
+    if jid.local is not None:
+        return _account_jid(node, text)
+    service = node.config.pubsub.service
+    host = jid.domain.removeprefix(f"{service}.") if service else None
+    if not host or host == jid.domain or host not in node.served_hosts():
+        raise AdminError(f"{jid.domain} is neither an account nor a pubsub service here "
+                         f"(the service is {service or 'off'}.<host>)")
+    return jid.domain
+
+
+async def pubsub_list(node: Node, args: dict) -> list[dict]:
+    """Owners with pubsub nodes, or one owner's nodes, as committed cluster-wide."""
+    await node.raft.barrier()
+    owner = args.get("owner")
+    if not owner:
+        return [{"owner": o, "nodes": len(node.store.pubsub_nodes(o))}
+                for o in node.store.pubsub_owners()]
+    owner = _pubsub_owner(node, owner)
+    return [{"node": name, **facts} for name, facts in node.store.pubsub_nodes(owner).items()]
+
+
+async def pubsub_delete(node: Node, args: dict) -> dict:
+    """Deletes one node of an account or a service; its subscribers are told (XEP-0060
+    §8.4.2), as when an owner deletes it."""
+    from raftxmpp.modules import pubsub
+    from raftxmpp.modules.pubsub import protocol
+
+    owner = _pubsub_owner(node, args["owner"])
+    name = args["node"]
+    if not isinstance(name, str) or not name:
+        raise AdminError("name the node to delete")
+    record = node.store.pubsub_node(owner, name)
+    if record is None:
+        raise AdminError(f"no node {name!r} at {owner}")
+    await protocol.delete_node(pubsub.context(node.router), owner, name, "", record)
+    log.info("pubsub node %r of %s deleted by admin", name, owner)
+    return {"owner": owner, "node": name}
+
+
 HANDLERS: dict[str, Handler] = {
     "cluster.change": cluster_change,
     "user.add": user_add,
@@ -380,4 +430,6 @@ HANDLERS: dict[str, Handler] = {
     "state.digest": state_digest,
     "s2s.list": s2s_list,
     "s2s.close": s2s_close,
+    "pubsub.list": pubsub_list,
+    "pubsub.delete": pubsub_delete,
 }

@@ -133,6 +133,8 @@ class ClusterMembership:
             router.components.on_gossip_change(node, key, old, new)
         elif (handler := self.gossip_handlers.get(key[:2])) is not None:
             handler(node, key, old, new)
+        elif (handler := router.gossip_handlers.get(key[:2])) is not None:
+            handler(node, key, old, new)  # a module's own gossip ("e:" entity caps)
 
     def _on_gossip_message(self, peer: str, message: dict) -> None:
         kind = message.get("t")

@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from raftxmpp import credentials
+from raftxmpp.cluster.pubsub_store import PubsubStore
 from raftxmpp.cluster.raft import RaftNode, RaftUnavailable
 from raftxmpp.cluster.state import ClusterState
 
@@ -30,7 +31,7 @@ class StoreError(Exception):
         self.text = text
 
 
-class Store:
+class Store(PubsubStore):  # pubsub's named operations: raftxmpp.cluster.pubsub_store
     def __init__(self, raft: RaftNode, scram_iterations: int = 4096, timeout: float = 5.0,
                  refuse_writes=None) -> None:
         self.raft = raft

@@ -66,7 +66,11 @@ class LocalRouter:
             self._to_resource(stanza, target, from_jid)
             return
         if iq_type in ("result", "error"):
-            return  # answers to the server or an account: nothing waits for them
+            # Answers to the server or an account: only an IQ a module sent waits for one.
+            callback = self.router.iq_callbacks.pop(stanza.get("id") or "", None)
+            if callback is not None:
+                callback(stanza)
+            return
         children = list(stanza)
         if len(children) != 1:
             raise StanzaError("bad-request", text="an iq get or set carries exactly one payload")

@@ -51,6 +51,7 @@ MODULES = (
     "register",
     "last",
     "session",
+    "pubsub",
 )
 
 
@@ -69,6 +70,9 @@ class IqRequest:
 
 IqHandler = Callable[[IqRequest], Awaitable[etree._Element | None]]
 Hook = Callable[..., Awaitable[None]]
+# A service the cluster itself hosts on a domain of its own (the pubsub service): it
+# gets every stanza for that domain, on whichever node the stanza arrives.
+DomainService = Callable[[etree._Element, JID, "LocalSession | None"], Awaitable[None]]
 
 
 class Router:
@@ -86,6 +90,16 @@ class Router:
         # Called for every message a client sends (message carbons, XEP-0280).
         self.sent_hook: Callable[[etree._Element, LocalSession], None] | None = None
         self.stream_features: list[Callable[[LocalSession | None], etree._Element | None]] = []
+        # Domain services by a predicate on the domain (hosts can be added at runtime).
+        self.domain_services: list[tuple[Callable[[str], bool], DomainService]] = []
+        # IQ results and errors addressed to the server or an account, by IQ id: the
+        # answers to IQs a module sent to a client (entity capabilities, XEP-0115).
+        self.iq_callbacks: dict[str, Callable[[etree._Element], None]] = {}
+        # Called with each presence a client sends, before it is routed (may change it:
+        # the avatar hash of XEP-0398 §4); the "client-presence" hook runs after.
+        self.presence_filters: list[Callable[[etree._Element, LocalSession], None]] = []
+        # Gossip entries by key prefix, for modules that gossip volatile state of their own.
+        self.gossip_handlers: dict[str, Callable[[str, str, object, object], None]] = {}
         self.modules = {name: importlib.import_module(f"raftxmpp.modules.{name}") for name in MODULES}
         for module in self.modules.values():
             module.setup(self)
@@ -116,8 +130,14 @@ class Router:
         stanza.set("from", session.full_jid)
         if self.sent_hook is not None and stanza.tag == MESSAGE:
             self.sent_hook(stanza, session)
+        presence = stanza.tag == PRESENCE
+        if presence:
+            for presence_filter in self.presence_filters:
+                presence_filter(stanza, session)
         try:
             await self.route(stanza, session)
+            if presence and "client-presence" in self.hooks:
+                await self.run_hooks("client-presence", stanza, session)
         except StanzaError as exc:
             self.bounce(stanza, exc, session)
         except StoreError as exc:
@@ -137,6 +157,8 @@ class Router:
                 raise StanzaError("jid-malformed") from None
         if target is None or target.domain in self.served_hosts():
             await self.local.route(stanza, target, sender)
+        elif (service := self.domain_service(target.domain)) is not None:
+            await service(stanza, target, sender)
         elif self.components.serves(target.domain):
             await self.components.route(stanza, target, sender)
         elif stanza.tag == PRESENCE and sender is not None and self.local.presence_handler:
@@ -145,6 +167,12 @@ class Router:
             await self.local.presence_handler(stanza, target, sender)
         else:
             await self.s2s.route(stanza, target, sender)
+
+    def domain_service(self, domain: str) -> DomainService | None:
+        for serves, service in self.domain_services:
+            if serves(domain):
+                return service
+        return None
 
     async def deliver_from_link(self, payload: bytes) -> None:
         """A stanza another node routed to a session (or component instance) it believes

@@ -39,3 +39,21 @@ FORWARD = "urn:xmpp:forward:0"  # XEP-0297
 DELAY = "urn:xmpp:delay"  # XEP-0203
 CAPS = "http://jabber.org/protocol/caps"  # XEP-0115
 LAST = "jabber:iq:last"  # XEP-0012
+
+# Publish-subscribe (XEP-0060) and what travels over it (raftxmpp.modules.pubsub).
+PUBSUB = "http://jabber.org/protocol/pubsub"
+PUBSUB_OWNER = "http://jabber.org/protocol/pubsub#owner"
+PUBSUB_EVENT = "http://jabber.org/protocol/pubsub#event"
+PUBSUB_ERRORS = "http://jabber.org/protocol/pubsub#errors"
+PUBSUB_NODE_CONFIG = "http://jabber.org/protocol/pubsub#node_config"
+PUBSUB_PUBLISH_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
+PUBSUB_META_DATA = "http://jabber.org/protocol/pubsub#meta-data"
+DATA_FORMS = "jabber:x:data"  # XEP-0004
+RSM = "http://jabber.org/protocol/rsm"  # XEP-0059
+AVATAR_DATA = "urn:xmpp:avatar:data"  # XEP-0084
+AVATAR_METADATA = "urn:xmpp:avatar:metadata"  # XEP-0084
+VCARD_UPDATE = "vcard-temp:x:update"  # XEP-0153
+PEP_VCARD_CONVERSION = "urn:xmpp:pep-vcard-conversion:0"  # XEP-0398
+BOOKMARKS = "storage:bookmarks"  # XEP-0048
+BOOKMARKS2 = "urn:xmpp:bookmarks:1"  # XEP-0402
+NICK = "http://jabber.org/protocol/nick"  # XEP-0172
