@@ -33,7 +33,7 @@ def config(**changes) -> dict:
             "send_last_published_item": "on_sub_and_presence", "notification_type": "headline",
             "itemreply": "owner", "persist_items": True, "deliver_payloads": True,
             "deliver_notifications": True, "notify_retract": True, "notify_delete": True,
-            "notify_config": False, "presence_based_delivery": False, "title": "",
+            "notify_config": False, "title": "",
             "description": "", "type": "", "max_items": 1, "roster_groups_allowed": []}
     return {**base, **changes}
 

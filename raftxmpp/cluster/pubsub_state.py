@@ -64,7 +64,7 @@ CHOICES = {
     "itemreply": ("owner", "publisher"),
 }
 BOOLEANS = ("persist_items", "deliver_payloads", "deliver_notifications", "notify_retract",
-            "notify_delete", "notify_config", "presence_based_delivery")
+            "notify_delete", "notify_config")
 TEXTS = ("title", "description", "type")
 CONFIG_FIELDS = (*CHOICES, *BOOLEANS, *TEXTS, "max_items", "roster_groups_allowed")
 

@@ -30,7 +30,6 @@ LABELS = {
     "notify_retract": "Notify subscribers when items are removed",
     "notify_delete": "Notify subscribers when the node is deleted",
     "notify_config": "Notify subscribers when the configuration changes",
-    "presence_based_delivery": "Deliver notifications only to available users",
     "send_last_published_item": "When to send the last published item",
     "notification_type": "Message type of event notifications",
     "itemreply": "Whom replies to an item go to",
@@ -76,7 +75,6 @@ class Settings:
             "notify_retract": True,
             "notify_delete": True,
             "notify_config": False,
-            "presence_based_delivery": False,
             "title": "",
             "description": "",
             "type": "",
@@ -138,11 +136,9 @@ def apply_form(config: dict, form: etree._Element | None, form_type: str,
 def preconditions(form: etree._Element | None) -> dict:
     """The publish-options of a publish (XEP-0060 §7.1.5): {field: value}. An unknown
     field is refused with <conflict/> + <precondition-not-met/>."""
-    _, values = forms.submitted(form)
-    if form is not None:
-        submitted_type = forms.submitted(form)[0]
-        if submitted_type not in (None, ns.PUBSUB_PUBLISH_OPTIONS):
-            raise PubsubError("bad-request", text="expected a publish-options form")
+    submitted_type, values = forms.submitted(form)
+    if submitted_type not in (None, ns.PUBSUB_PUBLISH_OPTIONS):
+        raise PubsubError("bad-request", text="expected a publish-options form")
     wanted = {}
     for var, given in values.items():
         key = var[len(PREFIX):] if var.startswith(PREFIX) else None
