@@ -93,11 +93,11 @@ def test_notify_namespaces_are_the_plus_notify_features():
 
 def test_gossiped_caps_are_kept_after_their_node_dies_and_malformed_ones_ignored():
     cache = caps.Caps(SimpleNamespace(sessions=SimpleNamespace(gossip=None)))
-    cache.on_gossip("node2", "caps:sha-1:abc=", None, {"n": ["urn:a", "urn:b"]})
-    cache.on_gossip("node2", "caps:sha-1:abc=", {"n": ["urn:a"]}, None)  # node2 died
+    cache.on_gossip("node2", "e:sha-1:abc=", None, {"n": ["urn:a", "urn:b"]})
+    cache.on_gossip("node2", "e:sha-1:abc=", {"n": ["urn:a"]}, None)  # node2 died
     cache.session_keys["bob@x/phone"] = "sha-1:abc="
     assert cache.wants("bob@x/phone", "urn:a") and not cache.wants("bob@x/phone", "urn:c")
-    cache.on_gossip("node3", "caps:sha-1:bad=", None, {"n": "not a list"})
+    cache.on_gossip("node3", "e:sha-1:bad=", None, {"n": "not a list"})
     assert "sha-1:bad=" not in cache.by_key
 
 

@@ -324,7 +324,7 @@ def test_a_vcard_photo_is_published_as_a_pep_avatar(cluster, ca_file):
 
 def test_the_account_advertises_pep_and_bookmark_compatibility(cluster, ca_file):
     """XEP-0163 §6.1 identity pubsub/pep; XEP-0402 §5.3 #compat and #compat-pep;
-    XEP-0398 §2."""
+    XEP-0398 §2; the server lists its pubsub service (XEP-0060 §5.1)."""
     node2 = cluster.nodes[1]
     jid = account(node2, "disco")
 
@@ -338,6 +338,10 @@ def test_the_account_advertises_pep_and_bookmark_compatibility(cluster, ca_file)
                 "http://jabber.org/protocol/pubsub#publish-options",
                 "http://jabber.org/protocol/pubsub#config-node-max",
                 "urn:xmpp:pep-vcard-conversion:0"} <= features
+        items = await c.plugin["xep_0030"].get_items(jid="localhost", timeout=10)
+        assert SERVICE in {i[0] for i in items["disco_items"]["items"]}
+        service = await c.plugin["xep_0030"].get_info(jid=SERVICE, timeout=10)
+        assert ("pubsub", "service") in {(i[0], i[1]) for i in service["disco_info"]["identities"]}
         await c.stop()
 
     run(scenario())

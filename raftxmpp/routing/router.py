@@ -70,9 +70,8 @@ class IqRequest:
 
 IqHandler = Callable[[IqRequest], Awaitable[etree._Element | None]]
 Hook = Callable[..., Awaitable[None]]
-# A service the cluster itself hosts on a domain of its own (the pubsub service): it
-# gets every stanza for that domain, on whichever node the stanza arrives.
-DomainService = Callable[[etree._Element, JID, "LocalSession | None"], Awaitable[None]]
+# A service on its own domain (pubsub.<host> …): (stanza, target, sender).
+ServiceHandler = Callable[[etree._Element, JID, "LocalSession | None"], Awaitable[None]]
 
 
 class Router:
@@ -90,15 +89,18 @@ class Router:
         # Called for every message a client sends (message carbons, XEP-0280).
         self.sent_hook: Callable[[etree._Element, LocalSession], None] | None = None
         self.stream_features: list[Callable[[LocalSession | None], etree._Element | None]] = []
-        # Domain services by a predicate on the domain (hosts can be added at runtime).
-        self.domain_services: list[tuple[Callable[[str], bool], DomainService]] = []
+        # Services on their own domains, answered by every node (modules add them), and
+        # the items they add to a served host's disco#items.
+        self.services: list[tuple[Callable[[str], bool], ServiceHandler]] = []
+        self.disco_items: list[Callable[[str], list[str]]] = []
         # IQ results and errors addressed to the server or an account, by IQ id: the
         # answers to IQs a module sent to a client (entity capabilities, XEP-0115).
         self.iq_callbacks: dict[str, Callable[[etree._Element], None]] = {}
         # Called with each presence a client sends, before it is routed (may change it:
         # the avatar hash of XEP-0398 §4); the "client-presence" hook runs after.
         self.presence_filters: list[Callable[[etree._Element, LocalSession], None]] = []
-        # Gossip entries by key prefix, for modules that gossip volatile state of their own.
+        # Gossip entries by their two-character key prefix, for modules that gossip volatile
+        # state of their own (pubsub: "e:" entity capabilities).
         self.gossip_handlers: dict[str, Callable[[str, str, object, object], None]] = {}
         self.modules = {name: importlib.import_module(f"raftxmpp.modules.{name}") for name in MODULES}
         for module in self.modules.values():
@@ -115,6 +117,16 @@ class Router:
 
     def register_iq(self, scope: str, iq_type: str, namespace: str, handler: IqHandler) -> None:
         self.iq_handlers[(scope, iq_type, namespace)] = handler
+
+    def add_service(self, serves: Callable[[str], bool], handler: ServiceHandler) -> None:
+        """Routes stanzas for the domains `serves` accepts to `handler`, on every node."""
+        self.services.append((serves, handler))
+
+    def service_for(self, domain: str) -> ServiceHandler | None:
+        for serves, handler in self.services:
+            if serves(domain):
+                return handler
+        return None
 
     def add_hook(self, name: str, hook: Hook) -> None:
         self.hooks.setdefault(name, []).append(hook)
@@ -157,7 +169,7 @@ class Router:
                 raise StanzaError("jid-malformed") from None
         if target is None or target.domain in self.served_hosts():
             await self.local.route(stanza, target, sender)
-        elif (service := self.domain_service(target.domain)) is not None:
+        elif (service := self.service_for(target.domain)) is not None:
             await service(stanza, target, sender)
         elif self.components.serves(target.domain):
             await self.components.route(stanza, target, sender)
@@ -167,12 +179,6 @@ class Router:
             await self.local.presence_handler(stanza, target, sender)
         else:
             await self.s2s.route(stanza, target, sender)
-
-    def domain_service(self, domain: str) -> DomainService | None:
-        for serves, service in self.domain_services:
-            if serves(domain):
-                return service
-        return None
 
     async def deliver_from_link(self, payload: bytes) -> None:
         """A stanza another node routed to a session (or component instance) it believes

@@ -7,7 +7,7 @@ its presence, which already travels in the session's gossip entry, so every node
 knows it for every session. What a caps hash *means* (its +notify namespaces) is
 learnt once per hash by the node holding a session that announced it: that node asks
 the client (disco#info to node#ver), checks the answer against the hash (§5.1, §5.4),
-and on success gossips "caps:<hash>:<ver>" → namespaces to the cluster, where each
+and on success gossips "e:<hash>:<ver>" → namespaces to the cluster, where each
 node keeps it in a bounded cache that outlives the node that found it. An answer
 that does not match its hash (or caps without a hash) applies to that session alone
 and stays on its node (§5.4 rule 3.9): other nodes then send it no notification, the
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("raftxmpp.pubsub.caps")
 
-GOSSIP_PREFIX = "caps:"
+GOSSIP_PREFIX = "e:"  # entity capabilities; gossip keys start with two characters
 C = f"{{{ns.CAPS}}}c"
 QUERY = f"{{{ns.DISCO_INFO}}}query"
 NOTIFY = "+notify"

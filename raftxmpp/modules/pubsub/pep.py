@@ -16,7 +16,7 @@ from lxml import etree
 
 from raftxmpp.cluster import roster_states
 from raftxmpp.jid import JID, InvalidJID
-from raftxmpp.modules.pubsub import node_config, notify, protocol
+from raftxmpp.modules.pubsub import caps, node_config, notify, protocol
 from raftxmpp.modules.pubsub.context import Pubsub
 from raftxmpp.routing.router import IqRequest
 from raftxmpp.routing.sessions import LocalSession, RemoteSession, Session
@@ -52,7 +52,7 @@ def setup(ctx: Pubsub) -> None:
     router.add_hook("client-presence", partial(on_client_presence, ctx))
     router.add_hook("session-closed", partial(on_session_closed, ctx))
     router.sessions.on_remote_change.append(partial(on_remote_change, ctx))
-    router.gossip_handlers["caps:"] = ctx.caps.on_gossip
+    router.gossip_handlers[caps.GOSSIP_PREFIX] = ctx.caps.on_gossip
 
 
 def _wrap(router, key: tuple[str, str, str], handler) -> None:

@@ -32,25 +32,11 @@ def setup(ctx: Pubsub) -> None:
         return
     router = ctx.router
     prefix = label + "."
-    router.domain_services.append(
-        (lambda domain: domain.startswith(prefix) and domain[len(prefix):] in router.served_hosts(),
-         partial(route, ctx)))
-    previous = router.iq_handlers[("server", "get", ns.DISCO_ITEMS)]
-    router.register_iq("server", "get", ns.DISCO_ITEMS, partial(server_items, ctx, previous))
-
-
-def service_domain(ctx: Pubsub, host: str) -> str | None:
-    label = ctx.settings.section.service
-    return f"{label}.{host}" if label else None
-
-
-async def server_items(ctx: Pubsub, previous, request: IqRequest) -> etree._Element:
-    """The server's disco#items lists its pubsub service (XEP-0060 §5.1)."""
-    query = await previous(request)
-    if not request.payload.get("node"):
-        domain = service_domain(ctx, request.to_jid.domain)
-        etree.SubElement(query, ITEM, jid=domain, name=NAME)
-    return query
+    router.add_service(
+        lambda domain: domain.startswith(prefix) and domain[len(prefix):] in router.served_hosts(),
+        partial(route, ctx))
+    # The server's disco#items lists its pubsub service (XEP-0060 §5.1).
+    router.disco_items.append(lambda host: [f"{prefix}{host}"])
 
 
 async def route(ctx: Pubsub, stanza: etree._Element, target: JID,
