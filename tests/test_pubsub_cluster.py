@@ -530,8 +530,9 @@ async def rsm_pages(c: Client, node: str, size: int) -> list[list[str]]:
 
 def test_subscription_sends_the_last_item_and_whitelist_nodes_refuse_strangers(
         cluster, ca_file):
-    """XEP-0060 §6.1.7 (last item on subscription, send_last_published_item on_sub) and
-    §6.1.3.4 (<not-allowed/> + <closed-node/>), then §8.9 affiliations open the node."""
+    """XEP-0060 §6.1.7 (last item on subscription, send_last_published_item on_sub),
+    §7.1.2.2 (notification without payload), §6.1.3.4 (<not-allowed/> + <closed-node/>),
+    then §8.9 affiliations open the node."""
     node1, node2, _ = cluster.nodes
     owner_jid, member_jid = account(node1, "owner"), account(node2, "member")
     open_node, closed_node = unique("open"), unique("closed")
@@ -546,6 +547,15 @@ def test_subscription_sends_the_last_item_and_whitelist_nodes_refuse_strangers(
                              payload=ET.fromstring("<x xmlns='urn:example'>hello</x>"), timeout=10)
         await member.plugin["xep_0060"].subscribe(SERVICE, open_node, timeout=10)
         assert item_ids(await next_event(published)) == ["last"]
+        # §7.1.2.2: a node configured without payloads notifies the item id alone.
+        await pubsub.set_node_config(SERVICE, open_node, node_config(deliver_payloads="0"),
+                                     timeout=10)
+        await pubsub.publish(SERVICE, open_node, id="bare",
+                             payload=ET.fromstring("<x xmlns='urn:example'>secret</x>"),
+                             timeout=10)
+        notified = await next_event(published)
+        assert item_ids(notified) == ["bare"]
+        assert len(notified["pubsub_event"]["items"]["item"].xml) == 0  # no payload
         await pubsub.create_node(SERVICE, closed_node,
                                  config=node_config(access_model="whitelist"), timeout=10)
         with pytest.raises(IqError) as closed:
