@@ -96,9 +96,12 @@ def node_info(ctx: Pubsub, owner: str, node: str, requester: str,
 
 
 async def account_items(ctx: Pubsub, previous, request: IqRequest) -> etree._Element:
+    return disco_items(ctx, str(request.to_jid), str(request.from_jid.bare),
+                       request.payload.get("node"))
+
+
+def disco_items(ctx: Pubsub, owner: str, requester: str, node: str | None) -> etree._Element:
     """The nodes a requester may see (XEP-0060 §5.2), or one node's item ids (§5.5)."""
-    owner, requester = str(request.to_jid), str(request.from_jid.bare)
-    node = request.payload.get("node")
     query = etree.Element(f"{{{ns.DISCO_ITEMS}}}query", nsmap={None: ns.DISCO_ITEMS})
     if node:
         query.set("node", node)
@@ -106,9 +109,11 @@ async def account_items(ctx: Pubsub, previous, request: IqRequest) -> etree._Ele
         for item_id in ctx.store.pubsub_item_ids(owner, node):
             etree.SubElement(query, ITEM, jid=owner, name=item_id)
         return query
-    for name in ctx.store.pubsub_nodes(owner):
+    for name, facts in ctx.store.pubsub_nodes(owner).items():
         if ctx.store.pubsub_access_refusal(owner, name, requester) is None:
-            etree.SubElement(query, ITEM, jid=owner, node=name)
+            item = etree.SubElement(query, ITEM, jid=owner, node=name)
+            if facts["title"]:
+                item.set("name", facts["title"])
     return query
 
 

@@ -439,15 +439,22 @@ async def purge(ctx: Pubsub, request: IqRequest, owner: str, action: etree._Elem
         await hook(owner, node, ids)
 
 
-async def node_subscriptions_get(ctx: Pubsub, request: IqRequest, owner: str,
-                                 action: etree._Element) -> etree._Element:
-    """§8.8.1: every subscription of a node."""
+def _owner_listing(ctx: Pubsub, request: IqRequest, owner: str, action: etree._Element,
+                   what: str) -> tuple[dict, etree._Element, etree._Element]:
+    """(record, <pubsub/> result, its <subscriptions/> or <affiliations/>) of an owner's
+    listing request (§8.8.1, §8.9.1)."""
     metrics.PUBSUB_REQUESTS.labels("other").inc()
     node = _node(action)
     record = _record(ctx, owner, node)
     _owner_only(owner, record, request)
     result = pubsub_element(ns.PUBSUB_OWNER)
-    element = etree.SubElement(result, OWNER + "subscriptions", node=node)
+    return record, result, etree.SubElement(result, OWNER + what, node=node)
+
+
+async def node_subscriptions_get(ctx: Pubsub, request: IqRequest, owner: str,
+                                 action: etree._Element) -> etree._Element:
+    """§8.8.1: every subscription of a node."""
+    record, result, element = _owner_listing(ctx, request, owner, action, "subscriptions")
     for jid, subscription in sorted(record["subscriptions"].items()):
         etree.SubElement(element, OWNER + "subscription", jid=jid, subid=subscription["subid"],
                          subscription=subscription["state"])
@@ -478,12 +485,7 @@ async def node_subscriptions_set(ctx: Pubsub, request: IqRequest, owner: str,
 async def node_affiliations_get(ctx: Pubsub, request: IqRequest, owner: str,
                                 action: etree._Element) -> etree._Element:
     """§8.9.1: every affiliation of a node."""
-    metrics.PUBSUB_REQUESTS.labels("other").inc()
-    node = _node(action)
-    record = _record(ctx, owner, node)
-    _owner_only(owner, record, request)
-    result = pubsub_element(ns.PUBSUB_OWNER)
-    element = etree.SubElement(result, OWNER + "affiliations", node=node)
+    record, result, element = _owner_listing(ctx, request, owner, action, "affiliations")
     for jid, aff in sorted(record["affiliations"].items()):
         etree.SubElement(element, OWNER + "affiliation", jid=jid, affiliation=aff)
     return result

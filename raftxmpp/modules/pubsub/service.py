@@ -15,7 +15,7 @@ from lxml import etree
 from raftxmpp.jid import JID
 from raftxmpp.modules.pubsub import protocol
 from raftxmpp.modules.pubsub.context import Pubsub
-from raftxmpp.modules.pubsub.pep import COMMON_FEATURES, FEATURE, IDENTITY, ITEM, node_info
+from raftxmpp.modules.pubsub.pep import COMMON_FEATURES, FEATURE, IDENTITY, disco_items, node_info
 from raftxmpp.routing.local import IQ
 from raftxmpp.routing.router import IqRequest
 from raftxmpp.routing.sessions import LocalSession
@@ -84,22 +84,8 @@ async def _info(ctx: Pubsub, request: IqRequest) -> etree._Element:
 
 
 async def _items(ctx: Pubsub, request: IqRequest) -> etree._Element:
-    """The service's nodes (XEP-0060 §5.2) or a node's item ids (§5.5)."""
-    owner, requester = request.to_jid.domain, str(request.from_jid.bare)
-    node = request.payload.get("node")
-    query = etree.Element(f"{{{ns.DISCO_ITEMS}}}query", nsmap={None: ns.DISCO_ITEMS})
-    if node:
-        query.set("node", node)
-        protocol.check_access(ctx, owner, node, requester)
-        for item_id in ctx.store.pubsub_item_ids(owner, node):
-            etree.SubElement(query, ITEM, jid=owner, name=item_id)
-        return query
-    for name, facts in ctx.store.pubsub_nodes(owner).items():
-        if ctx.store.pubsub_access_refusal(owner, name, requester) is None:
-            item = etree.SubElement(query, ITEM, jid=owner, node=name)
-            if facts["title"]:
-                item.set("name", facts["title"])
-    return query
+    return disco_items(ctx, request.to_jid.domain, str(request.from_jid.bare),
+                       request.payload.get("node"))
 
 
 async def _ping(ctx: Pubsub, request: IqRequest) -> None:
