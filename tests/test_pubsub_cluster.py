@@ -173,6 +173,33 @@ def test_a_contact_logging_in_on_another_node_gets_the_last_item(cluster, ca_fil
     run(scenario())
 
 
+def test_a_caps_change_brings_the_last_item_of_the_new_interest(cluster, ca_file):
+    """XEP-0163 §4.3.3 / XEP-0115 §4: a resource that starts asking for a node (+notify,
+    new caps in a presence broadcast) gets that node's last item, resolved by its node."""
+    node1, _, node3 = cluster.nodes
+    alice_jid, frank_jid = account(node1, "alice"), account(node3, "frank")
+
+    async def scenario():
+        alice = client(node1, ca_file, alice_jid, (*PEP_PLUGINS, "xep_0172"))
+        frank = client(node3, ca_file, frank_jid, (*PEP_PLUGINS, "xep_0118"))
+        nicks = events(frank, "pubsub_publish")
+        assert await alice.start() and await frank.start()
+        await befriend(alice, frank)
+        await alice.plugin["xep_0172"].publish_nick("already there", timeout=10)
+        await alice.plugin["xep_0060"].publish(
+            None, "urn:example:later", id="one", timeout=10,
+            payload=ET.fromstring("<later xmlns='urn:example:later'>first</later>"))
+        frank.plugin["xep_0163"].add_interest("urn:example:later")
+        await wait_caps(frank)
+        later = await next_event(nicks)
+        assert later["from"] == alice_jid
+        assert later["pubsub_event"]["items"]["node"] == "urn:example:later"
+        await alice.stop()
+        await frank.stop()
+
+    run(scenario())
+
+
 def test_a_new_presence_subscriber_gets_the_last_items(cluster, ca_file):
     """XEP-0163 §4.3.3: "a PEP service MUST send the last published item to all new
     subscribers" — here a contact whose presence subscription was just approved."""

@@ -151,7 +151,8 @@ async def vcard_set(ctx: Pubsub, previous, request: IqRequest) -> None:
     if info is not None and info is not False and info.get("id") == image_id:
         return result
     mime = photo.findtext(V_TYPE) or "image/png"
-    await _publish_avatar(ctx, owner, image_id, data, mime)
+    # The vCard committed: a failed conversion is logged, not answered.
+    await protocol.after_answer([_publish_avatar(ctx, owner, image_id, data, mime)])
     return result
 
 

@@ -171,7 +171,8 @@ async def private_set(ctx: Pubsub, previous, request: IqRequest) -> None:
     result = await previous(request)  # stored as given (and refused as private.py refuses)
     children = [c for c in request.payload if isinstance(c.tag, str)]
     if len(children) == 1 and children[0].tag == STORAGE:
+        # The legacy write committed: a failed conversion is logged, not answered.
         owner = str(request.to_jid)
-        await replace_native(ctx, owner, children[0])
-        await rewrite_legacy_pep(ctx, owner)
+        await protocol.after_answer([replace_native(ctx, owner, children[0]),
+                                     rewrite_legacy_pep(ctx, owner)])
     return result

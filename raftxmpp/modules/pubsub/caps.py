@@ -165,11 +165,13 @@ class Caps:
     # -- presence of sessions here (the "client-presence" hook) -----------------------------------
 
     def local_presence(self, session: LocalSession, stanza: etree._Element) -> None:
-        if stanza.get("to") is not None:
-            return  # directed presence says nothing about the session's interests
+        """Caps describe the session, whoever an available presence is for: some clients
+        announce new caps in presence directed to their contacts (slixmpp does). Only an
+        unavailable broadcast ends the session's interests (leaving a room does not)."""
         kind = stanza.get("type")
         if kind == "unavailable":
-            self.forget(session.full_jid)
+            if stanza.get("to") is None:
+                self.forget(session.full_jid)
             return
         if kind is not None:
             return

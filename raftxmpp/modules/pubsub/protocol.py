@@ -9,13 +9,15 @@ which node sends them).
 
 from __future__ import annotations
 
+import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from lxml import etree
 
 from raftxmpp import metrics
 from raftxmpp.cluster import pubsub_state as ps
+from raftxmpp.cluster.raft import RaftUnavailable
 from raftxmpp.cluster.store import StoreError
 from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.modules.pubsub import interest, node_config, notify
@@ -24,7 +26,10 @@ from raftxmpp.modules.pubsub.errors import PubsubError, from_store, unsupported
 from raftxmpp.modules.pubsub.forms import find_form
 from raftxmpp.routing.router import IqRequest
 from raftxmpp.xml import ns
+from raftxmpp.xml.errors import StanzaError
 from raftxmpp.xml.stanza import make
+
+log = logging.getLogger("raftxmpp.pubsub")
 
 P = f"{{{ns.PUBSUB}}}"
 OWNER = f"{{{ns.PUBSUB_OWNER}}}"
@@ -94,6 +99,16 @@ async def answer(ctx: Pubsub, request: IqRequest, payload: etree._Element | None
         request.sender.send_stanza(reply)
     else:
         await ctx.router.route(reply, None)
+
+
+async def after_answer(hooks: Iterable[Awaitable[None]]) -> None:
+    """Runs the conversions that follow a change (avatars, bookmarks). The client has its
+    answer already, so a failure here is logged and counted, never sent as a second one."""
+    for hook in hooks:
+        try:
+            await hook
+        except (StoreError, RaftUnavailable, StanzaError) as exc:
+            log.warning("pubsub conversion after a change failed: %s", exc)
 
 
 def pubsub_element(namespace: str = ns.PUBSUB) -> etree._Element:
@@ -179,8 +194,7 @@ async def publish(ctx: Pubsub, request: IqRequest, owner: str,
     stored = {"payload": payload, "publisher": actor}
     await notify_items(ctx, owner, node, [(item_id, stored)])
     element = notify.parse_payload(payload) if payload else None
-    for hook in ctx.publish_hooks:
-        await hook(owner, node, item_id, element)
+    await after_answer(hook(owner, node, item_id, element) for hook in ctx.publish_hooks)
 
 
 async def retract(ctx: Pubsub, request: IqRequest, owner: str,
@@ -197,8 +211,7 @@ async def retract(ctx: Pubsub, request: IqRequest, owner: str,
     if record["config"]["notify_retract"] or action.get("notify") in ("1", "true"):
         message = notify.retract_event(owner, node, [item.get("id")], record["config"])
         await fan_out(ctx, owner, node, record, message)
-    for hook in ctx.retract_hooks:
-        await hook(owner, node, [item.get("id")])
+    await after_answer(hook(owner, node, [item.get("id")]) for hook in ctx.retract_hooks)
 
 
 # -- subscribe, unsubscribe, items -------------------------------------------------------------
@@ -435,8 +448,7 @@ async def purge(ctx: Pubsub, request: IqRequest, owner: str, action: etree._Elem
     if record["config"]["notify_retract"]:
         await fan_out(ctx, owner, node, record,
                       notify.node_event(owner, node, "purge", record["config"]))
-    for hook in ctx.retract_hooks:
-        await hook(owner, node, ids)
+    await after_answer(hook(owner, node, ids) for hook in ctx.retract_hooks)
 
 
 def _owner_listing(ctx: Pubsub, request: IqRequest, owner: str, action: etree._Element,
