@@ -200,6 +200,38 @@ def test_a_caps_change_brings_the_last_item_of_the_new_interest(cluster, ca_file
     run(scenario())
 
 
+def test_a_contact_whose_caps_only_its_node_knows_is_notified_through_that_node(
+        cluster, ca_file):
+    """XEP-0115 §5.4: caps without a hash (legacy) are not shared, so only the contact's
+    own node knows what it wants; a publish on another node reaches it through that
+    node, which filters by +notify."""
+    node1, node2, _ = cluster.nodes
+    alice_jid, grace_jid = account(node1, "alice"), account(node2, "grace")
+
+    async def scenario():
+        alice = client(node1, ca_file, alice_jid)
+        grace = client(node2, ca_file, grace_jid, ("xep_0060",))  # no xep_0115: caps by hand
+        published = events(grace, "pubsub_publish")
+        assert await alice.start() and await grace.start()
+        await befriend(alice, grace)
+        grace.plugin["xep_0030"].add_feature("urn:example:legacy+notify", node="urn:legacy#v1")
+        grace.send_raw("<presence><c xmlns='http://jabber.org/protocol/caps' node='urn:legacy' "
+                       "ver='v1'/></presence>")
+        for _ in range(2):  # the node's disco#info query, then grace's answer, come first
+            await grace.plugin["xep_0199"].ping(jid="localhost", timeout=10)
+        pubsub = alice.plugin["xep_0060"]
+        for node, item_id in (("urn:example:unwanted", "u1"), ("urn:example:legacy", "l1"),
+                              ("urn:example:legacy", "l2")):
+            await pubsub.publish(None, node, id=item_id, timeout=10,
+                                 payload=ET.fromstring(f"<x xmlns='{node}'>{item_id}</x>"))
+        received = [item_ids(await next_event(published)) for _ in range(2)]
+        assert received == [["l1"], ["l2"]]
+        await alice.stop()
+        await grace.stop()
+
+    run(scenario())
+
+
 def test_a_new_presence_subscriber_gets_the_last_items(cluster, ca_file):
     """XEP-0163 §4.3.3: "a PEP service MUST send the last published item to all new
     subscribers" — here a contact whose presence subscription was just approved."""

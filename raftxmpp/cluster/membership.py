@@ -148,6 +148,8 @@ class ClusterMembership:
             self.removed = True
             log.warning("node %s removed this node from the cluster: it no longer serves "
                         "durable writes", peer)
+        elif (handler := self.node.router.gossip_messages.get(kind)) is not None:
+            handler(peer, message)  # a module's own ("pubsub-deliver")
 
     def _is_member(self, raft_address: str) -> bool:
         return raft_address in self.node.raft.members()

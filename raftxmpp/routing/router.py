@@ -102,6 +102,8 @@ class Router:
         # Gossip entries by their two-character key prefix, for modules that gossip volatile
         # state of their own (pubsub: "e:" entity capabilities).
         self.gossip_handlers: dict[str, Callable[[str, str, object, object], None]] = {}
+        # Gossip messages (one node to another, not entries) by their kind "t", for modules.
+        self.gossip_messages: dict[str, Callable[[str, dict], None]] = {}
         self.modules = {name: importlib.import_module(f"raftxmpp.modules.{name}") for name in MODULES}
         for module in self.modules.values():
             module.setup(self)

@@ -10,8 +10,9 @@ the client (disco#info to node#ver), checks the answer against the hash (§5.1, 
 and on success gossips "e:<hash>:<ver>" → namespaces to the cluster, where each
 node keeps it in a bounded cache that outlives the node that found it. An answer
 that does not match its hash (or caps without a hash) applies to that session alone
-and stays on its node (§5.4 rule 3.9): other nodes then send it no notification, the
-node that holds it sends it the last items.
+and stays on its node (§5.4 rule 3.9). A node that does not know a session's caps (not
+shareable, or the gossip still on its way) hands that session's notification to the
+session's node, which decides (notify.Fanout.add_undecided).
 
 Never blocks: the query is one stanza out, its answer one callback in (the router's
 `iq_callbacks`), so a client's own presence never waits for its disco answer.
@@ -44,6 +45,7 @@ GOSSIP_PREFIX = "e:"  # entity capabilities; gossip keys start with two characte
 C = f"{{{ns.CAPS}}}c"
 QUERY = f"{{{ns.DISCO_INFO}}}query"
 NOTIFY = "+notify"
+NO_CAPS = "none:"  # the key of a session whose presence carries no <c/>
 # The hash functions of the IANA registry XEP-0115 §5 names, as hashlib knows them.
 HASHES = {"sha-1": "sha1", "sha-224": "sha224", "sha-256": "sha256", "sha-384": "sha384",
           "sha-512": "sha512"}
@@ -156,6 +158,8 @@ class Caps:
         if own is not None:
             return own
         key = self.session_keys.get(full_jid)
+        if key == NO_CAPS:
+            return frozenset()  # a presence without caps asks for nothing, on every node
         return None if key is None else self.by_key.get(key)
 
     def wants(self, full_jid: str, node: str) -> bool:
@@ -178,7 +182,7 @@ class Caps:
         caps = caps_of(stanza)
         before = self.namespaces(session.full_jid) or frozenset()
         initial = session.full_jid not in self.session_keys
-        key = cache_key(caps) if caps else "none:"
+        key = cache_key(caps) if caps else NO_CAPS
         if not initial and key == self.session_keys[session.full_jid]:
             return
         self.session_own.pop(session.full_jid, None)
@@ -264,7 +268,7 @@ class Caps:
         except etree.XMLSyntaxError:
             return
         caps = caps_of(presence)
-        self.session_keys[session.full_jid] = cache_key(caps) if caps else "none:"
+        self.session_keys[session.full_jid] = cache_key(caps) if caps else NO_CAPS
 
     # -- the cluster-wide cache -------------------------------------------------------------------
 

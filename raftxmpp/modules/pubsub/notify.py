@@ -24,7 +24,7 @@ from lxml import etree
 
 from raftxmpp import metrics
 from raftxmpp.jid import JID, InvalidJID
-from raftxmpp.routing.sessions import Session
+from raftxmpp.routing.sessions import RemoteSession, Session
 from raftxmpp.xml import ns
 from raftxmpp.xml.errors import StanzaError
 from raftxmpp.xml.stanza import make, serialize
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 EVENT = f"{{{ns.PUBSUB_EVENT}}}event"
+# Gossip message kind: a notification for a session whose node decides by its caps.
+DELIVER = "pubsub-deliver"
 
 
 def parse_payload(payload: str) -> etree._Element:
@@ -100,6 +102,7 @@ class Fanout:
         self.message = message
         self.owner = message.get("from")
         self.sessions: dict[str, Session] = {}
+        self.undecided: dict[str, tuple[RemoteSession, str]] = {}
         self.jids: set[str] = set()
 
     def add_session(self, session: Session) -> None:
@@ -107,6 +110,11 @@ class Fanout:
 
     def add_jid(self, jid: str) -> None:
         self.jids.add(jid)
+
+    def add_undecided(self, session: RemoteSession, node: str) -> None:
+        """A resource on another node whose caps this node does not know: its node gets
+        the notification and delivers it only if the resource asks for `node`."""
+        self.undecided.setdefault(session.full_jid, (session, node))
 
     async def send(self) -> int:
         """Sends every copy; returns how many went out."""
@@ -122,6 +130,16 @@ class Fanout:
             self.message.set("to", full_jid)
             session.send(serialize(self.message))
             _count(session.is_local)
+            sent += 1
+        gossip = router.sessions.gossip
+        for full_jid, (session, node) in self.undecided.items():
+            if full_jid in self.jids or session.bare_jid in covered or full_jid in self.sessions \
+                    or gossip is None or router.local.is_blocked(session.bare_jid, owner_jid):
+                continue
+            self.message.set("to", full_jid)
+            gossip.send(session.node, {"t": DELIVER, "jid": full_jid, "node": node,
+                                       "stanza": serialize(self.message).decode()})
+            metrics.PUBSUB_NOTIFICATIONS.labels("remote").inc()
             sent += 1
         for jid in sorted(self.jids):
             sent += await self._send_to_jid(jid)
@@ -163,6 +181,18 @@ class Fanout:
             return 0
         metrics.PUBSUB_NOTIFICATIONS.labels("routed").inc()
         return 1
+
+
+def deliver_if_wanted(router: Router, wants, peer: str, message: dict) -> None:
+    """Another node's notification for one of our sessions whose caps it did not know
+    (Fanout.add_undecided): delivered if the session asks for the node (+notify)."""
+    try:
+        full_jid, node, stanza = str(message["jid"]), str(message["node"]), message["stanza"]
+        session = router.sessions.local_session(JID.parse(full_jid))
+    except (KeyError, InvalidJID):
+        return
+    if session is not None and isinstance(stanza, str) and wants(full_jid, node):
+        session.send(stanza.encode())  # serialised by the sending node from a parsed tree
 
 
 def _count(local: bool) -> None:

@@ -53,6 +53,8 @@ def setup(ctx: Pubsub) -> None:
     router.add_hook("session-closed", partial(on_session_closed, ctx))
     router.sessions.on_remote_change.append(partial(on_remote_change, ctx))
     router.gossip_handlers[caps.GOSSIP_PREFIX] = ctx.caps.on_gossip
+    router.gossip_messages[notify.DELIVER] = partial(notify.deliver_if_wanted, router,
+                                                    ctx.caps.wants)
 
 
 def _wrap(router, key: tuple[str, str, str], handler) -> None:

@@ -576,6 +576,9 @@ async def fan_out(ctx: Pubsub, owner: str, node: str, record: dict,
     for jid in record["subscriptions"]:
         fan.add_jid(jid)
     if ps.is_pep(owner):
-        for session in interest.interested_sessions(ctx, owner, node, record):
+        wanted, undecided = interest.interested_sessions(ctx, owner, node, record)
+        for session in wanted:
             fan.add_session(session)
+        for session in undecided:
+            fan.add_undecided(session, node)
     return await fan.send()
