@@ -68,8 +68,9 @@ async def befriend(a: Client, b: Client) -> None:
         c.auto_authorize = True
         c.auto_subscribe = True
     a.send_presence(pto=b.boundjid.bare, ptype="subscribe")
-    await a.presence_from(b.boundjid.bare)
-    await b.presence_from(a.boundjid.bare)
+    # Four roster commits and two presence broadcasts: generous under a loaded machine.
+    await a.presence_from(b.boundjid.bare, timeout=30)
+    await b.presence_from(a.boundjid.bare, timeout=30)
 
 
 def options(**fields) -> Form:
@@ -102,7 +103,7 @@ def item_ids(notification) -> list[str]:
     return [item["id"] for item in notification["pubsub_event"]["items"]]
 
 
-async def next_event(queue: asyncio.Queue, timeout: float = 10):
+async def next_event(queue: asyncio.Queue, timeout: float = 20):
     return await asyncio.wait_for(queue.get(), timeout)
 
 
@@ -145,7 +146,7 @@ def test_pep_notification_reaches_a_contact_on_another_node_filtered_by_caps(clu
         for c in (alice, bob, carol):
             await c.stop()
 
-    run(scenario())
+    run(scenario(), timeout=120)
 
 
 def test_a_contact_logging_in_on_another_node_gets_the_last_item(cluster, ca_file):
@@ -170,7 +171,7 @@ def test_a_contact_logging_in_on_another_node_gets_the_last_item(cluster, ca_fil
         await again.stop()
         await alice.stop()
 
-    run(scenario())
+    run(scenario(), timeout=120)
 
 
 def test_a_caps_change_brings_the_last_item_of_the_new_interest(cluster, ca_file):
@@ -197,7 +198,7 @@ def test_a_caps_change_brings_the_last_item_of_the_new_interest(cluster, ca_file
         await alice.stop()
         await frank.stop()
 
-    run(scenario())
+    run(scenario(), timeout=120)
 
 
 def test_a_contact_whose_caps_only_its_node_knows_is_notified_through_that_node(
@@ -229,7 +230,7 @@ def test_a_contact_whose_caps_only_its_node_knows_is_notified_through_that_node(
         await alice.stop()
         await grace.stop()
 
-    run(scenario())
+    run(scenario(), timeout=120)
 
 
 def test_a_new_presence_subscriber_gets_the_last_items(cluster, ca_file):
@@ -250,7 +251,7 @@ def test_a_new_presence_subscriber_gets_the_last_items(cluster, ca_file):
         await alice.stop()
         await erin.stop()
 
-    run(scenario())
+    run(scenario(), timeout=120)
 
 
 def test_omemo_device_list_published_open_is_readable_by_a_stranger_on_another_node(
@@ -282,7 +283,7 @@ def test_omemo_device_list_published_open_is_readable_by_a_stranger_on_another_n
         await alice.stop()
         await stranger.stop()
 
-    run(scenario())
+    run(scenario(), timeout=120)
 
 
 def test_publish_options_that_do_not_match_the_node_are_precondition_not_met(cluster, ca_file):
@@ -308,7 +309,7 @@ def test_publish_options_that_do_not_match_the_node_are_precondition_not_met(clu
                              options=options(access_model="open"), timeout=10)
         await alice.stop()
 
-    run(scenario())
+    run(scenario(), timeout=120)
 
 
 # -- avatars (XEP-0084, XEP-0153, XEP-0398) -----------------------------------------------------------
@@ -352,7 +353,7 @@ def test_pep_avatar_reaches_contacts_and_becomes_the_vcard_photo_and_presence_ha
         await alice.stop()
         await bob.stop()
 
-    run(scenario())
+    run(scenario(), timeout=120)
 
 
 def test_a_vcard_photo_is_published_as_a_pep_avatar(cluster, ca_file):
@@ -375,7 +376,7 @@ def test_a_vcard_photo_is_published_as_a_pep_avatar(cluster, ca_file):
         await alice.stop()
         await bob.stop()
 
-    run(scenario())
+    run(scenario(), timeout=120)
 
 
 # -- bookmarks (XEP-0402 with XEP-0048 compatibility) ------------------------------------------------
@@ -403,7 +404,7 @@ def test_the_account_advertises_pep_and_bookmark_compatibility(cluster, ca_file)
         assert ("pubsub", "service") in {(i[0], i[1]) for i in service["disco_info"]["identities"]}
         await c.stop()
 
-    run(scenario())
+    run(scenario(), timeout=120)
 
 
 def test_bookmarks_in_private_xml_appear_as_bookmarks2_on_another_node(cluster, ca_file):
@@ -433,7 +434,7 @@ def test_bookmarks_in_private_xml_appear_as_bookmarks2_on_another_node(cluster, 
         await legacy.stop()
         await modern.stop()
 
-    run(scenario())
+    run(scenario(), timeout=120)
 
 
 def test_bookmarks2_published_are_read_through_private_xml_on_another_node(cluster, ca_file):
@@ -461,7 +462,7 @@ def test_bookmarks2_published_are_read_through_private_xml_on_another_node(clust
         await modern.stop()
         await legacy.stop()
 
-    run(scenario())
+    run(scenario(), timeout=120)
 
 
 async def wait_caps(c: Client) -> None:
@@ -566,7 +567,7 @@ def test_service_node_lifecycle_with_items_rsm_retract_purge_and_delete(cluster,
         await owner.stop()
         await reader.stop()
 
-    run(scenario())
+    run(scenario(), timeout=120)
 
 
 async def rsm_pages(c: Client, node: str, size: int) -> list[list[str]]:
@@ -630,7 +631,7 @@ def test_subscription_sends_the_last_item_and_whitelist_nodes_refuse_strangers(
         await owner.stop()
         await member.stop()
 
-    run(scenario())
+    run(scenario(), timeout=120)
 
 
 def test_pubsub_errors_of_the_xep(cluster, ca_file):
@@ -661,7 +662,7 @@ def test_pubsub_errors_of_the_xep(cluster, ca_file):
         await owner.stop()
         await other.stop()
 
-    run(scenario())
+    run(scenario(), timeout=120)
 
 
 # -- operators: admin API, CLI, metrics ------------------------------------------------------------
@@ -696,7 +697,7 @@ def test_operator_lists_and_deletes_nodes_and_metrics_count_pubsub(cluster, ca_f
         assert "Traceback" not in missing.stderr
         await owner.stop()
 
-    run(scenario())
+    run(scenario(), timeout=120)
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{node1.ports['http']}/metrics",
                                      timeout=10).read().decode()
     assert 'raftxmpp_pubsub_requests_total{request="publish"}' in metrics
