@@ -28,6 +28,8 @@ from raftxmpp.cluster import roster_states
 
 VERSION = 1
 DEDUP_CAPACITY = 100_000
+# A waiting subscription request, serialised (raftxmpp.modules.presence trims it to fit).
+MAX_PENDING_REQUEST = 4096
 
 Command = dict[str, Any]
 # ("ok", value) or ("error", condition, text): plain tuples, so results pickle into snapshots.
@@ -331,21 +333,36 @@ def op_roster_subscription(state: ClusterState, command: Command) -> dict:
     Returns {"changed": bool, "item": item-or-None, "ver": int, "action": str}; the
     action ("deliver", "auto-subscribed", "drop") tells the caller what to do with
     the presence stanza, per RFC 6121 §3.
+
+    An inbound request that becomes pending keeps `request`, the subscription request
+    as the contact should see it (RFC 6121 §3.1.3: "the complete presence stanza ...
+    including any extended content"), at most MAX_PENDING_REQUEST characters; older
+    commands carried only the <status/> text as `status`. At most `limit` requests wait
+    per account (0: no limit); one more is refused with resource-constraint.
     """
     jid, contact = _text(command, "jid"), _text(command, "contact")
     event = command["event"]
+    request = command.get("request", command.get("status", ""))
+    limit = command.get("limit", 0)
     if event not in roster_states.EVENTS:
         raise Rejected("bad-request", f"unknown subscription event {event!r}")
+    if not isinstance(request, str) or len(request) > MAX_PENDING_REQUEST:
+        raise Rejected("bad-request", f"request must be a string of at most {MAX_PENDING_REQUEST} chars")
+    if not isinstance(limit, int) or limit < 0:
+        raise Rejected("bad-request", "limit must be a non-negative integer")
     if jid not in state.accounts:
         # Inbound subscription traffic for a missing account is silently dropped (§3.1.3).
         return {"changed": False, "item": None, "ver": 0, "action": "drop"}
-    roster = _roster(state, jid)
-    item = roster["items"].get(contact)
-    pending_in = contact in roster["pending_in"]
+    existing = state.rosters.get(jid, {"items": {}, "pending_in": {}})
+    item = existing["items"].get(contact)
+    pending_in = contact in existing["pending_in"]
     step = roster_states.step(event, item, pending_in)
+    if step.pending_in and not pending_in and limit and len(existing["pending_in"]) >= limit:
+        raise Rejected("resource-constraint", "too many subscription requests are waiting")
+    roster = _roster(state, jid)
     if step.pending_in != pending_in:
         if step.pending_in:
-            roster["pending_in"][contact] = command.get("status", "")
+            roster["pending_in"][contact] = request
         else:
             roster["pending_in"].pop(contact, None)
     changed = step.item != item

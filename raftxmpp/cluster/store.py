@@ -85,7 +85,10 @@ class Store:
     # -- roster -------------------------------------------------------------------------
 
     def roster(self, jid: str) -> dict:
-        """{"ver": int, "items": {contact: item}, "pending_in": {contact: status}}."""
+        """{"ver": int, "items": {contact: item}, "pending_in": {contact: request}}.
+
+        A pending request is the serialised <presence type='subscribe'/> to deliver (or,
+        stored by older versions, only its status text)."""
         empty = {"ver": 0, "items": {}, "pending_in": {}}
         return self._read(lambda s: copy.deepcopy(s.rosters.get(jid, empty)))
 
@@ -103,9 +106,10 @@ class Store:
         return await self._write("roster_remove", jid=jid, contact=contact)
 
     async def roster_subscription(self, jid: str, contact: str, event: str,
-                                  status: str = "") -> dict:
+                                  request: str = "", limit: int = 0) -> dict:
+        """One subscription event; `request` is kept if it becomes a pending request."""
         return await self._write("roster_subscription", jid=jid, contact=contact, event=event,
-                                 status=status)
+                                 request=request, limit=limit)
 
     # -- offline messages ------------------------------------------------------------------
 

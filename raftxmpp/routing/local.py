@@ -156,8 +156,16 @@ class LocalRouter:
     # -- blocking (XEP-0191) ------------------------------------------------------------------------------
 
     def is_blocked(self, owner: str, other: JID) -> bool:
-        """True when `owner` blocks `other` by full JID, bare JID or domain."""
+        """True when `owner`'s block list covers `other` (XEP-0191 §2, JID matching)."""
         store = self.router.store
         if not store.has_blocklist(owner):  # nearly every stanza: no list, nothing to build
             return False
-        return store.blocks_any(owner, (str(other), str(other.bare), other.domain))
+        return store.blocks_any(owner, block_candidates(other))
+
+
+def block_candidates(jid: JID) -> tuple[str, ...]:
+    """The block-list items that cover `jid`, in XEP-0191's matching order: the full JID,
+    the bare JID, domain/resource, the domain. (Subdomains are not matched.)"""
+    if jid.resource is None:
+        return (str(jid), jid.domain)
+    return (str(jid), str(jid.bare), f"{jid.domain}/{jid.resource}", jid.domain)

@@ -82,6 +82,9 @@ class Router:
         self.iq_handlers: dict[tuple[str, str, str], IqHandler] = {}
         self.hooks: dict[str, list[Hook]] = {}
         self.server_features: set[str] = set()
+        # Run on every stanza a client sends, before it is routed; one may raise StanzaError
+        # to refuse it (XEP-0191 §3.3: nothing goes to a JID the sender blocks).
+        self.outbound_checks: list[Callable[[etree._Element, LocalSession], None]] = []
         # Called for every message a client sends (message carbons, XEP-0280).
         self.sent_hook: Callable[[etree._Element, LocalSession], None] | None = None
         self.stream_features: list[Callable[[LocalSession | None], etree._Element | None]] = []
@@ -113,9 +116,11 @@ class Router:
     async def route_from_client(self, stanza: etree._Element, session: LocalSession) -> None:
         """A stanza a bound client sent: stamp its full JID as 'from' (RFC 6120 §8.1.2.1), route."""
         stanza.set("from", session.full_jid)
-        if self.sent_hook is not None and stanza.tag == MESSAGE:
-            self.sent_hook(stanza, session)
         try:
+            for check in self.outbound_checks:
+                check(stanza, session)
+            if self.sent_hook is not None and stanza.tag == MESSAGE:
+                self.sent_hook(stanza, session)
             await self.route(stanza, session)
         except StanzaError as exc:
             self.bounce(stanza, exc, session)

@@ -59,6 +59,7 @@ class LocalSession:
     available: bool = False
     presence: bytes | None = None  # last available presence, for probes
     roster_requested: bool = False  # "interested resource" (RFC 6121 §2.1.6)
+    blocklist_requested: bool = False  # gets block-list pushes (XEP-0191 §3.3)
     carbons: bool = False
     directed: set[str] = field(default_factory=set)
     outbox: list[bytes] = field(default_factory=list)
@@ -113,6 +114,7 @@ class RemoteSession:
     available: bool = False
     presence: bytes | None = None
     roster_requested: bool = False
+    blocklist_requested: bool = False
     carbons: bool = False
     created: float = 0.0
     directed: set[str] = field(default_factory=set)
@@ -128,6 +130,7 @@ class RemoteSession:
         presence = entry.get("pr")
         self.presence = presence.encode() if presence else None
         self.roster_requested = bool(entry.get("r"))
+        self.blocklist_requested = bool(entry.get("b"))
         self.carbons = bool(entry.get("c"))
         self.created = float(entry.get("t", 0.0))
 
@@ -153,7 +156,8 @@ Session = LocalSession | RemoteSession
 def _entry(session: LocalSession) -> dict[str, Any]:
     return {"p": session.priority, "a": session.available,
             "pr": session.presence.decode() if session.presence else None,
-            "r": session.roster_requested, "c": session.carbons, "t": session.created}
+            "r": session.roster_requested, "b": session.blocklist_requested,
+            "c": session.carbons, "t": session.created}
 
 
 def _wins(a: Session, b: Session) -> bool:

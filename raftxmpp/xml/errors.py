@@ -112,6 +112,7 @@ class StanzaError(Exception):
         type: str | None = None,  # the RFC's attribute name, shadowing the builtin
         text: str | None = None,
         by: str | None = None,
+        app_condition: str | None = None,
     ) -> None:
         if condition not in STANZA_CONDITION_TYPES:
             raise ValueError(f"unknown stanza error condition {condition!r}")
@@ -123,6 +124,9 @@ class StanzaError(Exception):
         self.type = type
         self.text = text
         self.by = by
+        # An application-specific condition, "{namespace}name" (RFC 6120 §8.3.4), e.g.
+        # XEP-0191's {urn:xmpp:blocking:errors}blocked.
+        self.app_condition = app_condition
 
     def element(self, ns: str = CLIENT) -> etree._Element:
         """The `<error/>` child of an error stanza, qualified by the stream's namespace."""
@@ -135,6 +139,9 @@ class StanzaError(Exception):
             text = etree.SubElement(error, f"{{{STANZAS_ERR}}}text", nsmap={None: STANZAS_ERR})
             text.set(f"{{{XML}}}lang", "en")
             text.text = _NOT_XML_CHAR.sub("", self.text)
+        if self.app_condition:
+            namespace = self.app_condition[1:].partition("}")[0]
+            etree.SubElement(error, self.app_condition, nsmap={None: namespace})
         return error
 
 

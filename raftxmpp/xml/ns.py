@@ -34,6 +34,7 @@ TIME = "urn:xmpp:time"  # XEP-0202
 VCARD = "vcard-temp"  # XEP-0054
 PRIVATE = "jabber:iq:private"  # XEP-0049
 BLOCKING = "urn:xmpp:blocking"  # XEP-0191
+BLOCKING_ERRORS = "urn:xmpp:blocking:errors"  # XEP-0191
 CARBONS = "urn:xmpp:carbons:2"  # XEP-0280
 FORWARD = "urn:xmpp:forward:0"  # XEP-0297
 DELAY = "urn:xmpp:delay"  # XEP-0203

@@ -1,0 +1,131 @@
+"""State-machine ops and sans-IO helpers added for IM correctness (issue 15), without Raft:
+apply, refusal without change, idempotent retry, snapshot/restore."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import pickle
+
+import pytest
+from lxml import etree
+
+from raftxmpp import credentials
+from raftxmpp.cluster import state as sm
+from raftxmpp.cluster.state import ClusterState
+from raftxmpp.modules import presence
+
+_ids = itertools.count()
+CREDS = credentials.derive("secret-pw", 4096)
+ALICE, BOB = "alice@example.com", "bob@example.com"
+
+
+def cmd(op: str, **args) -> dict:
+    return {"v": sm.VERSION, "id": f"im:{next(_ids)}", "ts": 1700000000.0, "op": op, **args}
+
+
+@pytest.fixture
+def state() -> ClusterState:
+    s = ClusterState()
+    for jid in (ALICE, BOB):
+        assert s.apply(cmd("register", jid=jid, credentials=CREDS))[0] == "ok"
+    return s
+
+
+def ok(result):
+    assert result[0] == "ok", result
+    return result[1]
+
+
+def err(result) -> str:
+    assert result[0] == "error", result
+    return result[1]
+
+
+def restored(state: ClusterState) -> ClusterState:
+    copy_ = ClusterState()
+    copy_.restore(pickle.loads(pickle.dumps(state.snapshot())))
+    assert copy_.digest() == state.digest()
+    return copy_
+
+
+REQUEST = ("<presence xmlns='jabber:client' type='subscribe' from='bob@example.com' "
+           "to='alice@example.com'><nick xmlns='http://jabber.org/protocol/nick'>Bob</nick>"
+           "</presence>")
+
+
+# -- roster_subscription keeps the whole pending request (RFC 6121 §3.1.3) ---------------------
+
+
+def test_an_inbound_request_keeps_the_complete_stanza_until_answered(state):
+    command = cmd("roster_subscription", jid=ALICE, contact=BOB, event="in-subscribe",
+                  request=REQUEST, limit=10)
+    result = ok(state.apply(command))
+    assert result["action"] == "deliver"
+    assert state.rosters[ALICE]["pending_in"] == {BOB: REQUEST}
+    assert state.apply(copy.deepcopy(command)) == ("ok", result)  # a retry applies once
+    assert restored(state).rosters[ALICE]["pending_in"] == {BOB: REQUEST}
+    ok(state.apply(cmd("roster_subscription", jid=ALICE, contact=BOB, event="out-subscribed")))
+    assert state.rosters[ALICE]["pending_in"] == {}
+
+
+def test_a_command_of_an_older_version_keeps_the_status_text(state):
+    ok(state.apply(cmd("roster_subscription", jid=ALICE, contact=BOB, event="in-subscribe",
+                       status="hello")))
+    assert state.rosters[ALICE]["pending_in"] == {BOB: "hello"}
+
+
+def test_an_oversized_request_is_refused_and_changes_nothing(state):
+    before = state.digest()
+    command = cmd("roster_subscription", jid=ALICE, contact=BOB, event="in-subscribe",
+                  request="x" * (sm.MAX_PENDING_REQUEST + 1))
+    assert err(state.apply(command)) == "bad-request"
+    assert state.digest() == before
+
+
+def test_waiting_requests_are_bounded_per_account(state):
+    for n in range(2):
+        ok(state.apply(cmd("roster_subscription", jid=ALICE, contact=f"u{n}@example.com",
+                           event="in-subscribe", request="", limit=2)))
+    before = state.digest()
+    over = cmd("roster_subscription", jid=ALICE, contact="u2@example.com", event="in-subscribe",
+               request="", limit=2)
+    assert err(state.apply(over)) == "resource-constraint"
+    assert state.digest() == before
+    # A request already waiting may be repeated; it does not count twice.
+    ok(state.apply(cmd("roster_subscription", jid=ALICE, contact="u1@example.com",
+                       event="in-subscribe", request="", limit=2)))
+
+
+# -- what the presence module stores ----------------------------------------------------------------
+
+
+def _subscribe(children: str) -> etree._Element:
+    return etree.fromstring(f"<presence xmlns='jabber:client' type='subscribe'>{children}</presence>")
+
+
+def test_a_request_that_fits_is_stored_whole():
+    element = _subscribe("<status>hi</status><x xmlns='urn:example'>data</x>")
+    assert presence.pending_request(element) == etree.tostring(element, encoding="unicode")
+
+
+def test_an_oversized_request_keeps_status_nick_and_token_first():
+    filler = "<x xmlns='urn:example'>" + "y" * sm.MAX_PENDING_REQUEST + "</x>"
+    element = _subscribe(filler + "<status>hi</status>"
+                         "<nick xmlns='http://jabber.org/protocol/nick'>Al</nick>"
+                         "<preauth xmlns='urn:xmpp:pars:0' token='t1'/>")
+    stored = presence.pending_request(element)
+    assert len(stored) <= sm.MAX_PENDING_REQUEST
+    kept = etree.fromstring(stored)
+    assert kept.findtext("{jabber:client}status") == "hi"
+    assert kept.findtext("{http://jabber.org/protocol/nick}nick") == "Al"
+    assert kept.find("{urn:xmpp:pars:0}preauth").get("token") == "t1"
+    assert kept.find("{urn:example}x") is None
+
+
+def test_a_stored_request_is_delivered_from_the_requester_to_the_user():
+    element = presence._stored_request(REQUEST, BOB, ALICE)
+    assert (element.get("type"), element.get("from"), element.get("to")) == ("subscribe", BOB, ALICE)
+    assert element.findtext("{http://jabber.org/protocol/nick}nick") == "Bob"
+    legacy = presence._stored_request("<3 me", BOB, ALICE)
+    assert legacy.findtext("{jabber:client}status") == "<3 me"
