@@ -349,3 +349,92 @@ def test_broadcast_presence_is_reflected_to_every_available_resource_sender_incl
             await c.stop()
 
     run(scenario())
+
+
+# -- the same kind of mistake elsewhere (issue 15, part 2) --------------------------------------------
+
+
+def test_a_blocked_jid_cannot_send_subscription_requests(placement):
+    """XEP-0191 §3.3: "For presence stanzas (including notifications, subscriptions, and
+    probes), the server MUST NOT respond and MUST NOT return an error." Before the fix a
+    blocked JID's subscription requests were delivered; after unblocking they are again."""
+    p = placement
+    alice_jid, mallory_jid = p.account("picky"), p.account("pushy")
+
+    async def scenario():
+        alice = p.client(p.first, alice_jid, plugins=("xep_0191",))
+        mallory = p.client(p.contact, mallory_jid)
+        alice.auto_authorize = None
+        assert await alice.start() and await mallory.start()
+        await alice.plugin["xep_0191"].block(mallory_jid, timeout=10)
+        p.wait_applied_everywhere()
+        mallory.send_presence(pto=alice_jid, ptype="subscribe", pstatus="let me in")
+        await mallory.plugin["xep_0199"].ping(jid="localhost", timeout=10)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(alice.subscriptions.get(), 1.0)
+        await alice.plugin["xep_0191"].unblock(mallory_jid, timeout=10)
+        p.wait_applied_everywhere()
+        mallory.send_presence(pto=alice_jid, ptype="subscribe", pstatus="please")
+        request = await asyncio.wait_for(alice.subscriptions.get(), TIMEOUT)
+        assert request["status"] == "please"
+        for c in (alice, mallory):
+            await c.stop()
+
+    run(scenario())
+
+
+def test_logging_in_shows_no_presence_of_a_blocked_contact_until_unblocked(placement):
+    """XEP-0191 §3.3: "the user's server MUST NOT deliver any XML stanzas from the contact
+    to the user" — the presence the server hands a new session for its contacts (RFC 6121
+    §4.3.2) included. Before the fix a blocked contact's presence was delivered at login."""
+    p = placement
+    alice_jid, carol_jid = p.account("returning"), p.account("shunned")
+
+    async def scenario():
+        alice = p.client(p.first, alice_jid, plugins=("xep_0191",))
+        carol = p.client(p.contact, carol_jid)
+        assert await alice.start() and await carol.start()
+        await befriend(alice, carol)
+        await alice.plugin["xep_0191"].block(carol_jid, timeout=10)
+        await expect_presences(carol, {(str(alice.boundjid), "unavailable")})
+        await alice.stop()
+        again = p.client(p.second, alice_jid, plugins=("xep_0191",))
+        assert await again.start()
+        await expect_no_presence_from(again, carol_jid, within=1.0)
+        await expect_no_presence_from(carol, alice_jid, within=0.2)
+        await again.plugin["xep_0191"].unblock(carol_jid, timeout=10)
+        # §3.4 both ways: carol sees alice again, and alice is given carol's presence.
+        await expect_presences(again, {(str(carol.boundjid), "available")})
+        await expect_presences(carol, {(str(again.boundjid), "available")})
+        for c in (again, carol):
+            await c.stop()
+
+    run(scenario())
+
+
+def test_a_pending_request_from_a_since_blocked_jid_is_not_delivered_again(placement):
+    """RFC 6121 §3.1.3 redelivers a pending request at each login until it is answered;
+    XEP-0191 §3.3 forbids delivering anything from a blocked JID."""
+    p = placement
+    alice_jid, mallory_jid = p.account("away"), p.account("asker")
+
+    async def scenario():
+        mallory = p.client(p.contact, mallory_jid)
+        assert await mallory.start()
+        mallory.send_presence(pto=alice_jid, ptype="subscribe")
+        await mallory.plugin["xep_0199"].ping(jid="localhost", timeout=10)
+        alice = p.client(p.first, alice_jid, plugins=("xep_0191",))
+        alice.auto_authorize = None
+        assert await alice.start()
+        await asyncio.wait_for(alice.subscriptions.get(), TIMEOUT)  # delivered once
+        await alice.plugin["xep_0191"].block(mallory_jid, timeout=10)
+        await alice.stop()
+        again = p.client(p.second, alice_jid)
+        again.auto_authorize = None
+        assert await again.start()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(again.subscriptions.get(), 1.0)
+        for c in (again, mallory):
+            await c.stop()
+
+    run(scenario())

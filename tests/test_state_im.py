@@ -129,3 +129,38 @@ def test_a_stored_request_is_delivered_from_the_requester_to_the_user():
     assert element.findtext("{http://jabber.org/protocol/nick}nick") == "Bob"
     legacy = presence._stored_request("<3 me", BOB, ALICE)
     assert legacy.findtext("{jabber:client}status") == "<3 me"
+
+
+# -- RFC 6121 §3.2.2: what an outbound "unsubscribed" does, by the contact's roster state ----------
+
+
+def _unsubscribed(state: ClusterState) -> dict:
+    return ok(state.apply(cmd("roster_subscription", jid=ALICE, contact=BOB,
+                              event="out-unsubscribed")))
+
+
+def test_unsubscribed_to_a_jid_with_no_subscription_is_not_routed(state):
+    """§3.2.2 1.: state None, None + Pending Out or To: "SHOULD NOT route or deliver"."""
+    assert _unsubscribed(state)["action"] == "drop"
+    ok(state.apply(cmd("roster_set", jid=ALICE, contact=BOB, name=None, groups=[])))
+    assert _unsubscribed(state)["action"] == "drop"
+
+
+def test_unsubscribed_cancelling_a_pre_approval_is_not_routed(state):
+    """§3.2.2 2.: "the contact's server MUST remove the pre-approval and MUST NOT route"."""
+    ok(state.apply(cmd("roster_subscription", jid=ALICE, contact=BOB, event="out-subscribed")))
+    assert state.rosters[ALICE]["items"][BOB]["approved"] is True
+    result = _unsubscribed(state)
+    assert result["action"] == "drop" and result["item"]["approved"] is False
+
+
+def test_unsubscribed_denying_a_request_or_cancelling_a_subscription_is_routed(state):
+    """§3.2.2 3.: otherwise it is routed (and the subscription cancelled)."""
+    ok(state.apply(cmd("roster_subscription", jid=ALICE, contact=BOB, event="in-subscribe")))
+    assert _unsubscribed(state)["action"] == "deliver"
+    assert BOB not in state.rosters[ALICE]["pending_in"]
+    for event in ("in-subscribe", "out-subscribed"):
+        ok(state.apply(cmd("roster_subscription", jid=ALICE, contact=BOB, event=event)))
+    assert state.rosters[ALICE]["items"][BOB]["subscription"] == "from"
+    result = _unsubscribed(state)
+    assert result["action"] == "deliver" and result["item"]["subscription"] == "none"

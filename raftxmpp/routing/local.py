@@ -75,6 +75,10 @@ class LocalRouter:
         handler = self.router.iq_handlers.get((scope, iq_type, etree.QName(payload).namespace))
         if handler is None or (scope == "account" and not self.router.store.account_exists(str(target))):
             raise StanzaError("service-unavailable")
+        if scope == "account" and target != from_jid.bare and self.is_blocked(str(target), from_jid):
+            # XEP-0191 §3.3: an IQ get or set from a blocked JID "MUST return an error,
+            # which SHOULD be <service-unavailable/>": answered as for a missing account.
+            raise StanzaError("service-unavailable")
         from raftxmpp.routing.router import IqRequest
 
         request = IqRequest(stanza, payload, sender, from_jid, target, self.router)
@@ -106,9 +110,13 @@ class LocalRouter:
                             sender: LocalSession | None) -> None:
         from_jid = JID.parse(stanza.get("from"))
         target = target or from_jid.bare
-        if target.local is None:
-            return  # messages to the server itself: no service reads them
         msg_type = stanza.get("type", "normal")
+        if target.local is None:
+            # No service here reads messages; a person writing to the server is told so
+            # (RFC 6120 §8.3.3.19), headlines, groupchat echoes and errors are dropped.
+            if msg_type in ("normal", "chat"):
+                raise StanzaError("service-unavailable", text="this server reads no messages")
+            return
         if target.resource is not None:
             session = self.sessions.session(target)
             if session is not None and not self.is_blocked(session.bare_jid, from_jid):
