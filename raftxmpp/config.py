@@ -11,12 +11,15 @@ import dataclasses
 import hashlib
 import ipaddress
 import os
+import re
 import stat
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from raftxmpp.jid import JID, InvalidJID
 
 
 class ConfigError(Exception):
@@ -167,6 +170,29 @@ class ComponentsSection:
     send_timeout: float = 30.0  # a write blocked longer than this ends a component that stopped reading
 
 
+# -- service administration and contact addresses ---------------------------------------
+
+
+@dataclass(frozen=True)
+class AdminsSection:
+    # Accounts (bare JIDs) allowed the XEP-0133 service-administration commands that
+    # Gajim and Psi offer on the server: add and delete users, passwords, announcements …
+    jids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ContactAddressesSection:
+    # XEP-0157: who to contact about this service, shown by clients from service
+    # discovery; each a URI ("xmpp:admin@example.org", "mailto:abuse@example.org", "https://…").
+    abuse: tuple[str, ...] = ()
+    admin: tuple[str, ...] = ()
+    feedback: tuple[str, ...] = ()
+    sales: tuple[str, ...] = ()
+    security: tuple[str, ...] = ()
+    status: tuple[str, ...] = ()
+    support: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
@@ -177,6 +203,8 @@ class Config:
     log: LogSection = field(default_factory=LogSection)
     http: HTTPSection = field(default_factory=HTTPSection)
     components: ComponentsSection = field(default_factory=ComponentsSection)
+    admins: AdminsSection = field(default_factory=AdminsSection)
+    contact_addresses: ContactAddressesSection = field(default_factory=ContactAddressesSection)
     source: str = "<embedded default>"
 
     @property
@@ -246,6 +274,8 @@ _SECTION_TYPES = {
     "log": LogSection,
     "http": HTTPSection,
     "components": ComponentsSection,
+    "admins": AdminsSection,
+    "contact_addresses": ContactAddressesSection,
 }
 
 
@@ -328,6 +358,7 @@ def _check(config: Config, read_files: bool = True) -> None:
     if config.c2s.listen is None and config.c2s.tls_listen is None:
         raise ConfigError(f"{source}: [c2s] needs listen or tls_listen")
     _check_limits(config)
+    _check_service(config)
     lo, hi = config.cluster.election_timeout_min, config.cluster.election_timeout_max
     if not 3 * config.cluster.heartbeat_period < lo < hi:
         raise ConfigError(
@@ -425,6 +456,26 @@ def example_secret_warning(config: Config) -> str | None:
             return (f"{config.source}: this node uses the public example cluster secret "
                     "(allow_example_secret): fine on one machine, never for a real cluster")
     return None
+
+
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
+
+
+def _check_service(config: Config) -> None:
+    """[admins] are account JIDs; [contact_addresses] are URIs (XEP-0157 §3)."""
+    source = config.source
+    for text in config.admins.jids:
+        try:
+            jid = JID.parse(text)
+        except InvalidJID as exc:
+            raise ConfigError(f"{source}: [admins] jids: {text!r} is not a JID: {exc}") from None
+        if jid.local is None or jid.resource is not None:
+            raise ConfigError(f"{source}: [admins] jids: {text!r} is not an account (user@domain)")
+    for f in dataclasses.fields(ContactAddressesSection):
+        for uri in getattr(config.contact_addresses, f.name):
+            if not _URI_SCHEME.match(uri):
+                raise ConfigError(f"{source}: [contact_addresses] {f.name}: {uri!r} is not a URI "
+                                  "(like xmpp:admin@example.org or mailto:admin@example.org)")
 
 
 def _read_secret_file(path: Path, source: str) -> Secret:

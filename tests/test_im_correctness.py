@@ -15,7 +15,8 @@ from xml.etree import ElementTree as ET
 import pytest
 import slixmpp
 
-from tests.harness import Cluster, NodeProcess, wait_for
+from tests.harness import NodeProcess, wait_for
+from tests.im_nodes import start_cluster, tls_extra
 from tests.xmpp_client import TIMEOUT, Client, run, unique
 
 pytestmark = pytest.mark.cluster
@@ -29,11 +30,7 @@ STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, ca_file):
-    extra = f'\n[tls]\ncertificate = "{ca_file / "cert.pem"}"\nkey = "{ca_file / "key.pem"}"\n'
-    c = Cluster(tmp_path_factory.mktemp("correctness"), 3, extra).start()
-    c.leader()
-    wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3 for n in c.nodes), 20,
-             "every node to see the others by gossip")
+    c = start_cluster(tmp_path_factory.mktemp("correctness"), tls_extra(ca_file))
     yield c
     c.kill_all()
 

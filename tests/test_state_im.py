@@ -164,3 +164,85 @@ def test_unsubscribed_denying_a_request_or_cancelling_a_subscription_is_routed(s
     assert state.rosters[ALICE]["items"][BOB]["subscription"] == "from"
     result = _unsubscribed(state)
     assert result["action"] == "deliver" and result["item"]["subscription"] == "none"
+
+
+# -- last_logout (XEP-0012) ------------------------------------------------------------------------
+
+
+def test_last_logout_records_time_and_status_and_survives_snapshot(state):
+    command = cmd("last_logout", jid=ALICE, status="Heading Home")
+    assert ok(state.apply(command)) is True
+    assert state.apply(copy.deepcopy(command)) == ("ok", True)  # a retry applies once
+    account = restored(state).accounts[ALICE]
+    assert (account["last_logout"], account["last_status"]) == (1700000000.0, "Heading Home")
+
+
+def test_the_latest_logout_wins_whatever_the_commit_order(state):
+    later = {**cmd("last_logout", jid=ALICE, status="later"), "ts": 1700000100.0}
+    earlier = {**cmd("last_logout", jid=ALICE, status="earlier"), "ts": 1700000050.0}
+    assert ok(state.apply(later)) is True
+    assert ok(state.apply(earlier)) is False
+    assert state.accounts[ALICE]["last_status"] == "later"
+
+
+def test_last_logout_refuses_bad_input_without_change(state):
+    before = state.digest()
+    assert err(state.apply(cmd("last_logout", jid=ALICE, status="x" * (sm.MAX_STATUS + 1)))) == "bad-request"
+    assert err(state.apply(cmd("last_logout", jid=ALICE, status=7))) == "bad-request"
+    assert err(state.apply(cmd("last_logout", jid="nobody@example.com"))) == "item-not-found"
+    assert state.digest() == before
+
+
+def test_unregister_forgets_the_last_logout(state):
+    ok(state.apply(cmd("last_logout", jid=ALICE)))
+    ok(state.apply(cmd("unregister", jid=ALICE)))
+    ok(state.apply(cmd("register", jid=ALICE, credentials=CREDS)))
+    assert "last_logout" not in state.accounts[ALICE]
+
+
+# -- message of the day (XEP-0133 §4.23–§4.25) -----------------------------------------------------
+
+
+def test_a_new_message_of_the_day_gets_a_new_version_an_edit_keeps_it(state):
+    assert ok(state.apply(cmd("motd_set", text="first"))) == 1
+    assert ok(state.apply(cmd("motd_set", text="first, corrected", edit=True))) == 1
+    command = cmd("motd_set", text="second")
+    assert ok(state.apply(command)) == 2
+    assert state.apply(copy.deepcopy(command)) == ("ok", 2)
+    assert restored(state).motd == {"text": "second", "version": 2}
+
+
+def test_deleting_the_message_of_the_day_keeps_the_version_growing(state):
+    assert ok(state.apply(cmd("motd_delete"))) is False
+    ok(state.apply(cmd("motd_set", text="hello")))
+    assert ok(state.apply(cmd("motd_delete"))) is True
+    assert restored(state).motd == {"text": None, "version": 1}
+    assert ok(state.apply(cmd("motd_set", text="again", edit=True))) == 2  # nothing to edit
+
+
+def test_motd_seen_only_grows(state):
+    ok(state.apply(cmd("motd_seen", jid=ALICE, version=3)))
+    ok(state.apply(cmd("motd_seen", jid=ALICE, version=2)))
+    assert restored(state).accounts[ALICE]["motd_seen"] == 3
+
+
+@pytest.mark.parametrize("command", [
+    cmd("motd_set", text=""),
+    cmd("motd_set", text="x" * (sm.MAX_MOTD + 1)),
+    cmd("motd_set", text="ok", edit="yes"),
+    cmd("motd_seen", jid=ALICE, version=-1),
+    cmd("motd_seen", jid=ALICE, version=True),
+    cmd("motd_seen", jid="nobody@example.com", version=1),
+], ids=["empty", "too-long", "edit-not-bool", "negative", "bool-version", "no-account"])
+def test_bad_motd_commands_change_nothing(state, command):
+    before = state.digest()
+    assert state.apply(command)[0] == "error"
+    assert state.digest() == before
+
+
+def test_a_snapshot_of_an_older_version_restores_without_a_motd():
+    old = ClusterState().snapshot()
+    del old["motd"]
+    fresh = ClusterState()
+    fresh.restore(old)
+    assert fresh.motd is None

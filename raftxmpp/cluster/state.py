@@ -69,6 +69,9 @@ class ClusterState:
         self.members: dict[str, dict] = {}
         # The one membership change in flight, cluster-wide: {"owner", "until"} or None.
         self.membership_lock: dict | None = None
+        # The message of the day (XEP-0133): {"text": str | None, "version": int} once set;
+        # the version only grows, so "seen" marks stay meaningful across delete and set.
+        self.motd: dict | None = None
         self.dedup: OrderedDict[str, Result] = OrderedDict()
         self.applied = 0
 
@@ -116,6 +119,7 @@ class ClusterState:
             "components": self.components,
             "members": self.members,
             "membership_lock": self.membership_lock,
+            "motd": self.motd,
             "dedup": self.dedup,
             "applied": self.applied,
         }
@@ -457,6 +461,62 @@ def _jid_list(command: Command) -> list[str]:
     if not isinstance(items, list | tuple) or not all(isinstance(i, str) and i for i in items):
         raise Rejected("bad-request", "items must be a list of JIDs")
     return list(items)
+
+
+# -- last activity (XEP-0012) and the message of the day (XEP-0133) ------------------
+
+MAX_STATUS = 1024
+MAX_MOTD = 4096
+
+
+def op_last_logout(state: ClusterState, command: Command) -> bool:
+    """Records that a session of the account ended (the command's time) and the status of
+    its last unavailable presence. The latest time wins, whatever order logouts on two
+    nodes commit in; returns whether this one is now the recorded logout."""
+    jid = _text(command, "jid")
+    status = command.get("status", "")
+    if not isinstance(status, str) or len(status) > MAX_STATUS:
+        raise Rejected("bad-request", f"status must be a string of at most {MAX_STATUS} chars")
+    account = _account(state, jid)
+    if command["ts"] < account.get("last_logout", 0.0):
+        return False
+    account["last_logout"] = command["ts"]
+    account["last_status"] = status
+    return True
+
+
+def op_motd_set(state: ClusterState, command: Command) -> int:
+    """Sets the message of the day; returns its version. A new message gets a new version
+    (every user is shown it once more); `edit` corrects the current one in place."""
+    text = _text(command, "text", MAX_MOTD)
+    edit = command.get("edit", False)
+    if not isinstance(edit, bool):
+        raise Rejected("bad-request", "edit must be true or false")
+    current = state.motd or {"text": None, "version": 0}
+    version = current["version"]
+    if not (edit and current["text"] is not None):
+        version += 1
+    state.motd = {"text": text, "version": version}
+    return version
+
+
+def op_motd_delete(state: ClusterState, command: Command) -> bool:
+    """Deletes the message of the day; False when there was none."""
+    if state.motd is None or state.motd["text"] is None:
+        return False
+    state.motd = {"text": None, "version": state.motd["version"]}
+    return True
+
+
+def op_motd_seen(state: ClusterState, command: Command) -> bool:
+    """Marks the account as shown the message of the day up to `version`."""
+    jid = _text(command, "jid")
+    version = command["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise Rejected("bad-request", "version must be a non-negative integer")
+    account = _account(state, jid)
+    account["motd_seen"] = max(account.get("motd_seen", 0), version)
+    return True
 
 
 OPS: dict[str, Callable[[ClusterState, Command], Any]] = {

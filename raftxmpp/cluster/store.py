@@ -160,6 +160,41 @@ class Store:
     async def unblock(self, jid: str, items: list[str]) -> list[str]:
         return await self._write("unblock", jid=jid, items=items)
 
+    # -- last activity (XEP-0012), message of the day (XEP-0133) -------------------------------
+
+    async def record_logout(self, jid: str, status: str = "") -> None:
+        await self._write("last_logout", jid=jid, status=status)
+
+    def last_logout(self, jid: str) -> tuple[float, str] | None:
+        """(time of the account's last logout, its last unavailable status), if recorded."""
+        def query(s: ClusterState) -> tuple[float, str] | None:
+            account = s.accounts.get(jid)
+            if account is None or "last_logout" not in account:
+                return None
+            return account["last_logout"], account.get("last_status", "")
+
+        return self._read(query)
+
+    async def motd_set(self, text: str, edit: bool = False) -> int:
+        return await self._write("motd_set", text=text, edit=edit)
+
+    async def motd_delete(self) -> bool:
+        return await self._write("motd_delete")
+
+    def motd(self) -> tuple[str, int] | None:
+        """(text, version) of the message of the day, if one is set."""
+        def query(s: ClusterState) -> tuple[str, int] | None:
+            motd = s.motd
+            return None if motd is None or motd["text"] is None else (motd["text"], motd["version"])
+
+        return self._read(query)
+
+    def motd_seen(self, jid: str) -> int:
+        return self._read(lambda s: s.accounts.get(jid, {}).get("motd_seen", 0))
+
+    async def record_motd_seen(self, jid: str, version: int) -> None:
+        await self._write("motd_seen", jid=jid, version=version)
+
     # -- cluster data -------------------------------------------------------------------------
 
     def hosts(self) -> set[str]:

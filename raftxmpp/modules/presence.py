@@ -25,7 +25,7 @@ from functools import partial
 from lxml import etree
 
 from raftxmpp.cluster import roster_states
-from raftxmpp.cluster.state import MAX_PENDING_REQUEST
+from raftxmpp.cluster.state import MAX_PENDING_REQUEST, MAX_STATUS
 from raftxmpp.jid import JID
 from raftxmpp.routing.local import block_candidates
 from raftxmpp.routing.router import Router
@@ -268,6 +268,7 @@ async def broadcast(router: Router, sender: LocalSession, stanza: etree._Element
     else:
         sender.available = False
         sender.presence = None
+        sender.unavailable_status = (stanza.findtext(STATUS) or "")[:MAX_STATUS]
     if router.sessions.local_session(sender.jid) is sender:
         router.sessions.publish(sender)  # other nodes fan it out to their clients
     if reflect:

@@ -13,7 +13,7 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
@@ -50,6 +50,9 @@ MODULES = (
     "register",
     "last",
     "session",
+    "contact_addresses",
+    "adhoc",
+    "service_admin",
 )
 
 
@@ -88,6 +91,14 @@ class Router:
         # Called for every message a client sends (message carbons, XEP-0280).
         self.sent_hook: Callable[[etree._Element, LocalSession], None] | None = None
         self.stream_features: list[Callable[[LocalSession | None], etree._Element | None]] = []
+        # Service discovery of the server's nodes and extended information (XEP-0030 §3.2,
+        # XEP-0128): node → handler of a disco#info or disco#items query to that node, and
+        # data forms added to the server's disco#info (raftxmpp.modules.disco answers).
+        self.disco_info_nodes: dict[str, IqHandler] = {}
+        self.disco_items_nodes: dict[str, IqHandler] = {}
+        self.server_info_forms: list[Callable[[], etree._Element | None]] = []
+        # Ad-hoc commands (XEP-0050) by node, added through raftxmpp.modules.adhoc.
+        self.adhoc_commands: dict[str, Any] = {}
         self.modules = {name: importlib.import_module(f"raftxmpp.modules.{name}") for name in MODULES}
         for module in self.modules.values():
             module.setup(self)

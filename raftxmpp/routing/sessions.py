@@ -44,6 +44,13 @@ MAX_HOPS = 2
 # forbids control characters in every JID part, so it cannot occur inside one.
 SESSION_SEPARATOR = "\x01"
 
+# Why another node may end a session here, and what the client is told.
+KICK_TEXTS = {
+    "conflict": "replaced by a newer session on another node",
+    "policy-violation": "kicked by an administrator",
+    "not-authorized": "account removed",
+}
+
 # A client that stops reading may hold at most this much of our memory.
 MAX_OUTBOX_BYTES = 1024 * 1024
 
@@ -58,6 +65,7 @@ class LocalSession:
     priority: int = 0
     available: bool = False
     presence: bytes | None = None  # last available presence, for probes
+    unavailable_status: str = ""  # <status/> of its last unavailable presence (XEP-0012)
     roster_requested: bool = False  # "interested resource" (RFC 6121 §2.1.6)
     blocklist_requested: bool = False  # gets block-list pushes (XEP-0191 §3.3)
     carbons: bool = False
@@ -227,6 +235,10 @@ class SessionManager:
     def local_count(self) -> int:
         return sum(1 for r in self._by_bare.values() for s in r.values() if s.is_local)
 
+    def everywhere(self) -> list[Session]:
+        """Every session in the cluster, as this node knows them."""
+        return [s for r in self._by_bare.values() for s in r.values()]
+
     def all_local(self) -> list[LocalSession]:
         return [s for r in self._by_bare.values() for s in r.values() if s.is_local]
 
@@ -279,14 +291,15 @@ class SessionManager:
             callback(session, was_available)
 
     def kick(self, full_jid: str, condition: str) -> None:
-        """Another node bound the same full JID later: ours gives way."""
+        """Another node ends one of our sessions: a later bind of the same full JID there
+        (<conflict/>), an administrator's kick, or the account's removal."""
         try:
             session = self.local_session(JID.parse(full_jid))
         except ValueError:
             return
         if session is not None:
-            session.close(StreamError(condition if condition == "conflict" else "conflict",
-                                      "replaced by a newer session on another node"))
+            condition = condition if condition in KICK_TEXTS else "conflict"
+            session.close(StreamError(condition, KICK_TEXTS[condition]))
 
     # -- delivery --------------------------------------------------------------------------------
 

@@ -41,3 +41,7 @@ FORWARD = "urn:xmpp:forward:0"  # XEP-0297
 DELAY = "urn:xmpp:delay"  # XEP-0203
 CAPS = "http://jabber.org/protocol/caps"  # XEP-0115
 LAST = "jabber:iq:last"  # XEP-0012
+DATA_FORMS = "jabber:x:data"  # XEP-0004
+COMMANDS = "http://jabber.org/protocol/commands"  # XEP-0050
+ADMIN = "http://jabber.org/protocol/admin"  # XEP-0133 (FORM_TYPE and command nodes)
+SERVERINFO = "http://jabber.org/network/serverinfo"  # XEP-0157 (XEP-0128 FORM_TYPE)
