@@ -127,3 +127,16 @@ async def test_block_pushes_go_only_to_resources_that_requested_the_block_list(n
     received = await other.until(b'id="p1"')
     assert b"urn:xmpp:blocking" not in received
     await node.store.unblock("alice@localhost", [])
+
+
+async def test_a_message_of_an_unknown_type_is_handled_as_normal(node):
+    """RFC 6121 §5.2.2: "if the application does not understand the value of the 'type'
+    attribute provided, it MUST consider the message to be of type "normal"" — so it is
+    stored for an offline contact (§8.5.3.2.1: a normal message to a full JID with no such
+    resource is handled as if sent to the bare JID); before the fix it was dropped."""
+    raw = await authenticated(node)
+    await raw.send(b"<message to='bob@localhost/gone' type='shout' id='u1'><body>HI</body></message>"
+                   b"<iq type='get' id='p2' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+    await raw.until(b'id="p2"')  # processed after the message, on the same stream
+    assert node.store.offline_count("bob@localhost") == 1
+    await node.store.offline_take("bob@localhost")

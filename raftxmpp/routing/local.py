@@ -26,6 +26,8 @@ IQ = f"{{{ns.CLIENT}}}iq"
 MESSAGE = f"{{{ns.CLIENT}}}message"
 PRESENCE = f"{{{ns.CLIENT}}}presence"
 
+MESSAGE_TYPES = frozenset({"normal", "chat", "groupchat", "headline", "error"})
+
 PresenceHandler = Callable[[etree._Element, "JID | None", "LocalSession | None"], Awaitable[None]]
 OfflineHandler = Callable[[etree._Element, JID], Awaitable[bool]]
 CarbonHook = Callable[[etree._Element, "list[LocalSession]"], None]
@@ -111,6 +113,9 @@ class LocalRouter:
         from_jid = JID.parse(stanza.get("from"))
         target = target or from_jid.bare
         msg_type = stanza.get("type", "normal")
+        if msg_type not in MESSAGE_TYPES:
+            # RFC 6121 §5.2.2: a type the server does not understand is "normal".
+            msg_type = "normal"
         if target.local is None:
             # No service here reads messages; a person writing to the server is told so
             # (RFC 6120 §8.3.3.19), headlines, groupchat echoes and errors are dropped.
