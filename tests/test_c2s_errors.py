@@ -140,3 +140,23 @@ async def test_a_message_of_an_unknown_type_is_handled_as_normal(node):
     await raw.until(b'id="p2"')  # processed after the message, on the same stream
     assert node.store.offline_count("bob@localhost") == 1
     await node.store.offline_take("bob@localhost")
+
+
+async def _online(node, user: str, resource: str):
+    raw = await authenticated(node, user, resource)
+    await raw.send(b"<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq><presence/>")
+    await raw.until(b'id="r0"')
+    return raw
+
+
+async def test_a_subscription_approval_comes_before_its_roster_push(node):
+    """RFC 6121 §3.1.6: the user's server MUST "Deliver the inbound subscription approval
+    to all of the user's interested resources ... This MUST occur before sending the
+    roster push described in the next step." (Before the fix the push came first.)"""
+    alice = await _online(node, "alice", "asker")
+    bob = await _online(node, "bob", "approver")
+    await alice.send(b"<presence to='bob@localhost' type='subscribe'/>")
+    await bob.until(b'type="subscribe"')
+    await bob.send(b"<presence to='alice@localhost' type='subscribed'/>")
+    seen = await alice.until(b'subscription="to"')
+    assert b'type="subscribed"' in seen, seen

@@ -174,12 +174,18 @@ async def inbound_subscription(router: Router, user: str, contact: str, ptype: s
     request = pending_request(element) if ptype == "subscribe" else ""
     result = await router.store.roster_subscription(contact, user, "in-" + ptype, request,
                                                     router.config.limits.roster_size)
-    if result["changed"]:
-        router.modules["roster"].push(router, contact, user, result["item"], result["ver"])
     action = result["action"]
     if action == roster_states.DELIVER:
-        for session in router.sessions.available(contact):
+        # §3.1.3: a request goes "to all available resources"; an approval or a
+        # cancellation (§3.1.6, §3.2.3, §3.3.3) "to all of the user's interested
+        # resources ... This MUST occur before sending the roster push".
+        sessions = router.sessions
+        recipients = sessions.available(contact) if ptype == "subscribe" else sessions.interested(contact)
+        for session in recipients:
             session.send_stanza(element)
+    if result["changed"]:
+        router.modules["roster"].push(router, contact, user, result["item"], result["ver"])
+    if action == roster_states.DELIVER:
         if ptype == "unsubscribe":
             send_unavailable(router, contact, user)  # §3.3.3
     elif action == roster_states.AUTO_SUBSCRIBED:
