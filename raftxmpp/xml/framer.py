@@ -163,8 +163,7 @@ class StreamFramer:
         # stream), so up to one slice of its bytes went uncounted: see _received.
         self._head_uncounted = False
         self._errors_seen = 0
-        self._utf8 = codecs.getincrementaldecoder("utf-8")()
-        self._utf8_partial = False  # the last feed ended inside a multi-byte character
+        self._utf8_tail = b""  # the start of a multi-byte character the last feed ended in
 
     def feed(self, data: bytes) -> list[Event]:
         """Events completed by `data`. Raises StreamError on any violation, and on every
@@ -188,13 +187,16 @@ class StreamFramer:
         """RFC 6120 §11.6: the stream is UTF-8. libxml2 holds back bytes it cannot decode
         yet, so a lone invalid byte would wait there for more input; it is refused here as
         soon as it arrives. ASCII, the common case, costs one C scan."""
-        if not self._utf8_partial and data.isascii():
+        tail = self._utf8_tail
+        if not tail and data.isascii():
             return
+        if tail:
+            data = tail + data
         try:
-            self._utf8.decode(data)
+            _, decoded = codecs.utf_8_decode(data, "strict", False)
         except UnicodeDecodeError as exc:
             raise StreamError("not-well-formed", f"invalid UTF-8: {exc.reason}") from None
-        self._utf8_partial = bool(self._utf8.getstate()[0])
+        self._utf8_tail = data[decoded:]
 
     def _feed_slices(self, data: bytes, size: int, events: list[Event]) -> None:
         start = 0
