@@ -4,46 +4,60 @@ on a shared machine another test's outgoing connection may land on it)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from tests.harness import Cluster, NodeProcess, free_ports, wait_for
 
 ATTEMPTS = 3
+T = TypeVar("T")
+
+
+def _on_free_ports(start: Callable[[Path], T], base: Path) -> T:
+    """start(dir) again, on new ports, when a port it was given was taken meanwhile."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return start(base / f"attempt{attempt}")
+        except AssertionError as exc:
+            if "port in use" not in str(exc) or attempt == ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def start_cluster(base: Path, extra: str = "") -> Cluster:
-    """A 3-node cluster whose nodes all lead, see each other by gossip, and serve."""
-    for attempt in range(ATTEMPTS):
-        cluster = Cluster(base / f"attempt{attempt}", 3, extra)
+    """A 3-node cluster whose nodes agree on a leader and see each other by gossip."""
+    def start(where: Path) -> Cluster:
+        cluster = Cluster(where, 3, extra)
         try:
             cluster.start()
-        except AssertionError as exc:
+        except AssertionError:
             cluster.kill_all()
-            if "port in use" not in str(exc) or attempt == ATTEMPTS - 1:
-                raise
-            continue
-        cluster.leader()
-        wait_for(lambda c=cluster: all(len(n.admin("node.status")["gossip"]) == 3
-                                       for n in c.nodes), 20,
-                 "every node to see the others by gossip")
+            raise
         return cluster
-    raise AssertionError("unreachable")
+
+    cluster = _on_free_ports(start, base)
+    cluster.leader()
+    wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3 for n in cluster.nodes), 20,
+             "every node to see the others by gossip")
+    return cluster
 
 
 def start_node(base: Path, name: str, extra: str = "") -> NodeProcess:
-    for attempt in range(ATTEMPTS):
+    """A single node that leads."""
+    def start(where: Path) -> NodeProcess:
         ports = dict(zip(("raft", "link", "c2s", "c2s_tls"), free_ports(4), strict=True))
-        process = NodeProcess(base / f"attempt{attempt}", name, ports, [], extra)
+        process = NodeProcess(where, name, ports, [], extra)
         try:
             process.start()
-        except AssertionError as exc:
+        except AssertionError:
             process.kill()
-            if "port in use" not in str(exc) or attempt == ATTEMPTS - 1:
-                raise
-            continue
-        wait_for(lambda p=process: p.status()["leader"], 10, "the node to lead")
+            raise
         return process
-    raise AssertionError("unreachable")
+
+    process = _on_free_ports(start, base)
+    wait_for(lambda: process.status()["leader"], 10, "the node to lead")
+    return process
 
 
 def tls_extra(ca_file: Path) -> str:

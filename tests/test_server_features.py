@@ -14,6 +14,7 @@ from slixmpp.exceptions import IqError
 from raftxmpp.modules.disco import CAPS_NODE
 from tests.harness import NodeProcess
 from tests.im_nodes import start_cluster, start_node, tls_extra
+from tests.test_cluster_xmpp import befriend
 from tests.xmpp_client import TIMEOUT, Client, run, unique
 
 pytestmark = pytest.mark.cluster
@@ -57,15 +58,6 @@ def client(node: NodeProcess, ca_file, jid: str, resource: str | None = None,
            plugins: tuple[str, ...] = (), password: str = PASSWORD) -> Client:
     full = f"{jid}/{resource}" if resource else jid
     return Client(full, password, node.c2s_port, ca_file / "ca.pem", plugins=plugins)
-
-
-async def befriend(a: Client, b: Client) -> None:
-    for c in (a, b):
-        c.auto_authorize = True
-        c.auto_subscribe = True
-    a.send_presence(pto=b.boundjid.bare, ptype="subscribe")
-    await a.presence_from(b.boundjid.bare)
-    await b.presence_from(a.boundjid.bare)
 
 
 # -- XEP-0012: last activity --------------------------------------------------------------------------

@@ -4,42 +4,19 @@ apply, refusal without change, idempotent retry, snapshot/restore."""
 from __future__ import annotations
 
 import copy
-import itertools
 import pickle
 
 import pytest
 from lxml import etree
 
-from raftxmpp import credentials
 from raftxmpp.cluster import state as sm
 from raftxmpp.cluster.state import ClusterState
 from raftxmpp.modules import presence
+from tests import test_state
+from tests.test_state import CREDS, cmd, err, ok
 
-_ids = itertools.count()
-CREDS = credentials.derive("secret-pw", 4096)
 ALICE, BOB = "alice@example.com", "bob@example.com"
-
-
-def cmd(op: str, **args) -> dict:
-    return {"v": sm.VERSION, "id": f"im:{next(_ids)}", "ts": 1700000000.0, "op": op, **args}
-
-
-@pytest.fixture
-def state() -> ClusterState:
-    s = ClusterState()
-    for jid in (ALICE, BOB):
-        assert s.apply(cmd("register", jid=jid, credentials=CREDS))[0] == "ok"
-    return s
-
-
-def ok(result):
-    assert result[0] == "ok", result
-    return result[1]
-
-
-def err(result) -> str:
-    assert result[0] == "error", result
-    return result[1]
+state = test_state.state  # the fixture: alice and bob registered
 
 
 def restored(state: ClusterState) -> ClusterState:

@@ -11,8 +11,9 @@ never logged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from lxml import etree
@@ -54,6 +55,19 @@ def account_jid(hosts: Iterable[str], text: str) -> str:
     return str(jid)
 
 
+@contextlib.contextmanager
+def _refusals(jid: str) -> Iterator[None]:
+    """The state machine's refusals of an account write, as one-line AdminErrors."""
+    try:
+        yield
+    except StoreError as exc:
+        if exc.condition == "conflict":
+            raise AdminError(f"{jid} already exists", "conflict") from None
+        if exc.condition == "item-not-found":
+            raise AdminError(f"no account {jid}", "item-not-found") from None
+        raise
+
+
 def _password(password: object) -> str:
     if not isinstance(password, str) or not password:
         raise AdminError("the password must not be empty", "not-acceptable")
@@ -62,12 +76,8 @@ def _password(password: object) -> str:
 
 async def add_user(store: Store, hosts: Iterable[str], text: str, password: object) -> str:
     jid = account_jid(hosts, text)
-    try:
+    with _refusals(jid):
         await store.register(jid, _password(password))
-    except StoreError as exc:
-        if exc.condition == "conflict":
-            raise AdminError(f"{jid} already exists", "conflict") from None
-        raise
     log.info("account %s created by admin", jid)
     return jid
 
@@ -77,12 +87,8 @@ async def remove_user(store: Store, sessions: SessionManager, hosts: Iterable[st
     """Deletes the account and ends its sessions wherever they are (XEP-0133 §4.2: "SHOULD
     result in the termination of any active sessions for the user")."""
     jid = account_jid(hosts, text)
-    try:
+    with _refusals(jid):
         await store.unregister(jid)
-    except StoreError as exc:
-        if exc.condition == "item-not-found":
-            raise AdminError(f"no account {jid}", "item-not-found") from None
-        raise
     for session in sessions.resources(jid):
         session.close(StreamError("not-authorized", "account removed"))
     log.info("account %s removed by admin", jid)
@@ -91,12 +97,8 @@ async def remove_user(store: Store, sessions: SessionManager, hosts: Iterable[st
 
 async def change_password(store: Store, hosts: Iterable[str], text: str, password: object) -> str:
     jid = account_jid(hosts, text)
-    try:
+    with _refusals(jid):
         await store.set_password(jid, _password(password))
-    except StoreError as exc:
-        if exc.condition == "item-not-found":
-            raise AdminError(f"no account {jid}", "item-not-found") from None
-        raise
     log.info("password of %s changed by admin", jid)
     return jid
 
