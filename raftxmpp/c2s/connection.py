@@ -308,6 +308,12 @@ class C2SConnection:
             await self.transport.send_all(tail)
 
     async def _cleanup(self) -> None:
+        # The socket goes first: the session-closed hooks may wait for Raft (the last
+        # logout, XEP-0012), and a client cut off for what it sent must not be read on.
+        with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*_GONE):
+            await self.transport.aclose()
+        if self.admission is not None:
+            self.admission.release()  # the address's slot is free with the socket (idempotent)
         session = self.session
         if session is not None:
             self.router.sessions.unbind(session)
@@ -317,8 +323,6 @@ class C2SConnection:
                 except Exception:
                     log.exception("cleanup of session %s failed", session.full_jid)
             log.info("session %s closed", session.full_jid)
-        with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*_GONE):
-            await self.transport.aclose()
 
 
 # The peer went away under us.
