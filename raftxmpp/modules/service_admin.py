@@ -31,6 +31,7 @@ log = logging.getLogger("raftxmpp.service_admin")
 F = forms.Field
 ACCOUNT = F("accountjid", "jid-single", "The Jabber ID of the account", required=True)
 PASSWORD = F("password", "text-private", "The password for this account", required=True)
+MOTD = F("motd", "text-multi", "Message of the Day", required=True)
 
 
 def setup(router: Router) -> None:
@@ -59,9 +60,6 @@ def setup(router: Router) -> None:
     command("edit-motd", "Edit Message of the Day", partial(set_motd, edit=True), edit_motd_form)
     command("delete-motd", "Delete Message of the Day", delete_motd)
     router.add_hook("initial-presence", partial(show_motd, router))
-
-
-MOTD = F("motd", "text-multi", "Message of the Day", required=True)
 
 
 def _form(title: str, fields: tuple[forms.Field, ...]):
