@@ -55,10 +55,23 @@ class Placement:
         full = f"{jid}/{resource}" if resource else jid
         return Client(full, PASSWORD, node.c2s_port, self.ca / "ca.pem", plugins=plugins)
 
-    def wait_applied_everywhere(self) -> None:
+    async def wait_seen_available(self, jid: str) -> None:
+        """The first node knows (by gossip) that `jid` has an available resource. A request
+        handled by a node that does not know it yet is stored and shown at the next login
+        (a known race of the cluster, see issue-15 notes), which is not what is tested here.
+        Polled in a thread: the clients' event loop must keep sending meanwhile."""
+        if self.spread:
+            await asyncio.get_running_loop().run_in_executor(None, lambda: wait_for(
+                lambda: any(s["availability"] != "unavailable"
+                            for s in self.first.admin("user.sessions", jid=jid)), 15,
+                f"{self.first.name} to see {jid} available"))
+
+    async def wait_applied_everywhere(self) -> None:
         """Every node has applied what the first committed (replicated reads are local)."""
-        if not self.spread:
-            return
+        if self.spread:
+            await asyncio.get_running_loop().run_in_executor(None, self._wait_applied)
+
+    def _wait_applied(self) -> None:
         target = self.first.admin("state.digest", current=True)["digest"]
         for node in (self.second, self.contact):
             wait_for(lambda n=node: n.admin("state.digest")["digest"] == target, 15,
@@ -79,8 +92,10 @@ def placement(request, ca_file) -> Placement:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-async def befriend(a: Client, b: Client) -> None:
-    """A mutual subscription through the real protocol; returns once each sees the other."""
+async def befriend(a: Client, b: Client, p: Placement) -> None:
+    """A mutual subscription through the real protocol; returns once each sees the other.
+    `a` is on p.first, whose node must know `b` is available (see wait_seen_available)."""
+    await p.wait_seen_available(b.boundjid.bare)
     for c in (a, b):
         c.auto_authorize = True
         c.auto_subscribe = True
@@ -161,7 +176,7 @@ def test_blocking_sends_unavailable_refuses_outbound_and_unblocking_restores_pre
         laptop = p.client(p.second, alice_jid, "laptop", plugins=("xep_0191",))
         carol = p.client(p.contact, carol_jid)
         assert await phone.start() and await laptop.start() and await carol.start()
-        await befriend(phone, carol)
+        await befriend(phone, carol, p)
         await expect_presences(carol, {(str(laptop.boundjid), "available")}, timeout=TIMEOUT)
 
         await phone.plugin["xep_0191"].block(carol_jid, timeout=10)
@@ -170,7 +185,7 @@ def test_blocking_sends_unavailable_refuses_outbound_and_unblocking_restores_pre
                                        (str(laptop.boundjid), "unavailable")})
 
         # Nothing alice's resources send reaches carol; alice is told why.
-        p.wait_applied_everywhere()
+        await p.wait_applied_everywhere()
         errors: asyncio.Queue = asyncio.Queue()
         laptop.add_event_handler("message_error", errors.put_nowait)
         laptop.send_message(mto=carol_jid, mbody="can you hear me?", mtype="chat")
@@ -185,7 +200,7 @@ def test_blocking_sends_unavailable_refuses_outbound_and_unblocking_restores_pre
         found = await expect_presences(carol, {(str(phone.boundjid), "available"),
                                                (str(laptop.boundjid), "available")})
         assert found[(str(laptop.boundjid), "available")]["status"] == "still here"
-        p.wait_applied_everywhere()
+        await p.wait_applied_everywhere()
         laptop.send_message(mto=carol_jid, mbody="unblocked", mtype="chat")
         assert (await carol.next_message())["body"] == "unblocked"
         for c in (phone, laptop, carol):
@@ -232,7 +247,7 @@ def test_removing_a_mutual_contact_sends_unavailable_from_every_available_resour
         laptop = p.client(p.second, alice_jid, "laptop")
         bob = p.client(p.contact, bob_jid)
         assert await phone.start() and await laptop.start() and await bob.start()
-        await befriend(phone, bob)
+        await befriend(phone, bob, p)
         await expect_presences(bob, {(str(laptop.boundjid), "available")})
         subscriptions: asyncio.Queue = asyncio.Queue()
         bob.add_event_handler("presence_unsubscribe", subscriptions.put_nowait)
@@ -282,6 +297,7 @@ def test_a_live_subscription_request_keeps_its_nick_and_preauth_token(placement)
         bob = p.client(p.contact, bob_jid)
         bob.auto_authorize = None  # look at the request, decide nothing
         assert await alice.start() and await bob.start()
+        await p.wait_seen_available(bob_jid)
         _subscribe_with_content(alice, bob_jid, "live-token-1")
         request = await asyncio.wait_for(bob.subscriptions.get(), TIMEOUT)
         _assert_request_content(request, alice_jid, "live-token-1")
@@ -364,13 +380,13 @@ def test_a_blocked_jid_cannot_send_subscription_requests(placement):
         alice.auto_authorize = None
         assert await alice.start() and await mallory.start()
         await alice.plugin["xep_0191"].block(mallory_jid, timeout=10)
-        p.wait_applied_everywhere()
+        await p.wait_applied_everywhere()
         mallory.send_presence(pto=alice_jid, ptype="subscribe", pstatus="let me in")
         await mallory.plugin["xep_0199"].ping(jid="localhost", timeout=10)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(alice.subscriptions.get(), 1.0)
         await alice.plugin["xep_0191"].unblock(mallory_jid, timeout=10)
-        p.wait_applied_everywhere()
+        await p.wait_applied_everywhere()
         mallory.send_presence(pto=alice_jid, ptype="subscribe", pstatus="please")
         request = await asyncio.wait_for(alice.subscriptions.get(), TIMEOUT)
         assert request["status"] == "please"
@@ -391,7 +407,7 @@ def test_logging_in_shows_no_presence_of_a_blocked_contact_until_unblocked(place
         alice = p.client(p.first, alice_jid, plugins=("xep_0191",))
         carol = p.client(p.contact, carol_jid)
         assert await alice.start() and await carol.start()
-        await befriend(alice, carol)
+        await befriend(alice, carol, p)
         await alice.plugin["xep_0191"].block(carol_jid, timeout=10)
         await expect_presences(carol, {(str(alice.boundjid), "unavailable")})
         await alice.stop()

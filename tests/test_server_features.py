@@ -12,7 +12,7 @@ import slixmpp
 from slixmpp.exceptions import IqError
 
 from raftxmpp.modules.disco import CAPS_NODE
-from tests.harness import NodeProcess
+from tests.harness import NodeProcess, wait_for
 from tests.im_nodes import start_cluster, start_node, tls_extra
 from tests.test_cluster_xmpp import befriend
 from tests.xmpp_client import TIMEOUT, Client, run, unique
@@ -128,6 +128,10 @@ def test_last_activity_is_durable_and_answered_by_every_node(cluster, ca_file):
         juliet = client(node1, ca_file, juliet_jid)
         romeo = client(node2, ca_file, romeo_jid, plugins=("xep_0012",))
         assert await juliet.start() and await romeo.start()
+        # juliet's node must know romeo is available, or her request waits for his next login.
+        await asyncio.get_running_loop().run_in_executor(None, lambda: wait_for(
+            lambda: any(s["availability"] != "unavailable"
+                        for s in node1.admin("user.sessions", jid=romeo_jid)), 15, "gossip"))
         await befriend(juliet, romeo)
         juliet.send_presence(ptype="unavailable", pstatus="gone fishing")
         await juliet.stop()
