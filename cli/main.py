@@ -447,6 +447,41 @@ def motd_delete(config_file, data_dir) -> None:
     click.echo("message of the day deleted" if deleted else "no message of the day")
 
 
+# -- s2s (federation) ----------------------------------------------------------------------------
+
+
+@main.group()
+def s2s() -> None:
+    """Inspect and close server-to-server (federation) streams, cluster-wide."""
+
+
+@s2s.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@node_options
+def s2s_list(as_json, config_file, data_dir) -> None:
+    """List the cluster's s2s streams: outgoing ones (one per local/remote domain pair,
+    held by one node) and incoming ones (on any node), with how each authenticated."""
+    rows = admin(config_file, data_dir, "s2s.list")
+    emit(rows, as_json, _render_s2s)
+
+
+def _render_s2s(rows: list[dict]) -> None:
+    columns = [("DIRECTION", "direction"), ("LOCAL", "local"), ("REMOTE", "remote"),
+               ("NODE", "node"), ("STATE", "state"), ("AUTH", "auth"), ("PEER", "peer")]
+    render_table(rows, columns, empty="no s2s stream")
+
+
+@s2s.command("close")
+@click.argument("domain")
+@node_options
+def s2s_close(domain, config_file, data_dir) -> None:
+    """Close every stream with the remote DOMAIN, on every node (they reopen on demand;
+    use [s2s] deny to keep a domain out)."""
+    result = admin(config_file, data_dir, "s2s.close", domain=domain)
+    click.echo(f"closing streams with {result['domain']}: {result['closed_here']} on this node, "
+               f"asked {result['asked']} other node(s)")
+
+
 # -- config ------------------------------------------------------------------------------------
 
 

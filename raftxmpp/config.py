@@ -193,6 +193,32 @@ class ContactAddressesSection:
     support: tuple[str, ...] = ()
 
 
+# -- [s2s]: server-to-server federation (raftxmpp.s2s, raftxmpp.routing.s2s) -------------------
+
+
+@dataclass(frozen=True)
+class S2SSection:
+    enabled: bool = True  # false: no listener, stanzas for other servers bounce
+    listen: Address | None = Address("127.0.0.1", 5269)  # STARTTLS (RFC 6120)
+    tls_listen: Address | None = None  # direct TLS (XEP-0368), e.g. 0.0.0.0:5270 in production
+    require_tls: bool = True  # both ways: no stanza over an unencrypted server stream
+    require_valid_certificates: bool = False  # true: SASL EXTERNAL only, never dialback
+    ca_file: Path | None = None  # trust anchors for peers' certificates, besides the system's
+    allow: tuple[str, ...] = ()  # if set, federate with these domains only
+    deny: tuple[str, ...] = ()  # never federate with these domains
+    connect_timeout: float = 30.0  # DNS + TCP + TLS + authentication of an outgoing stream
+    auth_timeout: float = 60.0  # a peer's incoming stream must authenticate within this
+    idle_timeout: float = 600.0  # an outgoing stream unused this long is closed
+    send_timeout: float = 30.0  # a peer that stops reading this long is cut off
+    failure_backoff: float = 10.0  # after a failed attempt, bounce at once for this long
+    max_queue: int = 1000  # stanzas held per remote domain while its stream is set up
+    max_stanza_size: int = 262144
+    max_incoming_per_ip: int = 50  # open incoming streams from one address
+    incoming_rate_per_ip: float = 5.0  # new incoming streams a second from one address …
+    incoming_burst_per_ip: int = 20  # … with this burst
+    metrics_domains: int = 100  # remote domains with their own metric labels; others: "other"
+
+
 @dataclass(frozen=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
@@ -205,6 +231,7 @@ class Config:
     components: ComponentsSection = field(default_factory=ComponentsSection)
     admins: AdminsSection = field(default_factory=AdminsSection)
     contact_addresses: ContactAddressesSection = field(default_factory=ContactAddressesSection)
+    s2s: S2SSection = field(default_factory=S2SSection)
     source: str = "<embedded default>"
 
     @property
@@ -276,6 +303,7 @@ _SECTION_TYPES = {
     "components": ComponentsSection,
     "admins": AdminsSection,
     "contact_addresses": ContactAddressesSection,
+    "s2s": S2SSection,
 }
 
 
@@ -359,6 +387,7 @@ def _check(config: Config, read_files: bool = True) -> None:
         raise ConfigError(f"{source}: [c2s] needs listen or tls_listen")
     _check_limits(config)
     _check_service(config)
+    _check_s2s(config)
     lo, hi = config.cluster.election_timeout_min, config.cluster.election_timeout_max
     if not 3 * config.cluster.heartbeat_period < lo < hi:
         raise ConfigError(
@@ -476,6 +505,31 @@ def _check_service(config: Config) -> None:
             if not _URI_SCHEME.match(uri):
                 raise ConfigError(f"{source}: [contact_addresses] {f.name}: {uri!r} is not a URI "
                                   "(like xmpp:admin@example.org or mailto:admin@example.org)")
+
+
+def _check_s2s(config: Config) -> None:
+    """[s2s]: timeouts positive, bounds at least 1, domains in the lists valid."""
+    source, s2s = config.source, config.s2s
+    for key in ("connect_timeout", "auth_timeout", "idle_timeout", "send_timeout"):
+        if getattr(s2s, key) <= 0:
+            raise ConfigError(f"{source}: [s2s] {key} must be positive")
+    for key in ("max_queue", "max_stanza_size", "metrics_domains"):
+        if getattr(s2s, key) < 1:
+            raise ConfigError(f"{source}: [s2s] {key} must be at least 1")
+    if s2s.incoming_rate_per_ip > 0 and s2s.incoming_burst_per_ip < 1:
+        raise ConfigError(f"{source}: [s2s] incoming_burst_per_ip must be at least 1")
+    for key in ("allow", "deny"):
+        for domain in getattr(s2s, key):
+            try:
+                jid = JID.parse(domain)
+            except InvalidJID:
+                jid = None
+            if jid is None or jid.local is not None or jid.resource is not None:
+                raise ConfigError(f"{source}: [s2s] {key}: {domain!r} is not a domain")
+    if s2s.enabled and s2s.listen is not None and s2s.listen == s2s.tls_listen:
+        raise ConfigError(f"{source}: [s2s] listen and tls_listen must differ")
+    if s2s.ca_file is not None and not s2s.ca_file.is_file():
+        raise ConfigError(f"{source}: [s2s] ca_file {s2s.ca_file} is not a file")
 
 
 def _read_secret_file(path: Path, source: str) -> Secret:

@@ -143,7 +143,68 @@ ROUTED_REMOTE = ROUTED.labels("remote")
 ROUTED_OFFLINE = ROUTED.labels("offline")
 ROUTED_ERROR = ROUTED.labels("error")
 
-HOT_FAMILIES = (CONNECTIONS, STANZAS_IN_TOTAL, STANZAS_OUT_TOTAL, ROUTED)
+# -- s2s (raftxmpp.routing.s2s) ---------------------------------------------------------------
+
+S2S_FORWARDED_TOTAL = HotFamily(
+    "raftxmpp_s2s_forwarded", "Stanzas for another server handed to the node holding the "
+    "outgoing stream, by outcome.", "outcome", ("forwarded",))
+S2S_FORWARDED = S2S_FORWARDED_TOTAL.labels("forwarded")
+S2S_STREAM_FAILURES_TOTAL = HotFamily(
+    "raftxmpp_s2s_stream_failures", "Outgoing s2s streams this node could not set up.",
+    "reason", ("failed",))
+S2S_STREAM_FAILURES = S2S_STREAM_FAILURES_TOTAL.labels("failed")
+S2S_BOUNCES = ("remote-server-not-found", "remote-server-timeout", "resource-constraint",
+               "not-allowed", "service-unavailable", "other")
+S2S_BOUNCED = HotFamily("raftxmpp_s2s_bounced", "Stanzas for other servers returned to their "
+                        "sender with an error, by condition.", "condition", S2S_BOUNCES)
+
+
+def s2s_bounced(condition: str) -> None:
+    S2S_BOUNCED.labels(condition if condition in S2S_BOUNCED.children else "other").inc()
+
+
+class S2SDomainCounts:
+    """Stanzas to and from each remote domain, for `raftxmpp_s2s_stanzas_total`.
+
+    Remote domains are chosen by whoever federates with us, so the label set is bounded:
+    the first `limit` domains seen get their own label, every later one is counted as
+    domain="other" (at most limit + 1 series per direction, ever, per node process)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.out: dict[str, HotCount] = {}
+        self.into: dict[str, HotCount] = {}
+        self.other_out, self.other_in = HotCount(), HotCount()
+
+    def _child(self, table: dict[str, HotCount], other: HotCount, domain: str) -> HotCount:
+        child = table.get(domain)
+        if child is None:
+            if len(table) >= self.limit:
+                return other
+            child = table[domain] = HotCount()
+        return child
+
+    def stanza_out(self, domain: str) -> None:
+        self._child(self.out, self.other_out, domain).value += 1
+
+    def stanza_in(self, domain: str) -> None:
+        self._child(self.into, self.other_in, domain).value += 1
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily("raftxmpp_s2s_stanzas", "Stanzas exchanged with other "
+                                     "servers by this node, by direction and remote domain "
+                                     "(the first [s2s] metrics_domains domains; the rest are "
+                                     "'other').", labels=["direction", "domain"])
+        for direction, table, other in (("out", self.out, self.other_out),
+                                        ("in", self.into, self.other_in)):
+            for domain, child in sorted(table.items()):
+                family.add_metric([direction, domain], child.value)
+            family.add_metric([direction, "other"], other.value)
+        return family
+
+
+HOT_FAMILIES = (CONNECTIONS, STANZAS_IN_TOTAL, STANZAS_OUT_TOTAL, ROUTED,
+                S2S_FORWARDED_TOTAL, S2S_STREAM_FAILURES_TOTAL, S2S_BOUNCED)
 
 
 class _HotCollector(Collector):
@@ -216,6 +277,14 @@ class NodeCollector(Collector):
         router = node.router
         sessions.add_metric([], router.sessions.local_count() if router is not None else 0)
         yield sessions
+        s2s = getattr(router, "s2s", None)
+        if s2s is not None:  # federation (raftxmpp.routing.s2s)
+            yield s2s.metrics.family()
+            streams = GaugeMetricFamily("raftxmpp_s2s_streams", "Authenticated s2s streams "
+                                        "on this node, by direction.", labels=["direction"])
+            for direction, count in s2s.streams().items():
+                streams.add_metric([direction], count)
+            yield streams
         if node.raft is not None:
             yield from raft_families(node.raft.status())
 

@@ -30,6 +30,7 @@ from raftxmpp.cluster.store import Store
 from raftxmpp.component import listener as component_listener
 from raftxmpp.config import Address, Config, ConfigError
 from raftxmpp.routing.router import Router
+from raftxmpp.s2s import edge as s2s_edge
 
 log = logging.getLogger("raftxmpp.node")
 
@@ -53,6 +54,7 @@ class Node:
         self._lock_fd: int | None = None
         self.ssl_context = None
         self.certificate_der = b""
+        self.certificate_files: tuple[Path, Path] | None = None
 
     # -- queries used by the admin API and the XMPP layer ------------------------------------
 
@@ -101,6 +103,7 @@ class Node:
         component_socket = (await _listen(cfg.components.listen, "components")
                             if cfg.components.listen else None)
         link_listener = await _listen(cfg.cluster.link, "node links")
+        s2s_listeners = await s2s_edge.open_listeners(cfg.s2s, _listen)
         secret = cfg.cluster_secret() or load_or_create_local_secret(data_dir)
         self._token = trio.lowlevel.current_trio_token()
         self.raft = RaftNode(cfg.cluster, data_dir, secret, on_applied=self._on_applied)
@@ -126,6 +129,9 @@ class Node:
                 if component_socket is not None:
                     nursery.start_soon(component_listener.serve, self, component_socket)
                 nursery.start_soon(self._register_hosts)
+                if cfg.s2s.enabled:
+                    edge = s2s_edge.build(self.router.s2s, cfg, secret, self.certificate_files)
+                    await nursery.start(edge.run, s2s_listeners)
                 if threading.current_thread() is threading.main_thread():
                     nursery.start_soon(self._stop_on_signals)
                 log.info("node %s up (raftxmpp %s): hosts %s, data dir %s, raft %s, peers %s",
@@ -136,6 +142,7 @@ class Node:
                 log.info("node %s stopping", cfg.node.name)
                 await self.router.sessions.shutdown()
                 await self.router.components.shutdown()
+                await self.router.s2s.shutdown()
                 nursery.cancel_scope.cancel()
         finally:
             await trio.to_thread.run_sync(self.raft.stop)
@@ -206,6 +213,7 @@ class Node:
         if cert is None or key is None:
             cert, key = tls.ensure_certificate(data_dir, self.config.node.hosts)
             log.info("using the self-signed certificate in %s", cert.parent)
+        self.certificate_files = (cert, key)
         try:
             self.ssl_context = tls.server_context(cert, key)
             self.certificate_der = tls.certificate_der(cert)

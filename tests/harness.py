@@ -51,8 +51,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 class NodeProcess:
     def __init__(self, base: Path, name: str, ports: dict[str, int], peers: list[int],
-                 extra: str = "") -> None:
+                 extra: str = "", hosts: tuple[str, ...] = ("localhost",),
+                 prefix: tuple[str, ...] = (), s2s: str = "") -> None:
         self.name = name
+        self.prefix = prefix  # e.g. ("ip", "netns", "exec", NAME): run the node in a namespace
         self.dir = base / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.dir / "data"
@@ -66,10 +68,14 @@ class NodeProcess:
 [node]
 name = "{name}"
 data_dir = "{self.data_dir}"
-hosts = ["localhost"]
+hosts = [{", ".join(f'"{h}"' for h in hosts)}]
 
 [http]
 listen = "127.0.0.1:{ports.get('http', 0)}"
+
+[s2s]
+listen = "127.0.0.1:{ports.get('s2s', 0)}"
+{s2s}
 
 [components]
 listen = "127.0.0.1:{ports.get('component', 0)}"
@@ -100,7 +106,7 @@ registration = true
         """Starts `raftxmpp node start --config ...` with extra command-line `args`."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "raftxmpp_cli.main", "node", "start", "--config",
+                [*self.prefix, sys.executable, "-m", "raftxmpp_cli.main", "node", "start", "--config",
                  str(self.config_path), *args],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
@@ -137,16 +143,20 @@ registration = true
 
 
 class Cluster:
-    def __init__(self, base: Path, size: int, extra: str = "") -> None:
-        ports = free_ports(size * 6)
+    def __init__(self, base: Path, size: int, extra: str = "",
+                 hosts: tuple[str, ...] = ("localhost",), prefix: tuple[str, ...] = (),
+                 s2s: str = "") -> None:
+        ports = free_ports(size * 7)
         self.raft_ports = ports[:size]
         self.nodes = []
         for i in range(size):
             node_ports = {"raft": ports[i], "link": ports[size + i],
                           "c2s": ports[2 * size + i], "c2s_tls": ports[3 * size + i],
-                          "http": ports[4 * size + i], "component": ports[5 * size + i]}
+                          "http": ports[4 * size + i], "component": ports[5 * size + i],
+                          "s2s": ports[6 * size + i]}
             peers = [p for j, p in enumerate(self.raft_ports) if j != i]
-            self.nodes.append(NodeProcess(base, f"node{i + 1}", node_ports, peers, extra))
+            self.nodes.append(NodeProcess(base, f"node{i + 1}", node_ports, peers, extra,
+                                          hosts, prefix, s2s))
 
     def start(self) -> Cluster:
         for node in self.nodes:

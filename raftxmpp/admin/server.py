@@ -330,6 +330,29 @@ async def motd_show(node: Node, args: dict) -> str | None:
     return motd[0] if motd else None
 
 
+# -- s2s (federation) -------------------------------------------------------------------------
+
+
+async def s2s_list(node: Node, args: dict) -> list[dict]:
+    """The cluster's s2s streams, as this node's gossip table and its own streams show them."""
+    return node.router.s2s.describe()
+
+
+async def s2s_close(node: Node, args: dict) -> dict:
+    """Ends the streams with a remote domain here, and asks every other node to do so."""
+    domain = _component_domain(node, args["domain"])
+    if domain in node.served_hosts():
+        raise AdminError(f"{domain} is served by this cluster, not a remote domain")
+    closed = node.router.s2s.close_domain(domain)
+    asked = 0
+    if node.cluster is not None:
+        for name in node.cluster.gossip.views:
+            node.cluster.gossip.send(name, {"t": "s2s-close", "domain": domain})
+            asked += 1
+    log.info("s2s streams with %s closed by admin (%d here, %d nodes asked)", domain, closed, asked)
+    return {"domain": domain, "closed_here": closed, "asked": asked}
+
+
 HANDLERS: dict[str, Handler] = {
     "cluster.change": cluster_change,
     "user.add": user_add,
@@ -350,4 +373,6 @@ HANDLERS: dict[str, Handler] = {
     "node.status": node_status,
     "node.stop": node_stop,
     "state.digest": state_digest,
+    "s2s.list": s2s_list,
+    "s2s.close": s2s_close,
 }

@@ -58,6 +58,10 @@ class ClusterMembership:
         node.router.sessions.attach(self.gossip, self.links)
         # Gossip entries owned by other parts, by key prefix (the login throttle's "f:").
         self.gossip_handlers: dict[str, Callable[[str, str, Any, Any], None]] = {}
+        # s2s streams: "o:" outgoing stream holders, "i:" incoming streams.
+        node.router.s2s.attach(self.gossip, self.links)
+        self.gossip_handlers["o:"] = node.router.s2s.on_gossip_change
+        self.gossip_handlers["i:"] = node.router.s2s.on_gossip_change
         self.removed = False
         self._was_member = False
         self._refused_since: float | None = None
@@ -134,6 +138,10 @@ class ClusterMembership:
         kind = message.get("t")
         if kind == "kick":
             self.node.router.sessions.kick(str(message["jid"]), str(message.get("condition")))
+        elif kind == "s2s-close":  # `raftxmpp s2s close DOMAIN` run on another node
+            self.node.router.s2s.close_domain(str(message.get("domain")))
+        elif kind == "s2s-ack":  # a holder of an s2s stream has what we handed it
+            self.node.router.s2s.acknowledged(peer, str(message["pair"]), int(message["seq"]))
         elif kind == "removed" and not self.removed:
             self.removed = True
             log.warning("node %s removed this node from the cluster: it no longer serves "

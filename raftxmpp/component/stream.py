@@ -37,13 +37,12 @@ from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.xml.errors import StreamError
 from raftxmpp.xml.framer import StanzaReceived, StreamClosed, StreamOpened
 from raftxmpp.xml.ns import CLIENT, COMPONENT, STREAM
+from raftxmpp.xml.stanza import rebind_to_client
 
 HANDSHAKE = f"{{{COMPONENT}}}handshake"
 _STANZA_NAMES = frozenset({"message", "presence", "iq"})
 # Components may qualify stanzas with either namespace (slixmpp's use_jc_ns sends jabber:client).
 _STANZA_NAMESPACES = (COMPONENT, CLIENT)
-_COMPONENT_PREFIX = f"{{{COMPONENT}}}"
-_ANY_COMPONENT = f"{{{COMPONENT}}}*"
 _ATTR_ENTITIES = {"'": "&apos;", '"': "&quot;"}
 
 HANDSHAKE_OK = f"<handshake xmlns='{COMPONENT}'/>".encode()
@@ -190,30 +189,5 @@ class ComponentStream:
 
 
 def to_client_namespace(element: etree._Element) -> etree._Element:
-    """`element` with every jabber:component:accept element moved to jabber:client.
-
-    Renaming tags in place would make lxml declare jabber:client under a generated
-    prefix (<ns0:message>); rebuilding the component-namespace elements, and moving
-    other children over whole, gives the tree a client stream would have produced."""
-    local = element.tag[len(_COMPONENT_PREFIX):]
-    rebuilt = etree.Element(f"{{{CLIENT}}}{local}", nsmap={None: CLIENT})
-    _move_content(element, rebuilt)
-    return rebuilt
-
-
-def _move_content(source: etree._Element, target: etree._Element) -> None:
-    for name, value in source.attrib.items():
-        target.set(name, value)
-    target.text = source.text
-    for child in list(source):
-        tag = child.tag
-        if tag.startswith(_COMPONENT_PREFIX):
-            copy = etree.SubElement(target, f"{{{CLIENT}}}{tag[len(_COMPONENT_PREFIX):]}")
-        elif next(child.iter(_ANY_COMPONENT), None) is None:
-            target.append(child)  # moves it whole, its namespaces reconciled by lxml
-            continue
-        else:  # a payload with unqualified children that inherited the stream's namespace
-            nsmap = {p: uri for p, uri in child.nsmap.items() if uri != COMPONENT}
-            copy = etree.SubElement(target, tag, nsmap=nsmap)
-        _move_content(child, copy)
-        copy.tail = child.tail
+    """`element` with every jabber:component:accept element moved to jabber:client."""
+    return rebind_to_client(element, COMPONENT)

@@ -57,6 +57,9 @@ async def handle(router: Router, stanza: etree._Element, target: JID | None,
                  sender: LocalSession | None) -> None:
     ptype = stanza.get("type")
     if ptype in SUBSCRIPTION_TYPES:
+        if target is not None and sender is None and _from_remote(router, stanza):
+            await _inbound_from_remote(router, stanza, target, ptype)  # federation
+            return
         if target is None or sender is None:
             return  # a subscription request needs a contact (§3.1.1); ignore otherwise
         await outbound_subscription(router, sender, str(target.bare), ptype, stanza)
@@ -71,7 +74,10 @@ async def handle(router: Router, stanza: etree._Element, target: JID | None,
             session = router.sessions.session(target)
             if session is not None:
                 session.send_stanza(stanza)
-    elif ptype != "probe":  # probes come from servers; a client's is ignored (§4.3)
+    elif ptype == "probe":  # probes come from servers; a client's is ignored (§4.3)
+        if target is not None and sender is None and _from_remote(router, stanza):
+            _answer_remote_probe(router, stanza, target)  # federation
+    else:
         raise StanzaError("bad-request", text=f"unknown presence type {ptype!r}")
 
 
@@ -101,6 +107,9 @@ def blocked(router: Router, user: str, items: Iterable[str]) -> None:
     targets = [session for contact in subscribers
                for session in router.sessions.available(contact) if _covered(items, session.jid)]
     _unavailable_from(router, user, targets)
+    for contact in subscribers:
+        if _is_remote(router, contact) and _covered(items, JID.parse(contact)):
+            _unavailable_to_remote(router, user, contact)
     for session in router.sessions.resources(user):
         if not session.is_local:
             continue  # directed presence is known to the session's own node only
@@ -129,11 +138,19 @@ def unblocked(router: Router, user: str, items: Iterable[str]) -> None:
         contact_jid = JID.parse(contact)
         if _blocked_either_way(router, user, user_jid, contact, contact_jid):
             continue
+        if _is_remote(router, contact):
+            if _covered(items, contact_jid):
+                if roster_states.has_from(item["subscription"]):
+                    _presence_to_remote(router, user, contact)
+                if roster_states.has_to(item["subscription"]):
+                    _probe(router, user, contact)  # its answer comes back over s2s
+            continue
         if roster_states.has_from(item["subscription"]):
             targets = [s for s in router.sessions.available(contact) if _covered(items, s.jid)]
             _current_presence_from(router, user, targets)
         if roster_states.has_to(item["subscription"]) and _covered(items, contact_jid):
-            _probe(router, contact, user, router.sessions.available(user), unavailable=True)
+            _contact_presence_to(router, contact, user, router.sessions.available(user),
+                                 unavailable=True)
 
 
 # -- subscriptions (§3) ----------------------------------------------------------------------------------
@@ -154,10 +171,21 @@ async def outbound_subscription(router: Router, sender: LocalSession, contact: s
         # "unsubscribed" to the user), the contact's server MUST send a presence stanza
         # of type "unavailable" from all of the contact's online resources to the user."
         send_unavailable(router, user, contact)
-    await inbound_subscription(router, user, contact, ptype, stanza)
+    await deliver_subscription(router, user, contact, ptype, stanza)
     if ptype == "subscribed":
         # §3.1.5: the contact now receives the user's presence from every available resource.
         send_current_presence(router, user, contact)
+
+
+async def deliver_subscription(router: Router, user: str, contact: str, ptype: str,
+                               stanza: etree._Element | None = None) -> None:
+    """A subscription stanza of the account `user` for `contact`: to the contact's server
+    over s2s (§3.1.2: stamped with the user's bare JID), or handled here for an account
+    of this cluster."""
+    if _is_remote(router, contact):
+        router.s2s.send_stanza(subscription_stanza(ptype, user, contact, stanza))
+    else:
+        await inbound_subscription(router, user, contact, ptype, stanza)
 
 
 async def inbound_subscription(router: Router, user: str, contact: str, ptype: str,
@@ -194,8 +222,11 @@ async def inbound_subscription(router: Router, user: str, contact: str, ptype: s
 
 
 async def _reply_in(router: Router, contact: str, user: str, ptype: str) -> None:
-    """The contact's server answers on the contact's behalf (pre-approval, or no account)."""
-    if router.store.account_exists(user):
+    """The contact's server answers on the contact's behalf (pre-approval, or no account);
+    to a user on another server, over s2s."""
+    if _is_remote(router, user):
+        router.s2s.send_stanza(subscription_stanza(ptype, contact, user))
+    elif router.store.account_exists(user):
         await inbound_subscription(router, contact, user, ptype)
 
 
@@ -277,6 +308,7 @@ async def broadcast(router: Router, sender: LocalSession, stanza: etree._Element
         sender.unavailable_status = (stanza.findtext(STATUS) or "")[:MAX_STATUS]
     if router.sessions.local_session(sender.jid) is sender:
         router.sessions.publish(sender)  # other nodes fan it out to their clients
+        _fan_out_remote(router, sender, stanza, initial)  # contacts on other servers
     if reflect:
         sender.send_stanza(stanza)
     _fan_out(router, sender, stanza)
@@ -293,8 +325,11 @@ def on_remote_change(router: Router, session: RemoteSession, was_available: bool
     if session.available and session.presence is not None:
         _fan_out(router, session, etree.fromstring(session.presence, _PARSER))
     elif was_available:
-        _fan_out(router, session, make("presence", {"type": "unavailable",
-                                                    "from": session.full_jid}))
+        unavailable = make("presence", {"type": "unavailable", "from": session.full_jid})
+        _fan_out(router, session, unavailable)
+        if router.sessions.session(session.jid) is not session and router.s2s.deputy():
+            # Gone while available: its node died without saying so to other servers.
+            _fan_out_remote(router, session, unavailable, initial=False)
 
 
 def _fan_out(router: Router, sender: Session, stanza: etree._Element) -> None:
@@ -342,14 +377,14 @@ def _probe_contacts(router: Router, sender: LocalSession) -> None:
             continue
         if _blocked_either_way(router, user, sender.jid, contact, JID.parse(contact)):
             continue
-        _probe(router, contact, user, [sender])
+        _contact_presence_to(router, contact, user, [sender])
     for session in router.sessions.available(user):
         if session is not sender and session.presence is not None:
             sender.send(session.presence)
 
 
-def _probe(router: Router, contact: str, user: str, targets: list[Session],
-           unavailable: bool = False) -> None:
+def _contact_presence_to(router: Router, contact: str, user: str, targets: list[Session],
+                         unavailable: bool = False) -> None:
     """The contact's current presence to the user's `targets`, if the contact's roster lets
     the user see it (§4.3.2); with `unavailable`, a contact with no available resource is
     reported unavailable (what the targets may still show is stale)."""
@@ -388,6 +423,9 @@ def _is_subscriber(router: Router, user: str, contact: str) -> bool:
 def _deliver_directed(router: Router, stanza: etree._Element, target: JID) -> None:
     from_jid = JID.parse(stanza.get("from"))
     bare = str(target.bare)
+    if _is_remote(router, bare):  # to another server; its server decides who gets it
+        router.s2s.send_stanza(stanza)
+        return
     if router.local.is_blocked(bare, from_jid):
         return
     if target.resource is not None:
@@ -400,7 +438,12 @@ def _deliver_directed(router: Router, stanza: etree._Element, target: JID) -> No
 
 
 def send_current_presence(router: Router, user: str, contact: str) -> None:
-    """Presence of each of `user`'s available resources, to `contact`'s resources."""
+    """Presence of each of `user`'s available resources, to `contact`'s resources (or,
+    for a contact on another server, to that server)."""
+    if _is_remote(router, contact):
+        if not router.local.is_blocked(user, JID.parse(contact)):
+            _presence_to_remote(router, user, contact)
+        return
     if _blocked_either_way(router, user, JID.parse(user), contact, JID.parse(contact)):
         return
     _current_presence_from(router, user, router.sessions.available(contact))
@@ -408,7 +451,11 @@ def send_current_presence(router: Router, user: str, contact: str) -> None:
 
 def send_unavailable(router: Router, user: str, contact: str) -> None:
     """Unavailable from each of `user`'s resources to every resource of `contact`, anywhere
-    (unless the contact blocks the user: then it would be dropped on arrival)."""
+    (unless the contact blocks the user: then it would be dropped on arrival); for a
+    contact on another server, to that server."""
+    if _is_remote(router, contact):
+        _unavailable_to_remote(router, user, contact)
+        return
     if router.local.is_blocked(contact, JID.parse(user)):
         return
     _unavailable_from(router, user, router.sessions.available(contact))
@@ -456,3 +503,80 @@ def _priority(stanza: etree._Element) -> int:
     if not -128 <= value <= 127:
         raise StanzaError("bad-request", text="priority must be from -128 to 127")
     return value
+
+
+# -- contacts on other servers (federation, RFC 6121 §3-§4 over s2s) ----------------------------
+#
+# A contact on another server has no session here: what we would deliver to its
+# sessions goes to its server instead, once, from the node where the user's session
+# lives (never from every node, or the contact would get it once per node).
+
+
+def _is_remote(router: Router, bare: str) -> bool:
+    return router.s2s.is_remote(bare)
+
+
+def _from_remote(router: Router, stanza: etree._Element) -> bool:
+    return router.s2s.is_remote(stanza.get("from") or "")
+
+
+async def _inbound_from_remote(router: Router, stanza: etree._Element, target: JID,
+                               ptype: str) -> None:
+    """A subscription stanza from a contact's server (§3.1.3, §3.2.3, §3.3.3, §3.4.3)."""
+    contact = str(JID.parse(stanza.get("from")).bare)
+    await inbound_subscription(router, contact, str(target.bare), ptype, stanza)
+    if ptype == "subscribed":
+        _probe(router, str(target.bare), contact)  # §3.1.6: learn the contact's presence
+
+
+def _fan_out_remote(router: Router, sender: Session, stanza: etree._Element,
+                    initial: bool) -> None:
+    """Broadcast (§4.2.2, §4.4.2) to subscribed contacts elsewhere; an initial presence
+    also probes the contacts we are subscribed to (§4.2.1)."""
+    user = sender.bare_jid
+    for contact, item in router.store.roster(user)["items"].items():
+        if not _is_remote(router, contact):
+            continue
+        subscription = item["subscription"]
+        if roster_states.has_from(subscription) and \
+                not router.local.is_blocked(user, JID.parse(contact)):
+            element = copy.copy(stanza)
+            element.set("to", contact)
+            router.s2s.send_stanza(element)
+        if initial and roster_states.has_to(subscription):
+            _probe(router, user, contact)
+
+
+def _probe(router: Router, user: str, contact: str) -> None:
+    router.s2s.send_stanza(make("presence", {"type": "probe", "from": user, "to": contact}))
+
+
+def _answer_remote_probe(router: Router, stanza: etree._Element, target: JID) -> None:
+    """§4.3.2: a contact's server asks for the user's presence; answered only when the
+    contact is subscribed to it."""
+    user, asker = str(target.bare), stanza.get("from") or ""
+    if router.local.is_blocked(user, JID.parse(asker)):
+        return  # XEP-0191 §3.3: no answer to a blocked JID's probe
+    item = router.store.roster_item(user, str(JID.parse(asker).bare))
+    if item is None or not roster_states.has_from(item["subscription"]):
+        return
+    if not router.sessions.available(user):
+        router.s2s.send_stanza(make("presence", {"type": "unavailable", "from": user,
+                                                 "to": asker}))
+        return
+    _presence_to_remote(router, user, asker)
+
+
+def _presence_to_remote(router: Router, user: str, to: str) -> None:
+    for session in router.sessions.available(user):
+        if session.presence is not None:
+            element = etree.fromstring(session.presence, _PARSER)
+            element.set("to", to)
+            element.set("from", session.full_jid)
+            router.s2s.send_stanza(element)
+
+
+def _unavailable_to_remote(router: Router, user: str, contact: str) -> None:
+    for session in router.sessions.available(user):
+        router.s2s.send_stanza(make("presence", {"type": "unavailable", "from": session.full_jid,
+                                                 "to": contact}))

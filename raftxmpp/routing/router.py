@@ -23,7 +23,8 @@ from raftxmpp.cluster.store import StoreError
 from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.routing.components import LINK_TARGET as COMPONENT_LINK_TARGET
 from raftxmpp.routing.components import ComponentManager
-from raftxmpp.routing.local import MESSAGE, LocalRouter
+from raftxmpp.routing.local import MESSAGE, PRESENCE, LocalRouter
+from raftxmpp.routing.s2s import LINK_TARGET as S2S_LINK_TARGET
 from raftxmpp.routing.s2s import S2SManager
 from raftxmpp.routing.sessions import SESSION_SEPARATOR, LocalSession, SessionManager, link_hops
 from raftxmpp.xml.errors import StanzaError, can_reply_with_error, error_reply
@@ -154,6 +155,10 @@ class Router:
             await self.local.route(stanza, target, sender)
         elif self.components.serves(target.domain):
             await self.components.route(stanza, target, sender)
+        elif stanza.tag == PRESENCE and sender is not None and self.local.presence_handler:
+            # A client's presence for another server: the presence module keeps the
+            # roster's subscription states (RFC 6121 §3.1.2) and hands it to s2s.
+            await self.local.presence_handler(stanza, target, sender)
         else:
             await self.s2s.route(stanza, target, sender)
 
@@ -162,6 +167,13 @@ class Router:
         is ours."""
         hops, (target, _, data) = payload[0], payload[1:].partition(b"\0")
         text = target.decode()
+        if text.startswith(S2S_LINK_TARGET):  # for this node's stream to another server
+            token = link_hops.set(hops + 1)
+            try:
+                self.s2s.deliver_from_link(text, data)
+            finally:
+                link_hops.reset(token)
+            return
         if text.startswith(COMPONENT_LINK_TARGET):
             if self.components.deliver_from_link(text, data):
                 return

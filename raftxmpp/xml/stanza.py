@@ -83,3 +83,38 @@ def stream_header(
     return (
         f"<?xml version='1.0'?><stream:stream xmlns='{ns}' xmlns:stream='{STREAM}'{rendered}>"
     ).encode()
+
+
+def rebind_to_client(element: etree._Element, source_ns: str) -> etree._Element:
+    """`element` with every element in `source_ns` (jabber:component:accept,
+    jabber:server) moved to jabber:client, the namespace the router works in.
+
+    Renaming tags in place would make lxml declare jabber:client under a generated
+    prefix (<ns0:message>); rebuilding the source-namespace elements, and moving other
+    children over whole, gives the tree a client stream would have produced."""
+    prefix = f"{{{source_ns}}}"
+    local = element.tag[len(prefix):]
+    rebuilt = etree.Element(f"{{{CLIENT}}}{local}", nsmap={None: CLIENT})
+    _move_content(element, rebuilt, source_ns, prefix)
+    return rebuilt
+
+
+def _move_content(source: etree._Element, target: etree._Element, source_ns: str,
+                  prefix: str) -> None:
+    for name, value in source.attrib.items():
+        target.set(name, value)
+    target.text = source.text
+    for child in list(source):
+        tag = child.tag
+        if not isinstance(tag, str):
+            continue  # comments and PIs never reach here (the framer refuses them)
+        if tag.startswith(prefix):
+            copy = etree.SubElement(target, f"{{{CLIENT}}}{tag[len(prefix):]}")
+        elif next(child.iter(f"{prefix}*"), None) is None:
+            target.append(child)  # moves it whole, its namespaces reconciled by lxml
+            continue
+        else:  # a payload with unqualified children that inherited the stream's namespace
+            nsmap = {p: uri for p, uri in child.nsmap.items() if uri != source_ns}
+            copy = etree.SubElement(target, tag, nsmap=nsmap)
+        _move_content(child, copy, source_ns, prefix)
+        copy.tail = child.tail
