@@ -11,6 +11,8 @@ from typing import TypeVar
 from tests.harness import Cluster, NodeProcess, free_ports, wait_for
 
 ATTEMPTS = 3
+# How a node says a port it was given is taken (c2s and other listeners; the Raft port).
+BUSY = ("port in use", "Address already in use")
 T = TypeVar("T")
 
 
@@ -20,7 +22,7 @@ def _on_free_ports(start: Callable[[Path], T], base: Path) -> T:
         try:
             return start(base / f"attempt{attempt}")
         except AssertionError as exc:
-            if "port in use" not in str(exc) or attempt == ATTEMPTS - 1:
+            if not any(sign in str(exc) for sign in BUSY) or attempt == ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
 
