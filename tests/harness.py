@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,15 +24,40 @@ from raftxmpp.admin.client import AdminClientError, call
 SECRET = "test-cluster-secret-0123456789abcdef"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL_LOW = _ephemeral_range()[0]
+_HANDED_OUT: set[int] = set()
+_PICKER = random.Random(os.getpid() ^ time.monotonic_ns())
+
+
 def free_ports(count: int) -> list[int]:
-    sockets, ports = [], []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-        ports.append(s.getsockname()[1])
-    for s in sockets:
-        s.close()
+    """Free loopback ports *below* the kernel's ephemeral range.
+
+    A port the kernel hands out for `bind(0)` comes from the same range as the source
+    ports of outgoing connections, so on a busy machine another connection could take
+    it between this check and a node's (re)start ("Address already in use"). Ports
+    below the range are only ever taken by an explicit bind; a port is never handed
+    out twice by one test process.
+    """
+    ports: list[int] = []
+    while len(ports) < count:
+        port = _PICKER.randrange(15000, _EPHEMERAL_LOW)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        ports.append(port)
     return ports
 
 
