@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from raftxmpp.c2s.connection import C2SConnection
+from raftxmpp.c2s.connection import C2SConnection, tcp_connection
 from raftxmpp.c2s.limits import C2SGuards, Refused, guards_from_config
 from raftxmpp.c2s.sasl import unknown_account_key
 from raftxmpp.cluster.auth_failures import GossipedFailures
@@ -70,7 +70,7 @@ async def serve(node: Node, listener: trio.SocketListener, direct_tls: bool) -> 
         except Refused as refused:
             await _refuse(node, stream, refused, direct_tls)
             return
-        connection = C2SConnection(node, stream, direct_tls, peer, guards, admission)
+        connection = tcp_connection(node, stream, direct_tls, peer, guards, admission)
         live.add(connection)
         try:
             await connection.run()

@@ -94,6 +94,14 @@ class LocalSession:
         self.wakeup = trio.Event()
         return data
 
+    def take_chunks(self) -> list[bytes]:
+        """The queue as sent: one top-level element per chunk (message-framed
+        transports, WebSocket and BOSH, need the boundaries)."""
+        chunks, self.outbox = self.outbox, []
+        self.outbox_bytes = 0
+        self.wakeup = trio.Event()
+        return chunks
+
     def close(self, error: StreamError | None) -> None:
         """Asks the connection to end the stream (with the error, if any)."""
         if self.closing is None:
