@@ -72,6 +72,7 @@ hosts = [{", ".join(f'"{h}"' for h in hosts)}]
 
 [http]
 listen = "127.0.0.1:{ports.get('http', 0)}"
+{f'tls_listen = "127.0.0.1:{ports["https"]}"' if "https" in ports else ""}
 
 [s2s]
 listen = "127.0.0.1:{ports.get('s2s', 0)}"

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from raftxmpp import config as config_mod
-from raftxmpp import http
+from raftxmpp.web import health as http
 from raftxmpp.cluster.secrets import (
     SealedSecretError,
     open_component_secret,

@@ -82,11 +82,11 @@ async def serve(node: Node, listener: trio.SocketListener, direct_tls: bool) -> 
             admission.release()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_cut_stalled_writers, live, node.config.c2s.send_timeout)
+        nursery.start_soon(cut_stalled_writers, live, node.config.c2s.send_timeout)
         await trio.serve_listeners(handle, [listener])
 
 
-async def _cut_stalled_writers(live: set[C2SConnection], timeout: float) -> None:
+async def cut_stalled_writers(live: set[C2SConnection], timeout: float) -> None:
     """The slow-consumer policy's clock: a write blocked for `timeout` seconds ends
     its connection. One sweep for all connections, instead of a timer per write."""
     period = min(1.0, timeout / 4)
