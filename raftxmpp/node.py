@@ -188,6 +188,10 @@ class Node:
             elif op == "component_remove" and result == ("ok", True):
                 # Its connected instances are closed at once, on every node.
                 self._token.run_sync_soon(self.router.components.unregistered, command["domain"])
+            elif op == "upload_delete" and result == ("ok", True) and self.web is not None \
+                    and self.web.upload is not None:
+                # The file's bytes go from every node's disk once the log says so.
+                self._token.run_sync_soon(self.web.upload.deleted, command["slot"])
 
     def _forget_served_hosts(self) -> None:
         self._served_hosts = None  # on the trio thread, after the apply: recomputed fresh

@@ -19,12 +19,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from raftxmpp import config as config_mod
-from raftxmpp.web import health as http
 from raftxmpp.cluster.secrets import (
     SealedSecretError,
     open_component_secret,
     seal_component_secret,
 )
+from raftxmpp.web import health as http
 from tests.harness import NodeProcess, free_ports, wait_for
 from tests.test_cli import ROOT, assert_one_line_error, raftxmpp
 

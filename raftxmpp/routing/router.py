@@ -51,6 +51,7 @@ MODULES = (
     "register",
     "last",
     "session",
+    "http_upload",
 )
 
 
@@ -69,6 +70,8 @@ class IqRequest:
 
 IqHandler = Callable[[IqRequest], Awaitable[etree._Element | None]]
 Hook = Callable[..., Awaitable[None]]
+# A service on its own domain (upload.<host> …): (stanza, target, sender).
+ServiceHandler = Callable[[etree._Element, JID, "LocalSession | None"], Awaitable[None]]
 
 
 class Router:
@@ -86,6 +89,10 @@ class Router:
         # Called for every message a client sends (message carbons, XEP-0280).
         self.sent_hook: Callable[[etree._Element, LocalSession], None] | None = None
         self.stream_features: list[Callable[[LocalSession | None], etree._Element | None]] = []
+        # Services on their own domains, answered by every node (modules add them), and
+        # the items they add to a served host's disco#items.
+        self.services: list[tuple[Callable[[str], bool], ServiceHandler]] = []
+        self.disco_items: list[Callable[[str], list[str]]] = []
         self.modules = {name: importlib.import_module(f"raftxmpp.modules.{name}") for name in MODULES}
         for module in self.modules.values():
             module.setup(self)
@@ -101,6 +108,16 @@ class Router:
 
     def register_iq(self, scope: str, iq_type: str, namespace: str, handler: IqHandler) -> None:
         self.iq_handlers[(scope, iq_type, namespace)] = handler
+
+    def add_service(self, serves: Callable[[str], bool], handler: ServiceHandler) -> None:
+        """Routes stanzas for the domains `serves` accepts to `handler`, on every node."""
+        self.services.append((serves, handler))
+
+    def service_for(self, domain: str) -> ServiceHandler | None:
+        for serves, handler in self.services:
+            if serves(domain):
+                return handler
+        return None
 
     def add_hook(self, name: str, hook: Hook) -> None:
         self.hooks.setdefault(name, []).append(hook)
@@ -137,6 +154,8 @@ class Router:
                 raise StanzaError("jid-malformed") from None
         if target is None or target.domain in self.served_hosts():
             await self.local.route(stanza, target, sender)
+        elif (service := self.service_for(target.domain)) is not None:
+            await service(stanza, target, sender)
         elif self.components.serves(target.domain):
             await self.components.route(stanza, target, sender)
         elif stanza.tag == PRESENCE and sender is not None and self.local.presence_handler:

@@ -225,7 +225,8 @@ class HTTPConnection:
         if response.content_type is not None:
             headers.append(("Content-Type", response.content_type))
         body = response.body
-        length = len(body) if isinstance(body, bytes) else response.length
+        length = response.length if response.length is not None \
+            else len(body) if isinstance(body, bytes) else None
         if length is not None:
             headers.append(("Content-Length", str(length)))
         await self._send(h11.Response(status_code=response.status, headers=headers))

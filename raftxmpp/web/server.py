@@ -41,6 +41,7 @@ from raftxmpp.web import health, hostmeta
 from raftxmpp.web.bosh import PATH as BOSH_PATH
 from raftxmpp.web.bosh import BoshEndpoint
 from raftxmpp.web.http import SECURITY_HEADERS, HTTPConnection, HTTPError, Request, Response, text
+from raftxmpp.web.urls import public_url
 from raftxmpp.web.websocket import PATH as WEBSOCKET_PATH
 from raftxmpp.web.websocket import WebSocketEndpoint
 
@@ -279,22 +280,6 @@ class WebServer:
         if self.node.cluster is None:
             raise RpcError("not clustered")
         return await self.node.cluster.rpc.call(peer, method, args, body, timeout)
-
-
-def public_url(config) -> str:
-    """[http] public_url, else the TLS listener's, else the plain listener's."""
-    if config.public_url:
-        return config.public_url.rstrip("/")
-    if config.tls_listen is not None:
-        return f"https://{_host_port(config.tls_listen)}"
-    if config.listen is not None:
-        return f"http://{_host_port(config.listen)}"
-    return ""
-
-
-def _host_port(address) -> str:
-    host = f"[{address.host}]" if ":" in address.host else address.host
-    return f"{host}:{address.port}"
 
 
 def _only_get(request: Request) -> None:

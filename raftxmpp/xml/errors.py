@@ -123,6 +123,9 @@ class StanzaError(Exception):
         self.type = type
         self.text = text
         self.by = by
+        # An application-specific condition (RFC 6120 §8.3.3.6), e.g. XEP-0363's
+        # <file-too-large/>; set by the code that raises.
+        self.application: etree._Element | None = None
 
     def element(self, ns: str = CLIENT) -> etree._Element:
         """The `<error/>` child of an error stanza, qualified by the stream's namespace."""
@@ -135,6 +138,8 @@ class StanzaError(Exception):
             text = etree.SubElement(error, f"{{{STANZAS_ERR}}}text", nsmap={None: STANZAS_ERR})
             text.set(f"{{{XML}}}lang", "en")
             text.text = _NOT_XML_CHAR.sub("", self.text)
+        if self.application is not None:
+            error.append(self.application.__copy__())
         return error
 
 

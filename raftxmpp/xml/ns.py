@@ -39,3 +39,5 @@ FORWARD = "urn:xmpp:forward:0"  # XEP-0297
 DELAY = "urn:xmpp:delay"  # XEP-0203
 CAPS = "http://jabber.org/protocol/caps"  # XEP-0115
 LAST = "jabber:iq:last"  # XEP-0012
+HTTP_UPLOAD = "urn:xmpp:http:upload:0"  # XEP-0363
+DATA_FORMS = "jabber:x:data"  # XEP-0004
