@@ -191,3 +191,54 @@ async def bosh(port: int, body: str, **kwargs) -> str:
 
 def rand_rid() -> int:
     return int.from_bytes(os.urandom(4), "big") + 1000
+
+
+class BoshClient:
+    """A BOSH client speaking raw XEP-0124; `ports` are used in turn, one per request,
+    as a load balancer without sticky sessions would."""
+
+    def __init__(self, *ports: int) -> None:
+        self.ports = list(ports)
+        self.rid = rand_rid()
+        self.sid: str | None = None
+        self._turn = 0
+
+    def _port(self) -> int:
+        port = self.ports[self._turn % len(self.ports)]
+        self._turn += 1
+        return port
+
+    def body(self, children: str = "", rid: int | None = None, **attrs: str) -> str:
+        rendered = "".join(f" {k.replace('__', ':')}='{v}'" for k, v in attrs.items())
+        sid = f" sid='{self.sid}'" if self.sid else ""
+        return (f"<body xmlns='{HTTPBIND}' xmlns:xmpp='urn:xmpp:xbosh' rid='{rid or self.rid}'"
+                f"{sid}{rendered}>{children}</body>")
+
+    async def create(self, to: str = "localhost", **attrs: str) -> str:
+        wanted = {"to": to, "wait": "2", "hold": "1", "ver": "1.6", "xmpp__version": "1.0"}
+        answer = await bosh(self._port(), self.body(**{**wanted, **attrs}))
+        match = re.search(r"sid='([^']+)'", answer)
+        self.sid = match.group(1) if match else None
+        return answer
+
+    async def send(self, children: str = "", **attrs: str) -> str:
+        self.rid += 1
+        return await bosh(self._port(), self.body(children, **attrs))
+
+    async def send_until(self, pattern: str, children: str = "", timeout: float = 15) -> str:
+        """Sends `children`, then polls with empty requests until an answer matches."""
+        with trio.fail_after(timeout):
+            answer = await self.send(children)
+            while not re.search(pattern, answer):
+                assert "type='terminate'" not in answer, answer
+                answer = await self.send()
+            return answer
+
+    async def login(self, user: str, resource: str = "bosh") -> str:
+        await self.create()
+        await self.send_until("<success", plain_auth(user))
+        self.rid += 1
+        answer = await bosh(self._port(), self.body(xmpp__restart="true", to="localhost"))
+        assert "bind" in answer, answer
+        answer = await self.send_until("<jid>", BIND.format(resource))
+        return re.search(r"<jid>([^<]+)</jid>", answer).group(1)

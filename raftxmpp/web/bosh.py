@@ -200,6 +200,8 @@ class BoshSession:
             answer.data = terminate_body(end.condition, end.children)
         finally:
             answer.done.set()
+            # §7.1: inactivity counts from the moment no request is held any more.
+            self.last_request = trio.current_time()
         return answer.data
 
     async def _process(self, rid: int, body: etree._Element) -> bytes:
