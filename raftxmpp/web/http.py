@@ -34,6 +34,9 @@ import trio
 log = logging.getLogger("raftxmpp.web")
 
 READ_SIZE = 65536
+LINGER = 1.0  # seconds to drain a client's unread bytes before closing …
+LINGER_BYTES = 65536  # … or this many bytes
+UNREAD_BODY_MAX = 65536  # an unread body up to this size is skipped to keep the connection
 TEXT = "text/plain; charset=utf-8"
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -138,6 +141,7 @@ class HTTPConnection:
         self.secure = secure
         self.handler = handler
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
+        self.max_head = max_head
         self.request_timeout = request_timeout
         self.keepalive_timeout = keepalive_timeout
         self.decorate = decorate
@@ -148,23 +152,47 @@ class HTTPConnection:
             while True:
                 request = await self._next_request()
                 if request is None:
-                    return
+                    break
                 self._served += 1
-                upgraded = await self._respond(request)
-                if upgraded or not self._next_cycle():
-                    return
+                if await self._respond(request):
+                    return  # the stream belongs to the upgrade now
+                if not self._next_cycle():
+                    break
+            await self._linger()
+
+    async def _linger(self) -> None:
+        """Half-closes, then reads what the client still sends for a moment before the
+        close: closing with unread bytes makes the kernel send a reset, which can
+        destroy the error response the client has not read yet (RFC 9112 §9.6)."""
+        send_eof = getattr(self.stream, "send_eof", None)
+        if send_eof is None:
+            return
+        with trio.move_on_after(LINGER), contextlib.suppress(*_GONE):
+            await send_eof()
+            drained = 0
+            while drained < LINGER_BYTES and (data := await self.stream.receive_some(READ_SIZE)):
+                drained += len(data)
 
     async def _next_request(self) -> Request | None:
         """The next request head, or None when the connection should end."""
         idle = self.keepalive_timeout if self._served else self.request_timeout
         started: float | None = None
+        received = 0
         while True:
             try:
                 event = self.conn.next_event()
             except h11.RemoteProtocolError as exc:
-                await self._refuse(exc.error_status_hint, str(exc) or "malformed request")
+                if received > self.max_head:  # whatever else is wrong, it is too big
+                    await self._refuse(431, "request head too large")
+                else:
+                    await self._refuse(exc.error_status_hint, str(exc) or "malformed request")
                 return None
             if isinstance(event, h11.Request):
+                # h11 bounds only a head still incomplete; one that arrived whole in a
+                # single read is measured here.
+                if _head_size(event) > self.max_head:
+                    await self._refuse(431, "request head too large")
+                    return None
                 return Request(self, event)
             if event is not h11.NEED_DATA:
                 return None  # ConnectionClosed, or PAUSED after an upgrade request we refused
@@ -175,6 +203,7 @@ class HTTPConnection:
                 data = await self.stream.receive_some(READ_SIZE)
                 if started is None and data:
                     started = trio.current_time()
+                received += len(data)
                 self.conn.receive_data(data)
                 continue
             if started is not None or self.conn.they_are_waiting_for_100_continue:
@@ -209,15 +238,26 @@ class HTTPConnection:
             response = text(exc.status, exc.text, exc.headers)
         if response.upgrade is not None:
             return await self._upgrade(request, response)
-        if not request.body_read and self._has_body(request):
+        if not request.body_read and not self._skip_unread_body():
             response.headers.append(("Connection", "close"))  # never parse a body as a head
         await self._send_response(request, response)
         return False
 
-    @staticmethod
-    def _has_body(request: Request) -> bool:
-        length = request.headers.get("content-length", "0")
-        return "transfer-encoding" in request.headers or length not in ("", "0")
+    def _skip_unread_body(self) -> bool:
+        """Consumes what h11 already holds of a body the handler did not read (for a
+        request without a body, its end); False when more would have to be read."""
+        skipped = 0
+        while skipped <= UNREAD_BODY_MAX:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            if isinstance(event, h11.EndOfMessage):
+                return True
+            if not isinstance(event, h11.Data):
+                return False
+            skipped += len(event.data)
+        return False
 
     async def _send_response(self, request: Request | None, response: Response) -> None:
         self.decorate(request, response)
@@ -263,3 +303,9 @@ class HTTPConnection:
         data = self.conn.send(event)
         if data:
             await self.stream.send_all(data)
+
+
+def _head_size(event: h11.Request) -> int:
+    """The bytes of a request line and headers, as sent give or take whitespace."""
+    return (len(event.method) + len(event.target) + 12
+            + sum(len(name) + len(value) + 4 for name, value in event.headers))
