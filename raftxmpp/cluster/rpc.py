@@ -33,6 +33,7 @@ log = logging.getLogger("raftxmpp.rpc")
 
 REQUEST, ANSWER = b"Q", b"A"
 MAX_SERVING = 1024
+LINK_WAIT = 3.0  # seconds a call waits for a link that is not up yet
 
 Handler = Callable[[str, dict, bytes], Awaitable[tuple[dict, bytes]]]
 
@@ -78,7 +79,12 @@ class Rpc:
                    timeout: float = 10.0) -> tuple[dict, bytes]:
         """The peer's answer (result, body); raises RpcError."""
         if not self.links.connected(peer):
-            raise RpcError(f"no link to {peer}")
+            # A link that is being dialled (a node just started) gets a moment.
+            with trio.move_on_after(min(timeout, LINK_WAIT)):
+                while not self.links.connected(peer):
+                    await trio.sleep(0.05)
+            if not self.links.connected(peer):
+                raise RpcError(f"no link to {peer}")
         self._next_id += 1
         call_id = self._next_id
         done, outcome = trio.Event(), []

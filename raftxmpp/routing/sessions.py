@@ -311,7 +311,10 @@ class SessionManager:
         for session in sessions:
             session.close(StreamError("system-shutdown"))
         with trio.move_on_after(2):
-            while any(s.outbox for s in sessions):
+            # Until each connection has written its error and ended (an empty outbox is
+            # not enough: the writer may not have run yet, and cancelling it then would
+            # lose the <system-shutdown/> and, over WebSocket, the see-other-uri).
+            while any(s.outbox or self.local_session(s.jid) is s for s in sessions):
                 await trio.sleep(0.02)
 
 
