@@ -52,7 +52,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class NodeProcess:
     def __init__(self, base: Path, name: str, ports: dict[str, int], peers: list[int],
                  extra: str = "", hosts: tuple[str, ...] = ("localhost",),
-                 prefix: tuple[str, ...] = (), s2s: str = "") -> None:
+                 prefix: tuple[str, ...] = (), s2s: str = "", http_extra: str = "") -> None:
         self.name = name
         self.prefix = prefix  # e.g. ("ip", "netns", "exec", NAME): run the node in a namespace
         self.dir = base / name
@@ -73,6 +73,7 @@ hosts = [{", ".join(f'"{h}"' for h in hosts)}]
 [http]
 listen = "127.0.0.1:{ports.get('http', 0)}"
 {f'tls_listen = "127.0.0.1:{ports["https"]}"' if "https" in ports else ""}
+{http_extra}
 
 [s2s]
 listen = "127.0.0.1:{ports.get('s2s', 0)}"
@@ -146,7 +147,7 @@ registration = true
 class Cluster:
     def __init__(self, base: Path, size: int, extra: str = "",
                  hosts: tuple[str, ...] = ("localhost",), prefix: tuple[str, ...] = (),
-                 s2s: str = "") -> None:
+                 s2s: str = "", http_extra: str = "") -> None:
         ports = free_ports(size * 7)
         self.raft_ports = ports[:size]
         self.nodes = []
@@ -157,7 +158,7 @@ class Cluster:
                           "s2s": ports[6 * size + i]}
             peers = [p for j, p in enumerate(self.raft_ports) if j != i]
             self.nodes.append(NodeProcess(base, f"node{i + 1}", node_ports, peers, extra,
-                                          hosts, prefix, s2s))
+                                          hosts, prefix, s2s, http_extra))
 
     def start(self) -> Cluster:
         for node in self.nodes:
