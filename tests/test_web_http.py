@@ -211,3 +211,18 @@ def test_unsatisfiable_ranges_are_416(header):
     with pytest.raises(HTTPError) as caught:
         _byte_range(header, 10)
     assert caught.value.status == 416
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
+def test_our_text_frames_parse_as_wsproto_reads_them(size):
+    """RFC 6455 §5.2: FIN + text opcode, unmasked, 7/16/64-bit lengths."""
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import TextMessage
+
+    from raftxmpp.web.websocket import text_frame
+
+    client = Connection(ConnectionType.CLIENT)
+    client.receive_data(text_frame(b"x" * size))
+    events = list(client.events())
+    assert len(events) == 1 and isinstance(events[0], TextMessage)
+    assert events[0].data == "x" * size and events[0].message_finished

@@ -132,14 +132,18 @@ class WebSocketTransport:
     # -- reading -------------------------------------------------------------------------------------
 
     async def receive(self) -> list[Event]:
+        """The events of every complete message read so far (a batch, as TCP gives)."""
         while True:
+            batch: list[Event] = []
             try:
                 for event in self.ws.events():
                     events = await self._on_ws_event(event)
-                    if events is not None:
-                        return events
+                    if events:
+                        batch.extend(events)
             except RemoteProtocolError:
                 raise StreamError("not-well-formed", "WebSocket protocol error") from None
+            if batch:
+                return batch
             await self._read_more()
 
     async def _read_more(self) -> None:
@@ -184,6 +188,10 @@ class WebSocketTransport:
         return None
 
     def _on_text(self, data: str, finished: bool) -> list[Event] | None:
+        if finished and not self._message:  # the common case: one frame, one message
+            if len(data) > self.max_message:
+                raise StreamError("policy-violation", f"message over {self.max_message} bytes")
+            return self._parse(data.encode("utf-8"))
         self._message_size += len(data)
         if self._message_size > self.max_message:
             raise StreamError("policy-violation", f"message over {self.max_message} bytes")
@@ -224,16 +232,16 @@ class WebSocketTransport:
         await self._send_documents(framing.stanza_documents(chunks))
 
     async def _send_documents(self, documents: list[framing.Document]) -> None:
+        if self.ws.state is not ConnectionState.OPEN:
+            return
         out = []
         for document in documents:
             if isinstance(document, framing.Element):
-                text = document.data.decode("utf-8")
+                out.append(text_frame(document.data))
             elif isinstance(document, framing.Open):
-                text = _open_element(document.attrs)
+                out.append(text_frame(_open_element(document.attrs).encode()))
             else:
-                text = self._close_element()
-            if self.ws.state is ConnectionState.OPEN:
-                out.append(self.ws.send(TextMessage(data=text)))
+                out.append(text_frame(self._close_element().encode()))
         if out:
             await self._write(b"".join(out))
 
@@ -264,6 +272,20 @@ class WebSocketTransport:
                 await self.stream.aclose()
             except (*_GONE, trio.BusyResourceError):
                 pass
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unfragmented, unmasked text frame (RFC 6455 §5.2: a server never masks).
+    Built here rather than by wsproto, which would take a str and encode it again: our
+    stanzas are UTF-8 bytes already, and this is the outgoing hot path."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x81, size))
+    elif size < 65536:
+        head = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return head + payload
 
 
 def _open_element(attrs: dict[str, str]) -> str:
