@@ -26,15 +26,14 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402 - bench/ is a folder of scripts, not a package
-
 from wsproto import ConnectionType, WSConnection  # noqa: E402
 from wsproto.events import AcceptConnection, Ping, Request, TextMessage  # noqa: E402
 
 CONFIG = benchlib.BENCH / "node.toml"
 PASSWORD = "pw"
 FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
-HEADER = ("<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
-          "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>").encode()
+HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
+          b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
 
 
 def plain(user: str) -> str:
