@@ -31,7 +31,8 @@ from raftxmpp.cluster.rpc import RpcError
 log = logging.getLogger("raftxmpp.web.files")
 
 FILE_CHUNK = 256 * 1024
-READ_CHUNK = 64 * 1024
+READ_CHUNK = 256 * 1024
+WRITE_BATCH = 1024 * 1024
 SLOT = re.compile(r"[0-9a-f]{32}")
 HASH = re.compile(r"[0-9a-f]{64}")
 CALL_TIMEOUT = 30.0
@@ -78,12 +79,17 @@ class FileStore:
         digest, written = hashlib.sha256(), 0
         try:
             async with await trio.open_file(temp, "wb") as out:
+                pending = bytearray()
                 async for chunk in chunks:
                     written += len(chunk)
                     if written > size:
                         raise FileError(f"more than the {size} bytes of the slot")
                     digest.update(chunk)
-                    await out.write(chunk)
+                    pending += chunk
+                    if len(pending) >= WRITE_BATCH:  # one thread hop per batch, not per read
+                        await out.write(bytes(pending))
+                        pending.clear()
+                await out.write(bytes(pending))
                 await out.flush()
                 await trio.to_thread.run_sync(os.fsync, out.fileno())
             if written != size:
