@@ -55,7 +55,7 @@ async def test_login_restart_bind_and_chat_with_a_websocket_user(node):
     await bob.send("<message xmlns='jabber:client' to='alice@localhost/bosh' type='chat'>"
                    "<body>over websocket</body></message>")
     answer = await client.send_until("over websocket")
-    assert "<message xmlns=\"jabber:client\"" in answer  # qualified per XEP-0206 §...
+    assert "<message xmlns=\"jabber:client\"" in answer  # XEP-0206: stanzas in a <body/> carry jabber:client
     await client.send("<message xmlns='jabber:client' to='bob@localhost/web' type='chat'>"
                       "<body>over bosh</body></message>")
     assert "over bosh" in await bob.receive_until("over bosh")
@@ -216,3 +216,19 @@ async def test_an_unserved_host_is_host_unknown(node):
     client = BoshClient(node.http_port)
     answer = await client.create(to="elsewhere.example")
     assert attr(answer, "condition") == "host-unknown"
+
+
+async def test_a_session_that_stops_polling_is_ended_past_its_output_cap(node):
+    """The c2s slow-consumer rule over BOSH: output waiting for a request is capped
+    (1 MiB); past it the session ends instead of growing our memory."""
+    client = BoshClient(node.http_port)
+    await client.login("alice", "stalled")
+    await client.send("<presence xmlns='jabber:client'/>")
+    bob = await ws_login(node.http_port, "bob", "flood")
+    body = "x" * 4000
+    for n in range(400):
+        await bob.send(f"<message xmlns='jabber:client' to='alice@localhost/stalled' "
+                       f"type='chat' id='m{n}'><body>{body}</body></message>")
+    with trio.fail_after(10):
+        while node.router.sessions.resource_count("alice@localhost"):
+            await trio.sleep(0.05)

@@ -226,3 +226,43 @@ def test_our_text_frames_parse_as_wsproto_reads_them(size):
     events = list(client.events())
     assert len(events) == 1 and isinstance(events[0], TextMessage)
     assert events[0].data == "x" * size and events[0].message_finished
+
+
+async def test_the_per_address_connection_limit_of_c2s_applies_to_http(nursery, tmp_path):
+    """[limits] connections_per_ip counts HTTP connections like c2s ones: past it a
+    plain-HTTP client gets 429 and its connection is closed."""
+    node = await start_node(nursery, tmp_path, limits={"exempt_ips": (),
+                                                       "connections_per_ip": 2})
+    try:
+        held = [await trio.open_tcp_stream("127.0.0.1", node.http_port) for _ in range(2)]
+        await trio.sleep(0.2)
+        reply = await raw(node.http_port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", wait=2)
+        assert reply.startswith(b"HTTP/1.1 429 ")
+        for stream in held:
+            await stream.aclose()
+        await trio.sleep(0.2)
+        status, _, _ = await arequest(node.http_port, "GET", "/health")
+        assert status == 200
+    finally:
+        node.request_stop()
+
+
+async def test_orphan_upload_files_are_swept_only_when_old(tmp_path):
+    """A file no slot refers to (a deletion missed while restored from a snapshot, a
+    lost discard) goes once it is older than an hour; a PUT in progress never does."""
+    import os
+    import time
+
+    from raftxmpp.web.files import ORPHAN_AGE, FileStore
+
+    store = FileStore(tmp_path, call=None, max_size=100)
+    old, young, known = "a" * 32, "b" * 32, "c" * 32
+    for slot in (old, young, known):
+        store.path(slot).parent.mkdir(exist_ok=True)
+        store.path(slot).write_bytes(b"x")
+    past = time.time() - ORPHAN_AGE - 10
+    os.utime(store.path(old), (past, past))
+    os.utime(store.path(known), (past, past))
+    removed = await store.sweep_orphans(lambda slot: {} if slot == known else None, time.time())
+    assert removed == 1
+    assert not store.has(old) and store.has(young) and store.has(known)

@@ -31,7 +31,7 @@ FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
 HTTPBIND = "http://jabber.org/protocol/httpbind"
 
 
-async def start_node(nursery, tmp_path, **http) -> Node:
+async def start_node(nursery, tmp_path, limits: dict | None = None, **http) -> Node:
     """A single node in this trio run, HTTP on an ephemeral port, alice and bob registered."""
     raft, link, c2s, tls, web = free_ports(5)
     base = config_mod.embedded_default(tmp_path / "data")
@@ -45,7 +45,8 @@ async def start_node(nursery, tmp_path, **http) -> Node:
                                 tls_listen=config_mod.Address("127.0.0.1", tls)),
     )
     cfg = dataclasses.replace(cfg, http=dataclasses.replace(
-        cfg.http, listen=config_mod.Address("127.0.0.1", web), **http))
+        cfg.http, listen=config_mod.Address("127.0.0.1", web), **http),
+        limits=dataclasses.replace(cfg.limits, **(limits or {})))
     node = await nursery.start(Node(cfg).run)
     with trio.fail_after(10):
         while not node.raft.status().get("leader"):

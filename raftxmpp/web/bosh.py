@@ -59,6 +59,7 @@ HOLD_MAX = 1  # requests = hold + 1 (XEP-0124 §7.1: two connections are enough)
 POLLING = 2  # seconds: the shortest polling interval we tell clients
 FORWARD_MARGIN = 15.0  # seconds beyond `wait` a forwarded request may take
 OWNER_WAIT = 2.0  # seconds to wait for a new session's gossip entry to arrive
+MAX_PENDING_BYTES = 1024 * 1024  # output waiting for a request (as c2s's outbox cap)
 
 _BODY = f"{{{HTTPBIND}}}body"
 _SYNTHETIC_HEADER = (f"<stream:stream xmlns='{ns.CLIENT}' xmlns:stream='{ns.STREAM}' "
@@ -159,6 +160,8 @@ class BoshSession:
         self.highest_rid = rid - 1
         self.events_in, self._events_out = _channel()
         self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.output = trio.Event()  # set once the connection wrote anything
         self.held: collections.deque[_Held] = collections.deque()
         self.answers: collections.OrderedDict[int, _Answer] = collections.OrderedDict()
         self.turn = trio.Event()  # set whenever next_rid advances
@@ -276,7 +279,7 @@ class BoshSession:
         return terminate_body(self.terminated or None, children)
 
     def _take(self) -> list[bytes]:
-        out, self.pending = self.pending, []
+        out, self.pending, self.pending_bytes = self.pending, [], 0
         return out
 
     def _release(self, held: _Held, children: list[bytes]) -> None:
@@ -321,14 +324,21 @@ class BoshSession:
         for document in documents:
             if isinstance(document, framing.Element):
                 self.pending.append(document.data)
+                self.pending_bytes += len(document.data)
             elif isinstance(document, framing.Open):
                 self.authid = document.attrs.get("id", self.authid)
             else:
                 self._end(_condition_of(self.pending))
+        self.output.set()
         if self.terminated is not None:
             self._release_all_with_output()
         else:
             self._deliver()
+        if self.pending_bytes > MAX_PENDING_BYTES:
+            # The slow-consumer rule of c2s: a client that stops polling holds at most
+            # this much of our memory, then its session ends.
+            log.warning("bosh session %s stopped polling; closing it", self.sid)
+            raise ConnectionClosed
 
     def _end(self, condition: str) -> None:
         if self.terminated is None:
@@ -356,7 +366,7 @@ class BoshSession:
 
 
 def _condition_of(pending: list[bytes]) -> str:
-    """'remote-stream-error' when a stream error is on its way out (XEP-0206 §...)."""
+    """'remote-stream-error' (XEP-0124 §17.2) when a stream error is on its way out."""
     return "remote-stream-error" if any(b"<stream:error" in c for c in pending[-1:]) else ""
 
 
@@ -470,8 +480,7 @@ class BoshEndpoint:
             {"to": to, "version": body.get(f"{{{XBOSH}}}version", "1.0"),
              "lang": session.lang}, ns.CLIENT)])
         with trio.move_on_after(10):
-            while not session.pending and session.terminated is None:
-                await trio.sleep(0.005)
+            await session.output.wait()  # the stream header and features
         attrs = {"sid": session.sid, "wait": str(wait), "requests": str(session.requests),
                  "hold": str(hold), "inactivity": str(int(cfg.bosh_inactivity)),
                  "polling": str(POLLING), "maxpause": str(int(cfg.bosh_max_pause)),

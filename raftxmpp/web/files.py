@@ -36,6 +36,7 @@ WRITE_BATCH = 1024 * 1024
 SLOT = re.compile(r"[0-9a-f]{32}")
 HASH = re.compile(r"[0-9a-f]{64}")
 CALL_TIMEOUT = 30.0
+ORPHAN_AGE = 3600.0  # seconds a file without a slot is kept before the sweep removes it
 
 RpcCall = Callable[..., Awaitable[tuple[dict, bytes]]]
 
@@ -207,6 +208,37 @@ class FileStore:
         finally:
             temp.unlink(missing_ok=True)
         return {}, b""
+
+    async def discard(self, slot: str, peers: list[str]) -> None:
+        """Best effort: copies of a file that never reached a majority go again."""
+        for peer in peers:
+            try:
+                await self.call(peer, "upload.discard", {"slot": slot}, timeout=5)
+            except RpcError as exc:
+                log.info("could not discard upload %s on %s: %s", slot, peer, exc)
+
+    async def on_discard(self, peer: str, args: dict, data: bytes) -> tuple[dict, bytes]:
+        self.delete(str(args["slot"]))
+        return {}, b""
+
+    async def sweep_orphans(self, metadata: Callable[[str], dict | None], now: float) -> int:
+        """Deletes files no slot in the replicated state knows of any more: a deletion
+        this node missed (restored from a snapshot taken after it), a discard that never
+        arrived. Only files older than ORPHAN_AGE, so a PUT in progress (its file is on
+        disk before its slot is marked stored) is never touched."""
+        removed = 0
+        for path in await trio.to_thread.run_sync(lambda: list(self.files.glob("*/*"))):
+            if not SLOT.fullmatch(path.name) or metadata(path.name) is not None:
+                continue
+            try:
+                if now - path.stat().st_mtime > ORPHAN_AGE:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        if removed:
+            log.info("removed %d upload files no slot refers to", removed)
+        return removed
 
     async def on_read(self, peer: str, args: dict, data: bytes) -> tuple[dict, bytes]:
         slot, offset = str(args["slot"]), int(args["offset"])

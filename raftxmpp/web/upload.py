@@ -61,6 +61,7 @@ class UploadEndpoint:
         server.rpc_register("upload.chunk", self.files.on_chunk)
         server.rpc_register("upload.commit", self.files.on_commit)
         server.rpc_register("upload.read", self.files.on_read)
+        server.rpc_register("upload.discard", self.files.on_discard)
 
     # -- routing ---------------------------------------------------------------------------------------
 
@@ -123,6 +124,7 @@ class UploadEndpoint:
         needed = len(members) // 2 + 1
         if len(holders) < needed:
             self.files.delete(slot)
+            await self.files.discard(slot, holders[1:])
             raise HTTPError(503, f"the file reached {len(holders)} of the {needed} nodes it "
                             "must be on; try again")
         return holders
@@ -195,10 +197,11 @@ class UploadEndpoint:
         period = max(0.5, min([SWEEP_PERIOD, *lifetimes]))
         while True:
             await trio.sleep(period)
+            now = time.time()
+            await self.files.sweep_orphans(self.node.store.upload, now)
             raft = self.node.raft
             if raft is None or raft.status().get("role") != "leader":
                 continue
-            now = time.time()
             for jid, slot in self.node.store.uploads_expired(now):
                 try:
                     await self.node.store.upload_delete(jid, slot, before=now)
