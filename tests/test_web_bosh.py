@@ -133,10 +133,13 @@ async def test_a_repeated_rid_gets_the_same_answer(node):
 async def test_a_rid_outside_the_window_ends_the_session(node):
     """XEP-0124 §14.1: a rid beyond the window of 'requests' is item-not-found."""
     client = BoshClient(node.http_port)
-    await client.create()
+    await client.login("alice", "window")
     client.rid += 5
     answer = await client.send()
     assert attr(answer, "type") == "terminate" and attr(answer, "condition") == "item-not-found"
+    with trio.fail_after(5):  # and the session is over, its resource gone
+        while node.router.sessions.resource_count("alice@localhost"):
+            await trio.sleep(0.02)
 
 
 async def test_an_unknown_sid_is_item_not_found_with_http_200(node):

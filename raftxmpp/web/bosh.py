@@ -181,18 +181,18 @@ class BoshSession:
         if rid < self.next_rid:
             answer = self.answers.get(rid)
             if answer is None:
-                raise Terminate("item-not-found")  # an old rid we no longer remember
+                self._fail("item-not-found")  # an old rid we no longer remember
             with trio.move_on_after(self.wait + 5):
                 await answer.done.wait()
             return answer.data  # §14.3: the same answer again
         if rid >= self.next_rid + self.requests:
-            raise Terminate("item-not-found")  # outside the window (§14.1)
+            self._fail("item-not-found")  # outside the window (§14.1)
         self.highest_rid = max(self.highest_rid, rid)
         with trio.move_on_after(self.wait) as late:
             while rid != self.next_rid:
                 await self.turn.wait()
         if late.cancelled_caught:
-            raise Terminate("item-not-found")  # a gap the client never filled
+            self._fail("item-not-found")  # a gap the client never filled
         answer = _Answer()
         self.answers[rid] = answer
         while len(self.answers) > self.requests + 1:
@@ -225,6 +225,13 @@ class BoshSession:
                                         ns.CLIENT))
         self._feed(body, before=restart)
         return await self._hold(rid)
+
+    def _fail(self, condition: str) -> None:
+        """Ends the session with a terminal condition (§14.1, §17.2) and raises it."""
+        self._end(condition)
+        self._release_all_with_output()
+        self._events_out.close()  # the connection reads the end and cleans up
+        raise Terminate(condition)
 
     def _advance(self, rid: int) -> None:
         self.next_rid = rid + 1
