@@ -294,3 +294,9 @@ async def _refuse(stream: trio.SocketStream, status: int, reason: str) -> None:
     with trio.move_on_after(2), contextlib.suppress(trio.BrokenResourceError,
                                                     trio.ClosedResourceError, OSError):
         await stream.send_all(head + response.body)
+        # Drain the unread request briefly: closing on it would reset the connection
+        # and could destroy the answer before the client reads it.
+        await stream.send_eof()
+        drained = 0
+        while drained < 65536 and (data := await stream.receive_some(65536)):
+            drained += len(data)
