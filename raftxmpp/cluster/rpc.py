@@ -33,7 +33,7 @@ log = logging.getLogger("raftxmpp.rpc")
 
 REQUEST, ANSWER = b"Q", b"A"
 MAX_SERVING = 1024
-LINK_WAIT = 3.0  # seconds a call waits for a link that is not up yet
+LINK_WAIT = 5.0  # seconds a call waits for a link that is not up yet
 
 Handler = Callable[[str, dict, bytes], Awaitable[tuple[dict, bytes]]]
 

@@ -271,6 +271,9 @@ class WebServer:
         gossip = self._gossip()
         return gossip.owner_of(key) if gossip is not None else None
 
+    def link_up(self, peer: str) -> bool:
+        return self.node.cluster is not None and self.node.cluster.links.connected(peer)
+
     def rpc_register(self, method: str, handler) -> None:
         if self.node.cluster is not None:
             self.node.cluster.rpc.register(method, handler)

@@ -155,7 +155,9 @@ class UploadEndpoint:
         if not self.files.has(slot):
             peers = upload["holders"] + [m for m in self._member_names()
                                          if m not in upload["holders"]]
-            peers = [p for p in peers if p != self.server.node_name]
+            # Peers whose link is up first: a dead holder would cost a link wait.
+            peers = sorted((p for p in peers if p != self.server.node_name),
+                           key=lambda p: not self.server.link_up(p))
             if not await self.files.fetch(slot, upload["sha256"], upload["size"], peers):
                 raise HTTPError(503, "no live node holds this file now")
         return self._file_response(request, slot, upload)
