@@ -25,6 +25,14 @@ async def node(nursery, tmp_path):
     node.request_stop()
 
 
+async def opened(node) -> WSClient:
+    """A client whose stream is open and whose features arrived, not yet authenticated."""
+    client = await WSClient.connect(node.http_port)
+    await client.send(open_frame())
+    await client.receive_until("features")
+    return client
+
+
 async def test_the_xmpp_subprotocol_is_required(node):
     """RFC 7395 §3.1: the client offers 'xmpp' in Sec-WebSocket-Protocol; the server
     answers with it, and refuses a handshake without it."""
@@ -102,44 +110,34 @@ async def test_a_binary_message_is_a_stream_error(node):
     """RFC 7395 §3.2: XMPP over WebSocket uses text frames."""
     from wsproto.events import BytesMessage
 
-    client = await WSClient.connect(node.http_port)
-    await client.send(open_frame())
-    await client.receive_until("features")
+    client = await opened(node)
     await client._send(client.ws.send(BytesMessage(data=b"<presence/>")))
     assert "bad-format" in await client.receive_until("stream:error")
 
 
 async def test_restricted_xml_is_refused(node):
     """RFC 6120 §11.1 applies to each message: no comments, PIs, DTDs or entities."""
-    client = await WSClient.connect(node.http_port)
-    await client.send(open_frame())
-    await client.receive_until("features")
+    client = await opened(node)
     await client.send("<message xmlns='jabber:client'><!-- hidden --></message>")
     assert "restricted-xml" in await client.receive_until("stream:error")
 
 
 async def test_an_oversized_message_is_a_policy_violation(node):
     """The c2s stanza size limit ([c2s] max_stanza_size) holds per message."""
-    client = await WSClient.connect(node.http_port)
-    await client.send(open_frame())
-    await client.receive_until("features")
+    client = await opened(node)
     size = node.config.c2s.max_stanza_size
     await client.send("<message xmlns='jabber:client'><body>" + "x" * size + "</body></message>")
     assert "policy-violation" in await client.receive_until("stream:error")
 
 
 async def test_authentication_is_required_before_stanzas(node):
-    client = await WSClient.connect(node.http_port)
-    await client.send(open_frame())
-    await client.receive_until("features")
+    client = await opened(node)
     await client.send("<message xmlns='jabber:client' to='bob@localhost'/>")
     assert "not-authorized" in await client.receive_until("stream:error")
 
 
 async def test_a_wrong_password_fails_and_a_right_one_succeeds(node):
-    client = await WSClient.connect(node.http_port)
-    await client.send(open_frame())
-    await client.receive_until("features")
+    client = await opened(node)
     await client.send(plain_auth("alice", "wrong"))
     assert "not-authorized" in await client.receive_until("failure")
     await client.send(plain_auth("alice"))
