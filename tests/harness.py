@@ -178,8 +178,15 @@ class Cluster:
         return wait_for(agreed, timeout, "the live nodes to agree on a leader")
 
     def kill_all(self) -> None:
+        """Kills every node, even when one of them fails to die in time (then raises)."""
+        failures = []
         for node in self.nodes:
-            node.kill()
+            try:
+                node.kill()
+            except Exception as exc:  # keep killing the others; a leftover node outlives the test
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
 
 def listener_sections() -> list[str]:
