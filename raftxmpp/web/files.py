@@ -7,7 +7,7 @@ written to `uploads/tmp/` first, fsynced, and renamed into place only once whole
 (for a copy from a peer) once its SHA-256 matched.
 
 Copies move over the authenticated node links (raftxmpp.cluster.rpc), in chunks of
-FILE_CHUNK bytes, one chunk in flight per peer (the link's bounded queue is shared
+FILE_CHUNK bytes, PUSH_WINDOW chunks in flight per peer (the link's bounded queue is shared
 with stanzas, which must never be dropped for a file):
     upload.chunk   {slot, offset} + bytes   the receiver writes them into its temp file
     upload.commit  {slot, sha256, size}     the receiver checks, fsyncs and keeps it
@@ -31,6 +31,7 @@ from raftxmpp.cluster.rpc import RpcError
 log = logging.getLogger("raftxmpp.web.files")
 
 FILE_CHUNK = 256 * 1024
+PUSH_WINDOW = 4  # chunks in flight per peer: 1 MiB of the link's 8 MiB queue
 READ_CHUNK = 256 * 1024
 WRITE_BATCH = 1024 * 1024
 SLOT = re.compile(r"[0-9a-f]{32}")
@@ -125,15 +126,34 @@ class FileStore:
         return confirmed
 
     async def _push_to(self, peer: str, slot: str, sha256: str, size: int) -> None:
-        offset = 0
-        async with await trio.open_file(self.path(slot), "rb") as source:
-            while offset < size:
-                chunk = await source.read(FILE_CHUNK)
-                if not chunk:
-                    raise FileError("the file is shorter than its slot")
+        """Chunks to one peer, PUSH_WINDOW of them in flight (each at its own offset, so
+        their order does not matter), then the commit that checks the hash."""
+        window = trio.Semaphore(PUSH_WINDOW)
+        failures: list[Exception] = []
+
+        async def send(offset: int, chunk: bytes) -> None:
+            try:
                 await self.call(peer, "upload.chunk", {"slot": slot, "offset": offset}, chunk,
                                 timeout=CALL_TIMEOUT)
+            except RpcError as exc:
+                failures.append(exc)
+            finally:
+                window.release()
+
+        async with await trio.open_file(self.path(slot), "rb") as source, \
+                trio.open_nursery() as nursery:
+            offset = 0
+            while offset < size and not failures:
+                await window.acquire()
+                chunk = await source.read(FILE_CHUNK)
+                if not chunk:
+                    window.release()
+                    failures.append(FileError("the file is shorter than its slot"))
+                    break
+                nursery.start_soon(send, offset, chunk)
                 offset += len(chunk)
+        if failures:
+            raise failures[0]
         await self.call(peer, "upload.commit", {"slot": slot, "sha256": sha256, "size": size},
                         timeout=CALL_TIMEOUT)
 
@@ -185,10 +205,9 @@ class FileStore:
         if offset < 0 or offset + len(data) > self.max_size:
             raise RpcError("chunk outside the largest file allowed")
         temp = self._temp(slot, _peer_tag(peer))
-        mode = "wb" if offset == 0 else "r+b"
-        async with await trio.open_file(temp, mode) as out:
-            await out.seek(offset)
-            await out.write(data)
+        # Chunks arrive in any order (several in flight): write each at its offset,
+        # never truncating; the commit cuts the file to its size before hashing it.
+        await trio.to_thread.run_sync(_write_at, temp, offset, data)
         return {}, b""
 
     async def on_commit(self, peer: str, args: dict, data: bytes) -> tuple[dict, bytes]:
@@ -198,6 +217,7 @@ class FileStore:
             raise RpcError("bad hash")
         temp = self._temp(slot, _peer_tag(peer))
         try:
+            await trio.to_thread.run_sync(os.truncate, temp, size)  # stale bytes of a retry
             digest, length = await trio.to_thread.run_sync(_hash_file, temp)
             if length != size or digest != sha256:
                 raise RpcError("the copy does not match its hash")
@@ -252,6 +272,14 @@ class FileStore:
 
 def _peer_tag(peer: str) -> str:
     return "from-" + hashlib.sha256(peer.encode()).hexdigest()[:12]
+
+
+def _write_at(path: Path, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
 
 
 def _hash_file(path: Path) -> tuple[str, int]:
