@@ -157,8 +157,36 @@ class LogSection:
 
 @dataclass(frozen=True)
 class HTTPSection:
-    # Metrics and health checks (raftxmpp.http); "" in the file turns it off.
-    listen: Address | None = Address("127.0.0.1", 5280)
+    # The node's HTTP server (raftxmpp.web): metrics and health checks, WebSocket,
+    # BOSH, host-meta and file upload. "" in the file turns a listener off.
+    listen: Address | None = Address("127.0.0.1", 5280)  # plain HTTP, for a reverse proxy
+    tls_listen: Address | None = None  # HTTPS with the [tls] certificate; off unless set
+    # Clients reach the plain listener through a proxy that terminates TLS: count them
+    # as encrypted (SASL PLAIN allowed, as on the TLS listener).
+    proxy_terminates_tls: bool = True
+    # The URL clients reach this node (or the load balancer in front) by, for host-meta,
+    # upload slots and see-other-uri; "" = derived from tls_listen, else listen.
+    public_url: str = ""
+    cors_origins: tuple[str, ...] = ("*",)  # origins a browser may call from; [] = none
+    max_request_head: int = 8192  # bytes of request line and headers, then 431
+    request_timeout: float = 10.0  # seconds to send a request head (slowloris), then 408
+    keepalive_timeout: float = 60.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 4096  # HTTP connections at once on this node
+    websocket_ping_interval: float = 30.0  # a WebSocket ping; no pong by the next one ends it
+    bosh_max_wait: float = 60.0  # the longest a BOSH request is held (XEP-0124 'wait')
+    bosh_inactivity: float = 60.0  # a BOSH session with no request for this long ends
+    bosh_max_pause: float = 300.0  # the longest pause a BOSH client may ask for
+
+
+@dataclass(frozen=True)
+class UploadSection:
+    # HTTP File Upload (XEP-0363, raftxmpp.modules.http_upload, raftxmpp.web.upload).
+    enabled: bool = True
+    domain: str = "upload.{host}"  # the upload service's JID; {host} = each served host
+    max_file_size: int = 10485760  # bytes
+    quota_per_account: int = 104857600  # bytes of stored files per account; 0 = none
+    slot_lifetime: float = 300.0  # seconds a slot's PUT URL stays valid
+    file_lifetime: float = 2592000.0  # seconds a file is kept (30 days); 0 = until deleted
 
 
 @dataclass(frozen=True)
@@ -232,6 +260,7 @@ class Config:
     admins: AdminsSection = field(default_factory=AdminsSection)
     contact_addresses: ContactAddressesSection = field(default_factory=ContactAddressesSection)
     s2s: S2SSection = field(default_factory=S2SSection)
+    upload: UploadSection = field(default_factory=UploadSection)
     source: str = "<embedded default>"
 
     @property
@@ -304,6 +333,7 @@ _SECTION_TYPES = {
     "admins": AdminsSection,
     "contact_addresses": ContactAddressesSection,
     "s2s": S2SSection,
+    "upload": UploadSection,
 }
 
 
@@ -388,6 +418,7 @@ def _check(config: Config, read_files: bool = True) -> None:
     _check_limits(config)
     _check_service(config)
     _check_s2s(config)
+    _check_web(config)
     lo, hi = config.cluster.election_timeout_min, config.cluster.election_timeout_max
     if not 3 * config.cluster.heartbeat_period < lo < hi:
         raise ConfigError(
@@ -530,6 +561,31 @@ def _check_s2s(config: Config) -> None:
         raise ConfigError(f"{source}: [s2s] listen and tls_listen must differ")
     if s2s.ca_file is not None and not s2s.ca_file.is_file():
         raise ConfigError(f"{source}: [s2s] ca_file {s2s.ca_file} is not a file")
+
+
+def _check_web(config: Config) -> None:
+    """[http] and [upload]: the values raftxmpp.web trusts."""
+    source, web, upload = config.source, config.http, config.upload
+    for key in ("request_timeout", "keepalive_timeout", "websocket_ping_interval",
+                "bosh_max_wait", "bosh_inactivity", "bosh_max_pause"):
+        if getattr(web, key) <= 0:
+            raise ConfigError(f"{source}: [http] {key} must be positive")
+    if web.max_request_head < 1024:
+        raise ConfigError(f"{source}: [http] max_request_head must be at least 1024")
+    if web.max_connections < 1:
+        raise ConfigError(f"{source}: [http] max_connections must be at least 1")
+    if web.public_url and not web.public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{source}: [http] public_url must start with http:// or https://")
+    if web.listen is not None and web.listen == web.tls_listen:
+        raise ConfigError(f"{source}: [http] listen and tls_listen must differ")
+    if upload.domain.count("{host}") > 1 or not upload.domain.replace("{host}", "x").strip("."):
+        raise ConfigError(f"{source}: [upload] domain must be a domain, e.g. upload.{{host}}")
+    if upload.max_file_size < 1:
+        raise ConfigError(f"{source}: [upload] max_file_size must be at least 1")
+    if upload.slot_lifetime <= 0:
+        raise ConfigError(f"{source}: [upload] slot_lifetime must be positive")
+    if upload.file_lifetime < 0:
+        raise ConfigError(f"{source}: [upload] file_lifetime must not be negative")
 
 
 def _read_secret_file(path: Path, source: str) -> Secret:

@@ -78,7 +78,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class NodeProcess:
     def __init__(self, base: Path, name: str, ports: dict[str, int], peers: list[int],
                  extra: str = "", hosts: tuple[str, ...] = ("localhost",),
-                 prefix: tuple[str, ...] = (), s2s: str = "") -> None:
+                 prefix: tuple[str, ...] = (), s2s: str = "", http_extra: str = "") -> None:
         self.name = name
         self.prefix = prefix  # e.g. ("ip", "netns", "exec", NAME): run the node in a namespace
         self.dir = base / name
@@ -98,6 +98,8 @@ hosts = [{", ".join(f'"{h}"' for h in hosts)}]
 
 [http]
 listen = "127.0.0.1:{ports.get('http', 0)}"
+{f'tls_listen = "127.0.0.1:{ports["https"]}"' if "https" in ports else ""}
+{http_extra}
 
 [s2s]
 listen = "127.0.0.1:{ports.get('s2s', 0)}"
@@ -171,7 +173,7 @@ registration = true
 class Cluster:
     def __init__(self, base: Path, size: int, extra: str = "",
                  hosts: tuple[str, ...] = ("localhost",), prefix: tuple[str, ...] = (),
-                 s2s: str = "") -> None:
+                 s2s: str = "", http_extra: str = "") -> None:
         ports = free_ports(size * 7)
         self.raft_ports = ports[:size]
         self.nodes = []
@@ -182,7 +184,7 @@ class Cluster:
                           "s2s": ports[6 * size + i]}
             peers = [p for j, p in enumerate(self.raft_ports) if j != i]
             self.nodes.append(NodeProcess(base, f"node{i + 1}", node_ports, peers, extra,
-                                          hosts, prefix, s2s))
+                                          hosts, prefix, s2s, http_extra))
 
     def start(self) -> Cluster:
         for node in self.nodes:
@@ -202,8 +204,15 @@ class Cluster:
         return wait_for(agreed, timeout, "the live nodes to agree on a leader")
 
     def kill_all(self) -> None:
+        """Kills every node, even when one of them fails to die in time (then raises)."""
+        failures = []
         for node in self.nodes:
-            node.kill()
+            try:
+                node.kill()
+            except Exception as exc:  # keep killing the others; a leftover node outlives the test
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
 
 def listener_sections() -> list[str]:

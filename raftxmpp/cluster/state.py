@@ -72,6 +72,10 @@ class ClusterState:
         # The message of the day (XEP-0133): {"text": str | None, "version": int} once set;
         # the version only grows, so "seen" marks stay meaningful across delete and set.
         self.motd: dict | None = None
+        # HTTP File Upload (XEP-0363): slot id → slot or stored file; bytes reserved
+        # or stored per account. The file bytes live on the nodes' disks, never here.
+        self.uploads: dict[str, dict] = {}
+        self.upload_usage: dict[str, int] = {}
         self.dedup: OrderedDict[str, Result] = OrderedDict()
         self.applied = 0
 
@@ -120,6 +124,8 @@ class ClusterState:
             "members": self.members,
             "membership_lock": self.membership_lock,
             "motd": self.motd,
+            "uploads": self.uploads,
+            "upload_usage": self.upload_usage,
             "dedup": self.dedup,
             "applied": self.applied,
         }
@@ -516,6 +522,97 @@ def op_motd_seen(state: ClusterState, command: Command) -> bool:
         raise Rejected("bad-request", "version must be a non-negative integer")
     account = _account(state, jid)
     account["motd_seen"] = max(account.get("motd_seen", 0), version)
+    return True
+
+
+# -- HTTP File Upload (XEP-0363) -------------------------------------------------------
+# A slot reserves `size` bytes of the account's quota until its file is stored or the
+# slot expires; `upload_stored` records that a majority of nodes hold the verified
+# bytes; `upload_delete` frees the quota, and every node then deletes its copy.
+
+
+def _upload_of(state: ClusterState, jid: str, slot: str) -> dict:
+    upload = state.uploads.get(slot)
+    if upload is None or upload["jid"] != jid:
+        raise Rejected("item-not-found", f"no upload slot {slot} for {jid}")
+    return upload
+
+
+def _slot_id(command: Command) -> str:
+    slot = _text(command, "slot", 32)
+    if len(slot) != 32 or any(c not in "0123456789abcdef" for c in slot):
+        raise Rejected("bad-request", "slot must be 32 lowercase hex digits")
+    return slot
+
+
+def op_upload_slot(state: ClusterState, command: Command) -> dict:
+    """Reserves a slot for one file of `size` bytes within the account's quota."""
+    jid, slot = _text(command, "jid"), _slot_id(command)
+    name, content_type = _text(command, "name", 255), _text(command, "type", 255)
+    size, max_size, quota = command["size"], command["max_size"], command["quota"]
+    expires = command["expires"]
+    if "/" in name or name in (".", "..") or any(ord(c) < 32 for c in name):
+        raise Rejected("bad-request", "the file name must not contain / or control characters")
+    for key, value in (("size", size), ("max_size", max_size), ("quota", quota)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise Rejected("bad-request", f"{key} must be a non-negative integer")
+    if not isinstance(expires, int | float):
+        raise Rejected("bad-request", "expires must be a time")
+    if not 0 < size <= max_size:
+        raise Rejected("not-acceptable", f"file too large: at most {max_size} bytes")
+    _account(state, jid)
+    if slot in state.uploads:
+        raise Rejected("conflict", "slot id already used")
+    used = state.upload_usage.get(jid, 0)
+    if quota and used + size > quota:
+        raise Rejected("resource-constraint", f"upload quota of {quota} bytes reached")
+    upload = {"jid": jid, "name": name, "size": size, "type": content_type,
+              "created": command["ts"], "expires": expires, "stored": False,
+              "sha256": None, "holders": [], "file_expires": None}
+    state.uploads[slot] = upload
+    state.upload_usage[jid] = used + size
+    return dict(upload)
+
+
+def op_upload_stored(state: ClusterState, command: Command) -> bool:
+    """The slot's file is on a majority of nodes with this hash; True if newly stored."""
+    jid, slot = _text(command, "jid"), _slot_id(command)
+    digest, holders = _text(command, "sha256", 64), command["holders"]
+    file_expires = command.get("file_expires")
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise Rejected("bad-request", "sha256 must be 64 lowercase hex digits")
+    if not isinstance(holders, list | tuple) or not all(isinstance(h, str) for h in holders):
+        raise Rejected("bad-request", "holders must be node names")
+    if file_expires is not None and not isinstance(file_expires, int | float):
+        raise Rejected("bad-request", "file_expires must be a time or none")
+    upload = _upload_of(state, jid, slot)
+    if upload["stored"]:
+        if upload["sha256"] != digest:
+            raise Rejected("conflict", "the slot holds another file already")
+        return False
+    upload.update(stored=True, sha256=digest, holders=sorted(set(holders)),
+                  file_expires=file_expires)
+    return True
+
+
+def op_upload_delete(state: ClusterState, command: Command) -> bool:
+    """Forgets a slot or file and frees its quota; with `before`, only if it expired by
+    then (the expiry sweep), so a sweep raced by a fresh upload deletes nothing."""
+    jid, slot = _text(command, "jid"), _slot_id(command)
+    before = command.get("before")
+    upload = state.uploads.get(slot)
+    if upload is None or upload["jid"] != jid:
+        return False
+    if before is not None:
+        expiry = upload["file_expires"] if upload["stored"] else upload["expires"]
+        if not isinstance(before, int | float) or expiry is None or expiry > before:
+            return False
+    del state.uploads[slot]
+    left = state.upload_usage.get(jid, 0) - upload["size"]
+    if left > 0:
+        state.upload_usage[jid] = left
+    else:
+        state.upload_usage.pop(jid, None)
     return True
 
 

@@ -237,3 +237,40 @@ class Store:
 
     async def membership_unlock(self, owner: str) -> None:
         await self._write("membership_unlock", owner=owner)
+
+    # -- HTTP File Upload (XEP-0363) ----------------------------------------------------------
+
+    def upload(self, slot: str) -> dict | None:
+        """A slot or stored file's metadata (raftxmpp.cluster.state, op_upload_slot)."""
+        return self._read(lambda s: copy.deepcopy(s.uploads.get(slot)))
+
+    def upload_usage(self, jid: str) -> int:
+        return self._read(lambda s: s.upload_usage.get(jid, 0))
+
+    def uploads_expired(self, now: float, limit: int = 1000) -> list[tuple[str, str]]:
+        """(account, slot) of slots and files whose time is up, for the expiry sweep."""
+        def query(s: ClusterState) -> list[tuple[str, str]]:
+            found = []
+            for slot, upload in s.uploads.items():
+                expiry = upload["file_expires"] if upload["stored"] else upload["expires"]
+                if expiry is not None and expiry <= now:
+                    found.append((upload["jid"], slot))
+                    if len(found) >= limit:
+                        break
+            return found
+
+        return self._read(query)
+
+    async def upload_slot(self, jid: str, slot: str, name: str, size: int, content_type: str,
+                          expires: float, max_size: int, quota: int) -> dict:
+        return await self._write("upload_slot", jid=jid, slot=slot, name=name, size=size,
+                                 type=content_type, expires=expires, max_size=max_size,
+                                 quota=quota)
+
+    async def upload_stored(self, jid: str, slot: str, sha256: str, holders: list[str],
+                            file_expires: float | None) -> bool:
+        return await self._write("upload_stored", jid=jid, slot=slot, sha256=sha256,
+                                 holders=holders, file_expires=file_expires)
+
+    async def upload_delete(self, jid: str, slot: str, before: float | None = None) -> bool:
+        return await self._write("upload_delete", jid=jid, slot=slot, before=before)

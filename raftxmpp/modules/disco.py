@@ -68,6 +68,9 @@ async def server_items(request: IqRequest) -> etree._Element:
     query = _query(ns.DISCO_ITEMS, None)
     for domain in sorted(request.router.store.components()):
         etree.SubElement(query, f"{{{ns.DISCO_ITEMS}}}item", jid=domain)
+    for items in request.router.disco_items:  # services on their own domains (upload …)
+        for jid in items(request.to_jid.domain):
+            etree.SubElement(query, f"{{{ns.DISCO_ITEMS}}}item", jid=jid)
     return query
 
 

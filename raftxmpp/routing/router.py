@@ -54,6 +54,7 @@ MODULES = (
     "contact_addresses",
     "adhoc",
     "service_admin",
+    "http_upload",
 )
 
 
@@ -72,6 +73,8 @@ class IqRequest:
 
 IqHandler = Callable[[IqRequest], Awaitable[etree._Element | None]]
 Hook = Callable[..., Awaitable[None]]
+# A service on its own domain (upload.<host> …): (stanza, target, sender).
+ServiceHandler = Callable[[etree._Element, JID, "LocalSession | None"], Awaitable[None]]
 
 
 class Router:
@@ -100,6 +103,10 @@ class Router:
         self.server_info_forms: list[Callable[[], etree._Element | None]] = []
         # Ad-hoc commands (XEP-0050) by node, added through raftxmpp.modules.adhoc.
         self.adhoc_commands: dict[str, Any] = {}
+        # Services on their own domains, answered by every node (modules add them), and
+        # the items they add to a served host's disco#items.
+        self.services: list[tuple[Callable[[str], bool], ServiceHandler]] = []
+        self.disco_items: list[Callable[[str], list[str]]] = []
         self.modules = {name: importlib.import_module(f"raftxmpp.modules.{name}") for name in MODULES}
         for module in self.modules.values():
             module.setup(self)
@@ -115,6 +122,16 @@ class Router:
 
     def register_iq(self, scope: str, iq_type: str, namespace: str, handler: IqHandler) -> None:
         self.iq_handlers[(scope, iq_type, namespace)] = handler
+
+    def add_service(self, serves: Callable[[str], bool], handler: ServiceHandler) -> None:
+        """Routes stanzas for the domains `serves` accepts to `handler`, on every node."""
+        self.services.append((serves, handler))
+
+    def service_for(self, domain: str) -> ServiceHandler | None:
+        for serves, handler in self.services:
+            if serves(domain):
+                return handler
+        return None
 
     def add_hook(self, name: str, hook: Hook) -> None:
         self.hooks.setdefault(name, []).append(hook)
@@ -153,6 +170,8 @@ class Router:
                 raise StanzaError("jid-malformed") from None
         if target is None or target.domain in self.served_hosts():
             await self.local.route(stanza, target, sender)
+        elif (service := self.service_for(target.domain)) is not None:
+            await service(stanza, target, sender)
         elif self.components.serves(target.domain):
             await self.components.route(stanza, target, sender)
         elif stanza.tag == PRESENCE and sender is not None and self.local.presence_handler:

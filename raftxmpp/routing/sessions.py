@@ -103,6 +103,14 @@ class LocalSession:
         self.wakeup = trio.Event()
         return data
 
+    def take_chunks(self) -> list[bytes]:
+        """The queue as sent: one top-level element per chunk (message-framed
+        transports, WebSocket and BOSH, need the boundaries)."""
+        chunks, self.outbox = self.outbox, []
+        self.outbox_bytes = 0
+        self.wakeup = trio.Event()
+        return chunks
+
     def close(self, error: StreamError | None) -> None:
         """Asks the connection to end the stream (with the error, if any)."""
         if self.closing is None:
@@ -320,7 +328,10 @@ class SessionManager:
         for session in sessions:
             session.close(StreamError("system-shutdown"))
         with trio.move_on_after(2):
-            while any(s.outbox for s in sessions):
+            # Until each connection has written its error and ended (an empty outbox is
+            # not enough: the writer may not have run yet, and cancelling it then would
+            # lose the <system-shutdown/> and, over WebSocket, the see-other-uri).
+            while any(s.outbox or self.local_session(s.jid) is s for s in sessions):
                 await trio.sleep(0.02)
 
 

@@ -165,6 +165,12 @@ class StreamFramer:
         self._errors_seen = 0
         self._utf8_tail = b""  # the start of a multi-byte character the last feed ended in
 
+    @property
+    def between_stanzas(self) -> bool:
+        """No stanza is in progress: every byte fed since the header belongs to a
+        finished one (message-framed transports check each message held whole elements)."""
+        return self._depth == 1
+
     def feed(self, data: bytes) -> list[Event]:
         """Events completed by `data`. Raises StreamError on any violation, and on every
         call after one."""

@@ -45,3 +45,4 @@ DATA_FORMS = "jabber:x:data"  # XEP-0004
 COMMANDS = "http://jabber.org/protocol/commands"  # XEP-0050
 ADMIN = "http://jabber.org/protocol/admin"  # XEP-0133 (FORM_TYPE and command nodes)
 SERVERINFO = "http://jabber.org/network/serverinfo"  # XEP-0157 (XEP-0128 FORM_TYPE)
+HTTP_UPLOAD = "urn:xmpp:http:upload:0"  # XEP-0363
