@@ -377,6 +377,76 @@ def _instances_per_node(instances: list[dict]) -> str:
     return "; ".join(f"{node}: {', '.join(ids)}" for node, ids in sorted(by_node.items())) or "-"
 
 
+# -- online users, announcements, message of the day ---------------------------------------------
+# The same operations (raftxmpp.admin.accounts) as the XEP-0133 commands admins run from a client.
+
+
+def _text_argument(text: str) -> str:
+    """TEXT, or the whole of stdin for "-"."""
+    return sys.stdin.read() if text == "-" else text
+
+
+@user.command("online")
+@click.option("--host", help="Only accounts of this domain.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@node_options
+def user_online(host, as_json, config_file, data_dir) -> None:
+    """List accounts with at least one session, on any node."""
+    online = admin(config_file, data_dir, "user.online", host=host)
+    emit(online, as_json, _render_online)
+
+
+def _render_online(accounts: list[str]) -> None:
+    if not accounts:
+        click.echo("nobody is online")
+    for jid in accounts:
+        click.echo(jid)
+
+
+@main.command("announce")
+@click.argument("text")
+@click.option("--host", help="Only to the users of this domain (default: every served domain).")
+@node_options
+def announce(text, host, config_file, data_dir) -> None:
+    """Send TEXT ("-": read stdin) as a headline to every online user's sessions."""
+    sent = admin(config_file, data_dir, "server.announce", text=_text_argument(text), host=host)
+    click.echo(f"sent to {sent} session(s)")
+
+
+@main.group()
+def motd() -> None:
+    """The message of the day, shown once to each user at login."""
+
+
+@motd.command("set")
+@click.argument("text")
+@click.option("--edit", is_flag=True,
+              help="Correct the current message: users who saw it are not shown it again, "
+                   "and online users are not sent it now.")
+@node_options
+def motd_set(text, edit, config_file, data_dir) -> None:
+    """Set the message of the day to TEXT ("-": read stdin); a new one goes to online users now."""
+    sent = admin(config_file, data_dir, "motd.set", text=_text_argument(text), edit=edit)
+    click.echo("message of the day edited" if edit else
+               f"message of the day set; sent to {sent} online session(s)")
+
+
+@motd.command("show")
+@node_options
+def motd_show(config_file, data_dir) -> None:
+    """Print the message of the day."""
+    text = admin(config_file, data_dir, "motd.show")
+    click.echo(text if text is not None else "no message of the day")
+
+
+@motd.command("delete")
+@node_options
+def motd_delete(config_file, data_dir) -> None:
+    """Delete the message of the day."""
+    deleted = admin(config_file, data_dir, "motd.delete")
+    click.echo("message of the day deleted" if deleted else "no message of the day")
+
+
 # -- s2s (federation) ----------------------------------------------------------------------------
 
 

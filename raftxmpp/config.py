@@ -157,8 +157,36 @@ class LogSection:
 
 @dataclass(frozen=True)
 class HTTPSection:
-    # Metrics and health checks (raftxmpp.http); "" in the file turns it off.
-    listen: Address | None = Address("127.0.0.1", 5280)
+    # The node's HTTP server (raftxmpp.web): metrics and health checks, WebSocket,
+    # BOSH, host-meta and file upload. "" in the file turns a listener off.
+    listen: Address | None = Address("127.0.0.1", 5280)  # plain HTTP, for a reverse proxy
+    tls_listen: Address | None = None  # HTTPS with the [tls] certificate; off unless set
+    # Clients reach the plain listener through a proxy that terminates TLS: count them
+    # as encrypted (SASL PLAIN allowed, as on the TLS listener).
+    proxy_terminates_tls: bool = True
+    # The URL clients reach this node (or the load balancer in front) by, for host-meta,
+    # upload slots and see-other-uri; "" = derived from tls_listen, else listen.
+    public_url: str = ""
+    cors_origins: tuple[str, ...] = ("*",)  # origins a browser may call from; [] = none
+    max_request_head: int = 8192  # bytes of request line and headers, then 431
+    request_timeout: float = 10.0  # seconds to send a request head (slowloris), then 408
+    keepalive_timeout: float = 60.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 4096  # HTTP connections at once on this node
+    websocket_ping_interval: float = 30.0  # a WebSocket ping; no pong by the next one ends it
+    bosh_max_wait: float = 60.0  # the longest a BOSH request is held (XEP-0124 'wait')
+    bosh_inactivity: float = 60.0  # a BOSH session with no request for this long ends
+    bosh_max_pause: float = 300.0  # the longest pause a BOSH client may ask for
+
+
+@dataclass(frozen=True)
+class UploadSection:
+    # HTTP File Upload (XEP-0363, raftxmpp.modules.http_upload, raftxmpp.web.upload).
+    enabled: bool = True
+    domain: str = "upload.{host}"  # the upload service's JID; {host} = each served host
+    max_file_size: int = 10485760  # bytes
+    quota_per_account: int = 104857600  # bytes of stored files per account; 0 = none
+    slot_lifetime: float = 300.0  # seconds a slot's PUT URL stays valid
+    file_lifetime: float = 2592000.0  # seconds a file is kept (30 days); 0 = until deleted
 
 
 @dataclass(frozen=True)
@@ -168,6 +196,29 @@ class ComponentsSection:
     max_stanza_size: int = 262144
     handshake_timeout: float = 30.0  # seconds to open the stream and complete the handshake
     send_timeout: float = 30.0  # a write blocked longer than this ends a component that stopped reading
+
+
+# -- service administration and contact addresses ---------------------------------------
+
+
+@dataclass(frozen=True)
+class AdminsSection:
+    # Accounts (bare JIDs) allowed the XEP-0133 service-administration commands that
+    # Gajim and Psi offer on the server: add and delete users, passwords, announcements …
+    jids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ContactAddressesSection:
+    # XEP-0157: who to contact about this service, shown by clients from service
+    # discovery; each a URI ("xmpp:admin@example.org", "mailto:abuse@example.org", "https://…").
+    abuse: tuple[str, ...] = ()
+    admin: tuple[str, ...] = ()
+    feedback: tuple[str, ...] = ()
+    sales: tuple[str, ...] = ()
+    security: tuple[str, ...] = ()
+    status: tuple[str, ...] = ()
+    support: tuple[str, ...] = ()
 
 
 # -- [s2s]: server-to-server federation (raftxmpp.s2s, raftxmpp.routing.s2s) -------------------
@@ -223,8 +274,11 @@ class Config:
     log: LogSection = field(default_factory=LogSection)
     http: HTTPSection = field(default_factory=HTTPSection)
     components: ComponentsSection = field(default_factory=ComponentsSection)
+    admins: AdminsSection = field(default_factory=AdminsSection)
+    contact_addresses: ContactAddressesSection = field(default_factory=ContactAddressesSection)
     s2s: S2SSection = field(default_factory=S2SSection)
     pubsub: PubsubSection = field(default_factory=PubsubSection)
+    upload: UploadSection = field(default_factory=UploadSection)
     source: str = "<embedded default>"
 
     @property
@@ -294,8 +348,11 @@ _SECTION_TYPES = {
     "log": LogSection,
     "http": HTTPSection,
     "components": ComponentsSection,
+    "admins": AdminsSection,
+    "contact_addresses": ContactAddressesSection,
     "s2s": S2SSection,
     "pubsub": PubsubSection,
+    "upload": UploadSection,
 }
 
 
@@ -378,8 +435,10 @@ def _check(config: Config, read_files: bool = True) -> None:
     if config.c2s.listen is None and config.c2s.tls_listen is None:
         raise ConfigError(f"{source}: [c2s] needs listen or tls_listen")
     _check_limits(config)
+    _check_service(config)
     _check_s2s(config)
     _check_pubsub(config)
+    _check_web(config)
     lo, hi = config.cluster.election_timeout_min, config.cluster.election_timeout_max
     if not 3 * config.cluster.heartbeat_period < lo < hi:
         raise ConfigError(
@@ -479,6 +538,26 @@ def example_secret_warning(config: Config) -> str | None:
     return None
 
 
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
+
+
+def _check_service(config: Config) -> None:
+    """[admins] are account JIDs; [contact_addresses] are URIs (XEP-0157 §3)."""
+    source = config.source
+    for text in config.admins.jids:
+        try:
+            jid = JID.parse(text)
+        except InvalidJID as exc:
+            raise ConfigError(f"{source}: [admins] jids: {text!r} is not a JID: {exc}") from None
+        if jid.local is None or jid.resource is not None:
+            raise ConfigError(f"{source}: [admins] jids: {text!r} is not an account (user@domain)")
+    for f in dataclasses.fields(ContactAddressesSection):
+        for uri in getattr(config.contact_addresses, f.name):
+            if not _URI_SCHEME.match(uri):
+                raise ConfigError(f"{source}: [contact_addresses] {f.name}: {uri!r} is not a URI "
+                                  "(like xmpp:admin@example.org or mailto:admin@example.org)")
+
+
 def _check_s2s(config: Config) -> None:
     """[s2s]: timeouts positive, bounds at least 1, domains in the lists valid."""
     source, s2s = config.source, config.s2s
@@ -526,6 +605,31 @@ def _check_pubsub(config: Config) -> None:
         if getattr(pubsub, key) > min(pubsub.max_node_bytes, pubsub.max_account_bytes):
             raise ConfigError(f"{source}: [pubsub] {key} must not exceed max_node_bytes "
                               "or max_account_bytes")
+
+
+def _check_web(config: Config) -> None:
+    """[http] and [upload]: the values raftxmpp.web trusts."""
+    source, web, upload = config.source, config.http, config.upload
+    for key in ("request_timeout", "keepalive_timeout", "websocket_ping_interval",
+                "bosh_max_wait", "bosh_inactivity", "bosh_max_pause"):
+        if getattr(web, key) <= 0:
+            raise ConfigError(f"{source}: [http] {key} must be positive")
+    if web.max_request_head < 1024:
+        raise ConfigError(f"{source}: [http] max_request_head must be at least 1024")
+    if web.max_connections < 1:
+        raise ConfigError(f"{source}: [http] max_connections must be at least 1")
+    if web.public_url and not web.public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{source}: [http] public_url must start with http:// or https://")
+    if web.listen is not None and web.listen == web.tls_listen:
+        raise ConfigError(f"{source}: [http] listen and tls_listen must differ")
+    if upload.domain.count("{host}") > 1 or not upload.domain.replace("{host}", "x").strip("."):
+        raise ConfigError(f"{source}: [upload] domain must be a domain, e.g. upload.{{host}}")
+    if upload.max_file_size < 1:
+        raise ConfigError(f"{source}: [upload] max_file_size must be at least 1")
+    if upload.slot_lifetime <= 0:
+        raise ConfigError(f"{source}: [upload] slot_lifetime must be positive")
+    if upload.file_lifetime < 0:
+        raise ConfigError(f"{source}: [upload] file_lifetime must not be negative")
 
 
 def _read_secret_file(path: Path, source: str) -> Secret:

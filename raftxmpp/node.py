@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from raftxmpp import __version__, http, tls
+from raftxmpp import __version__, tls
 from raftxmpp.admin import server as admin_server
 from raftxmpp.c2s import listener as c2s_listener
 from raftxmpp.cluster import membership
@@ -31,6 +31,7 @@ from raftxmpp.component import listener as component_listener
 from raftxmpp.config import Address, Config, ConfigError
 from raftxmpp.routing.router import Router
 from raftxmpp.s2s import edge as s2s_edge
+from raftxmpp.web.server import WebServer
 
 log = logging.getLogger("raftxmpp.node")
 
@@ -50,6 +51,7 @@ class Node:
         self.raft: RaftNode | None = None
         self.store: Store | None = None
         self.router: Router | None = None
+        self.web: WebServer | None = None
         self._stop = trio.Event()
         self._lock_fd: int | None = None
         self.ssl_context = None
@@ -92,6 +94,10 @@ class Node:
     def request_stop(self) -> None:
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     # -- running ------------------------------------------------------------------------------
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -99,7 +105,7 @@ class Node:
         data_dir = self._prepare_data_dir(cfg.node.data_dir)
         self._setup_tls(data_dir)
         listeners = await self._open_listeners()
-        http_listener = await _listen(cfg.http.listen, "http") if cfg.http.listen else None
+        web_listeners = await self._open_web_listeners()
         component_socket = (await _listen(cfg.components.listen, "components")
                             if cfg.components.listen else None)
         link_listener = await _listen(cfg.cluster.link, "node links")
@@ -111,6 +117,7 @@ class Node:
                            refuse_writes=lambda: bool(self.cluster and self.cluster.removed))
         self.router = Router(self)
         self.cluster = membership.ClusterMembership(self, secret)
+        self.web = WebServer(self)
         peers = await self._initial_peers(data_dir)
         try:
             self.raft.start(peers)
@@ -124,8 +131,7 @@ class Node:
                 await nursery.start(self.cluster.run, link_listener)
                 for listener, direct_tls in listeners:
                     nursery.start_soon(c2s_listener.serve, self, listener, direct_tls)
-                if http_listener is not None:
-                    nursery.start_soon(http.serve, self, http_listener)
+                await nursery.start(self.web.run, web_listeners)
                 if component_socket is not None:
                     nursery.start_soon(component_listener.serve, self, component_socket)
                 nursery.start_soon(self._register_hosts)
@@ -182,6 +188,10 @@ class Node:
             elif op == "component_remove" and result == ("ok", True):
                 # Its connected instances are closed at once, on every node.
                 self._token.run_sync_soon(self.router.components.unregistered, command["domain"])
+            elif op == "upload_delete" and result == ("ok", True) and self.web is not None \
+                    and self.web.upload is not None:
+                # The file's bytes go from every node's disk once the log says so.
+                self._token.run_sync_soon(self.web.upload.deleted, command["slot"])
 
     def _forget_served_hosts(self) -> None:
         self._served_hosts = None  # on the trio thread, after the apply: recomputed fresh
@@ -228,6 +238,12 @@ class Node:
             if address is not None:
                 listeners.append((await _listen(address, "c2s"), direct_tls))
         return listeners
+
+    async def _open_web_listeners(self) -> list[tuple[trio.SocketListener, bool]]:
+        http = self.config.http
+        wanted = [(http.listen, False, "http"), (http.tls_listen, True, "https")]
+        return [(await _listen(address, what), tls) for address, tls, what in wanted
+                if address is not None]
 
     async def _register_hosts(self) -> None:
         """Puts this node's configured hosts into the replicated set of served hosts."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,15 +24,40 @@ from raftxmpp.admin.client import AdminClientError, call
 SECRET = "test-cluster-secret-0123456789abcdef"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL_LOW = _ephemeral_range()[0]
+_HANDED_OUT: set[int] = set()
+_PICKER = random.Random(os.getpid() ^ time.monotonic_ns())
+
+
 def free_ports(count: int) -> list[int]:
-    sockets, ports = [], []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-        ports.append(s.getsockname()[1])
-    for s in sockets:
-        s.close()
+    """Free loopback ports *below* the kernel's ephemeral range.
+
+    A port the kernel hands out for `bind(0)` comes from the same range as the source
+    ports of outgoing connections, so on a busy machine another connection could take
+    it between this check and a node's (re)start ("Address already in use"). Ports
+    below the range are only ever taken by an explicit bind; a port is never handed
+    out twice by one test process.
+    """
+    ports: list[int] = []
+    while len(ports) < count:
+        port = _PICKER.randrange(15000, _EPHEMERAL_LOW)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        ports.append(port)
     return ports
 
 
@@ -52,7 +78,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class NodeProcess:
     def __init__(self, base: Path, name: str, ports: dict[str, int], peers: list[int],
                  extra: str = "", hosts: tuple[str, ...] = ("localhost",),
-                 prefix: tuple[str, ...] = (), s2s: str = "") -> None:
+                 prefix: tuple[str, ...] = (), s2s: str = "", http_extra: str = "") -> None:
         self.name = name
         self.prefix = prefix  # e.g. ("ip", "netns", "exec", NAME): run the node in a namespace
         self.dir = base / name
@@ -72,6 +98,8 @@ hosts = [{", ".join(f'"{h}"' for h in hosts)}]
 
 [http]
 listen = "127.0.0.1:{ports.get('http', 0)}"
+{f'tls_listen = "127.0.0.1:{ports["https"]}"' if "https" in ports else ""}
+{http_extra}
 
 [s2s]
 listen = "127.0.0.1:{ports.get('s2s', 0)}"
@@ -145,7 +173,7 @@ registration = true
 class Cluster:
     def __init__(self, base: Path, size: int, extra: str = "",
                  hosts: tuple[str, ...] = ("localhost",), prefix: tuple[str, ...] = (),
-                 s2s: str = "") -> None:
+                 s2s: str = "", http_extra: str = "") -> None:
         ports = free_ports(size * 7)
         self.raft_ports = ports[:size]
         self.nodes = []
@@ -156,7 +184,7 @@ class Cluster:
                           "s2s": ports[6 * size + i]}
             peers = [p for j, p in enumerate(self.raft_ports) if j != i]
             self.nodes.append(NodeProcess(base, f"node{i + 1}", node_ports, peers, extra,
-                                          hosts, prefix, s2s))
+                                          hosts, prefix, s2s, http_extra))
 
     def start(self) -> Cluster:
         for node in self.nodes:
@@ -176,8 +204,15 @@ class Cluster:
         return wait_for(agreed, timeout, "the live nodes to agree on a leader")
 
     def kill_all(self) -> None:
+        """Kills every node, even when one of them fails to die in time (then raises)."""
+        failures = []
         for node in self.nodes:
-            node.kill()
+            try:
+                node.kill()
+            except Exception as exc:  # keep killing the others; a leftover node outlives the test
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
 
 def listener_sections() -> list[str]:

@@ -19,12 +19,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from raftxmpp import config as config_mod
-from raftxmpp import http
 from raftxmpp.cluster.secrets import (
     SealedSecretError,
     open_component_secret,
     seal_component_secret,
 )
+from raftxmpp.web import health as http
 from tests.harness import NodeProcess, free_ports, wait_for
 from tests.test_cli import ROOT, assert_one_line_error, raftxmpp
 
@@ -286,7 +286,7 @@ def test_health_ready_and_metrics_answer_plain_http(node):
     assert raw_http(port, b"NONSENSE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
     assert raw_http(port, b"GET /health HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n") \
         .startswith(b"HTTP/1.1 431 ")
-    reply = raw_http(port, b"GET /health?probe=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    reply = raw_http(port, b"GET /health?probe=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert b"Connection: close\r\n" in reply and reply.endswith(b"\r\n\r\nok\n")
 
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 from lxml import etree
 
+from raftxmpp.admin import accounts
+from raftxmpp.admin.accounts import AdminError
 from raftxmpp.cluster import secrets
 from raftxmpp.cluster.raft import RaftUnavailable
 from raftxmpp.cluster.state import BALANCING
@@ -34,10 +36,6 @@ log = logging.getLogger("raftxmpp.admin")
 
 MAX_REQUEST = 64 * 1024
 Handler = Callable[["Node", dict], Awaitable[Any]]
-
-
-class AdminError(Exception):
-    """A request the node cannot carry out, phrased for the CLI's one-line error."""
 
 
 def socket_path(data_dir: Path) -> Path:
@@ -101,59 +99,18 @@ async def _dispatch(node: Node, raw: bytes) -> dict:
         return {"ok": False, "error": "internal error; see the node's log"}
 
 
-def _account_jid(node: Node, text: str) -> str:
-    try:
-        jid = JID.parse(text)
-    except InvalidJID as exc:
-        raise AdminError(f"{text!r} is not a valid JID: {exc}") from None
-    if jid.local is None or jid.resource is not None:
-        raise AdminError(f"{text!r} is not an account JID (user@domain)")
-    if jid.domain not in node.served_hosts():
-        raise AdminError(f"{jid.domain} is not served by this cluster")
-    return str(jid)
-
-
-def _password(args: dict) -> str:
-    password = args["password"]
-    if not isinstance(password, str) or not password:
-        raise AdminError("the password must not be empty")
-    return password
-
-
 async def user_add(node: Node, args: dict) -> str:
-    jid = _account_jid(node, args["jid"])
-    try:
-        await node.store.register(jid, _password(args))
-    except StoreError as exc:
-        if exc.condition == "conflict":
-            raise AdminError(f"{jid} already exists") from None
-        raise
-    log.info("account %s created by admin", jid)
-    return jid
+    return await accounts.add_user(node.store, node.served_hosts(), args["jid"], args["password"])
 
 
 async def user_remove(node: Node, args: dict) -> str:
-    jid = _account_jid(node, args["jid"])
-    try:
-        await node.store.unregister(jid)
-    except StoreError as exc:
-        if exc.condition == "item-not-found":
-            raise AdminError(f"no account {jid}") from None
-        raise
-    log.info("account %s removed by admin", jid)
-    return jid
+    return await accounts.remove_user(node.store, node.router.sessions, node.served_hosts(),
+                                      args["jid"])
 
 
 async def user_passwd(node: Node, args: dict) -> str:
-    jid = _account_jid(node, args["jid"])
-    try:
-        await node.store.set_password(jid, _password(args))
-    except StoreError as exc:
-        if exc.condition == "item-not-found":
-            raise AdminError(f"no account {jid}") from None
-        raise
-    log.info("password of %s changed by admin", jid)
-    return jid
+    return await accounts.change_password(node.store, node.served_hosts(), args["jid"],
+                                          args["password"])
 
 
 async def user_list(node: Node, args: dict) -> list[str]:
@@ -340,6 +297,39 @@ async def component_list(node: Node, args: dict) -> list[dict]:
     return listed
 
 
+# -- online users, announcements, message of the day (also XEP-0133 ad-hoc commands) ---------------
+
+
+def _host(node: Node, args: dict) -> str | None:
+    host = args.get("host")
+    if host is not None and host not in node.served_hosts():
+        raise AdminError(f"{host} is not served by this cluster")
+    return host
+
+
+async def user_online(node: Node, args: dict) -> list[str]:
+    return accounts.online_users(node.router.sessions, _host(node, args))
+
+
+async def server_announce(node: Node, args: dict) -> int:
+    hosts = [_host(node, args)] if args.get("host") else sorted(node.served_hosts())
+    return sum(accounts.announce(node.router.sessions, host, args["text"]) for host in hosts)
+
+
+async def motd_set(node: Node, args: dict) -> int:
+    return await accounts.set_motd(node.store, node.router.sessions, node.served_hosts(),
+                                   args["text"], edit=bool(args.get("edit")))
+
+
+async def motd_delete(node: Node, args: dict) -> bool:
+    return await accounts.delete_motd(node.store)
+
+
+async def motd_show(node: Node, args: dict) -> str | None:
+    motd = node.store.motd()
+    return motd[0] if motd else None
+
+
 # -- s2s (federation) -------------------------------------------------------------------------
 
 
@@ -375,7 +365,7 @@ def _pubsub_owner(node: Node, text: str) -> str:
     if jid.resource is not None:
         raise AdminError(f"{text!r} is a full JID: give an account or a pubsub service domain")
     if jid.local is not None:
-        return _account_jid(node, text)
+        return accounts.account_jid(node.served_hosts(), text)
     service = node.config.pubsub.service
     host = jid.domain.removeprefix(f"{service}.") if service else None
     if not host or host == jid.domain or host not in node.served_hosts():
@@ -421,6 +411,11 @@ HANDLERS: dict[str, Handler] = {
     "user.list": user_list,
     "user.sessions": user_sessions,
     "user.kick": user_kick,
+    "user.online": user_online,
+    "server.announce": server_announce,
+    "motd.set": motd_set,
+    "motd.delete": motd_delete,
+    "motd.show": motd_show,
     "component.add": component_add,
     "component.remove": component_remove,
     "component.list": component_list,

@@ -1,18 +1,20 @@
-"""The trio edge of a client connection: a thin loop around the framer and ClientStream.
+"""The trio edge of a client connection: a thin loop around the negotiation core.
 
-One task reads (framer → negotiation → router); once a resource is bound, a second
-task writes the session's outgoing queue in batches, so a stanza routed to this
-client from anywhere is one list append. A client that never authenticates is cut
-off after `[c2s] pre_auth_timeout` (the Openfire pre-auth memory exhaustion), and
-nothing a client sends can take more than this connection down.
+It runs over any `ClientTransport` (raftxmpp.c2s.transport): a TCP stream here, a
+WebSocket or a BOSH session from raftxmpp.web. One task reads (transport events →
+negotiation → router); once a resource is bound, a second task writes the session's
+outgoing queue in batches, so a stanza routed to this client from anywhere is one
+list append. A client that never authenticates is cut off after `[c2s]
+pre_auth_timeout` (the Openfire pre-auth memory exhaustion), and nothing a client
+sends can take more than this connection down.
 
 Limits applied here (raftxmpp.c2s.limits): a session that spends its read budget is
-not read from until the bucket refills (TCP pushes back; it is not disconnected);
-logins go through the node's AuthThrottle (raftxmpp.c2s.login): a throttled login
-is refused with <temporary-auth-failure/> before any account is looked up, or waits
-its turn, and an unfinished exchange counts as a failure; a client that stops
-reading is cut off when a write blocks longer than `[c2s] send_timeout`, while its
-queue is capped by the session's outbox limit.
+not read from until the bucket refills (the transport applies it; TCP pushes back; it
+is not disconnected); logins go through the node's AuthThrottle (raftxmpp.c2s.login):
+a throttled login is refused with <temporary-auth-failure/> before any account is
+looked up, or waits its turn, and an unfinished exchange counts as a failure; a client
+that stops reading is cut off when a write blocks longer than `[c2s] send_timeout`,
+while its queue is capped by the session's outbox limit.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from raftxmpp.c2s.stream import (
     State,
     StreamSettings,
 )
+from raftxmpp.c2s.transport import ClientTransport, ConnectionClosed, TCPTransport
 from raftxmpp.cluster.raft import RaftUnavailable
 from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.routing.sessions import LocalSession
@@ -55,32 +58,41 @@ log = logging.getLogger("raftxmpp.c2s")
 
 SASL_AUTH = f"{{{ns.SASL}}}auth"
 
-TLS_HANDSHAKE_TIMEOUT = 15.0
-READ_SIZE = 65536
+__all__ = ["C2SConnection", "ConnectionClosed", "framer_for", "tcp_connection"]
 
 
-class ConnectionClosed(Exception):
-    pass
+def framer_for(node: Node) -> StreamFramer:
+    """A stream framer with the node's [c2s] input bounds, for any client transport."""
+    cfg = node.config.c2s
+    return StreamFramer(max_stanza_size=cfg.max_stanza_size, max_depth=cfg.max_stanza_depth,
+                        max_idle_whitespace=cfg.max_idle_whitespace)
+
+
+def tcp_connection(node: Node, stream: trio.abc.Stream, direct_tls: bool, peer: str,
+                   guards: C2SGuards | None = None,
+                   admission: Admission | None = None) -> C2SConnection:
+    """A client connection over a TCP stream (RFC 6120), STARTTLS or direct TLS."""
+    bucket = guards.read_bucket(host_of(peer), trio.current_time()) if guards else None
+    transport = TCPTransport(stream, peer, framer_for(node), bucket)
+    return C2SConnection(node, transport, guards, admission, direct_tls=direct_tls)
 
 
 class C2SConnection:
-    def __init__(self, node: Node, transport: trio.abc.Stream, direct_tls: bool, peer: str,
-                 guards: C2SGuards | None = None, admission: Admission | None = None) -> None:
+    def __init__(self, node: Node, transport: ClientTransport, guards: C2SGuards | None = None,
+                 admission: Admission | None = None, direct_tls: bool = False) -> None:
         self.node = node
         self.router = node.router
         self.transport = transport
-        self.peer = peer
-        self.ip = host_of(peer)
+        self.peer = transport.peer
+        self.ip = host_of(self.peer)
         self.direct_tls = direct_tls
         cfg = node.config.c2s
-        self.framer = StreamFramer(max_stanza_size=cfg.max_stanza_size,
-                                   max_depth=cfg.max_stanza_depth,
-                                   max_idle_whitespace=cfg.max_idle_whitespace)
-        loopback = _is_loopback(peer)
+        loopback = _is_loopback(self.peer)
         self.core = ClientStream(StreamSettings(
             hosts=node.served_hosts,
             lookup_credentials=self._lookup_credentials,
-            tls_available=node.ssl_context is not None,
+            tls_active=transport.secure,
+            tls_available=transport.can_starttls and node.ssl_context is not None,
             require_tls=cfg.require_tls and not (cfg.plaintext_auth_on_loopback and loopback),
             plaintext_auth=cfg.plaintext_auth_on_loopback and loopback,
             registration=cfg.registration,
@@ -91,7 +103,6 @@ class C2SConnection:
         self.session: LocalSession | None = None
         self.guards = guards
         self.admission = admission
-        self._read_bucket = guards.read_bucket(self.ip, trio.current_time()) if guards else None
         self.login = LoginGuard(guards.auth if guards else None, self.ip)
         self._credentials_stale = False
         self.write_started: float | None = None  # when the write in progress began
@@ -180,19 +191,8 @@ class C2SConnection:
                         session.send(action.data)
 
     async def _read_events(self) -> list:
-        bucket = self._read_bucket
-        if bucket is not None:
-            # Prosody's mod_limits: over budget, stop reading and let TCP push back.
-            pause = bucket.wait(trio.current_time())
-            if pause > 0:
-                await trio.sleep(pause)
-        data = await self.transport.receive_some(READ_SIZE)
-        if not data:
-            raise ConnectionClosed
-        if bucket is not None:
-            bucket.spend(len(data), trio.current_time())
         try:
-            return self.framer.feed(data)
+            return await self.transport.receive()
         except StreamError as exc:
             if self.session is not None:
                 self.session.close(exc)
@@ -205,29 +205,24 @@ class C2SConnection:
     async def _perform(self, actions: list) -> None:
         for action in actions:
             if isinstance(action, Send):
-                await self.transport.send_all(action.data)
+                await self.transport.send_stream(action.data)
             elif isinstance(action, StartTLS):
                 await self._start_tls()
             elif isinstance(action, ResetFramer):
-                self.framer.reset()
+                self.transport.restart()
             elif isinstance(action, BindRequest):
                 await self._bind(action)
             elif isinstance(action, PreAuthIq):
                 await self._pre_auth_iq(action)
             elif isinstance(action, Close):
                 # Any stream error went out in a Send just before.
-                await self.transport.send_all(STREAM_CLOSE)
+                await self.transport.send_stream(STREAM_CLOSE)
                 raise ConnectionClosed
 
     async def _start_tls(self) -> None:
-        ssl_stream = trio.SSLStream(self.transport, self.node.ssl_context, server_side=True)
-        with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT) as scope:
-            await ssl_stream.do_handshake()
-        if scope.cancelled_caught:
-            raise ConnectionClosed
-        self.transport = ssl_stream
-        self.framer.reset()
+        await self.transport.start_tls(self.node.ssl_context)
         self.core.settings.tls_active = True
+        self.core.settings.tls_available = False
         self.core.settings.channel_binding = (
             "tls-server-end-point", sasl.tls_server_end_point(self.node.certificate_der))
 
@@ -265,26 +260,26 @@ class C2SConnection:
             return
         register = self.router.modules["register"]
         reply = await register.pre_auth(self.router, self.core, action.iq)
-        await self.transport.send_all(serialize(reply))
+        await self.transport.send_stream(serialize(reply))
 
     async def _reply_error(self, iq, error: StanzaError) -> None:
-        await self.transport.send_all(serialize(error_reply(iq, error)))
+        await self.transport.send_stream(serialize(error_reply(iq, error)))
 
     # -- writing once bound ---------------------------------------------------------------------------------
 
     async def _write_loop(self, session: LocalSession) -> None:
-        send_all = self.transport.send_all
+        send_stanzas = self.transport.send_stanzas
         clock = trio.current_time
         while True:
             await session.wakeup.wait()
             metrics.count_stanzas_out(session.outbox)
-            data = session.take_outbox()
+            data = session.take_chunks()
             if data:
                 # A client that stops reading blocks this write; its outbox stops growing
                 # at the session's cap, and the listener's watchdog (cut_if_stalled) ends
                 # the connection. A timestamp costs less here than a cancel scope per write.
                 self.write_started = clock()
-                await send_all(data)
+                await send_stanzas(data)
                 self.write_started = None
             if session.closing is not None:
                 await self._send_error(session.closing)
@@ -305,9 +300,15 @@ class C2SConnection:
     async def _send_error(self, error: StreamError) -> None:
         tail = STREAM_CLOSE if error is _PLAIN_CLOSE else error.to_bytes() + STREAM_CLOSE
         with trio.move_on_after(2), contextlib.suppress(*_GONE):
-            await self.transport.send_all(tail)
+            await self.transport.send_stream(tail)
 
     async def _cleanup(self) -> None:
+        # The socket goes first: the session-closed hooks may wait for Raft (the last
+        # logout, XEP-0012), and a client cut off for what it sent must not be read on.
+        with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*_GONE):
+            await self.transport.aclose()
+        if self.admission is not None:
+            self.admission.release()  # the address's slot is free with the socket (idempotent)
         session = self.session
         if session is not None:
             self.router.sessions.unbind(session)
@@ -317,8 +318,6 @@ class C2SConnection:
                 except Exception:
                     log.exception("cleanup of session %s failed", session.full_jid)
             log.info("session %s closed", session.full_jid)
-        with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*_GONE):
-            await self.transport.aclose()
 
 
 # The peer went away under us.

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from raftxmpp.c2s.connection import C2SConnection
+from raftxmpp.c2s.connection import C2SConnection, tcp_connection
 from raftxmpp.c2s.limits import C2SGuards, Refused, guards_from_config
 from raftxmpp.c2s.sasl import unknown_account_key
 from raftxmpp.cluster.auth_failures import GossipedFailures
@@ -70,7 +70,7 @@ async def serve(node: Node, listener: trio.SocketListener, direct_tls: bool) -> 
         except Refused as refused:
             await _refuse(node, stream, refused, direct_tls)
             return
-        connection = C2SConnection(node, stream, direct_tls, peer, guards, admission)
+        connection = tcp_connection(node, stream, direct_tls, peer, guards, admission)
         live.add(connection)
         try:
             await connection.run()
@@ -82,11 +82,11 @@ async def serve(node: Node, listener: trio.SocketListener, direct_tls: bool) -> 
             admission.release()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_cut_stalled_writers, live, node.config.c2s.send_timeout)
+        nursery.start_soon(cut_stalled_writers, live, node.config.c2s.send_timeout)
         await trio.serve_listeners(handle, [listener])
 
 
-async def _cut_stalled_writers(live: set[C2SConnection], timeout: float) -> None:
+async def cut_stalled_writers(live: set[C2SConnection], timeout: float) -> None:
     """The slow-consumer policy's clock: a write blocked for `timeout` seconds ends
     its connection. One sweep for all connections, instead of a timer per write."""
     period = min(1.0, timeout / 4)

@@ -29,6 +29,9 @@ from raftxmpp.xml.framer import StanzaReceived, StreamClosed, StreamOpened
 from raftxmpp.xml.stanza import make, serialize, stream_header
 
 MAX_AUTH_ATTEMPTS = 3
+# The stanzas of a client stream (RFC 6120 §8); any other first-level element is not one.
+_STANZAS = frozenset(f"{{{ns.CLIENT}}}{name}" for name in ("message", "presence", "iq"))
+_STARTTLS = f"{{{ns.TLS}}}starttls"
 
 
 class State(Enum):
@@ -201,6 +204,10 @@ class ClientStream:
             return State.PRE_TLS
         return State.AUTH
 
+    def _starttls_offered(self) -> bool:
+        s = self.settings
+        return not s.tls_active and s.tls_available
+
     def _tls_needed(self) -> bool:
         s = self.settings
         return not s.tls_active and s.tls_available and s.require_tls
@@ -238,9 +245,12 @@ class ClientStream:
 
     def _on_element(self, element: etree._Element) -> list[Action]:
         if self.state is State.BOUND:
-            return [Stanza(element)]
+            if element.tag in _STANZAS:
+                return [Stanza(element)]
+            return self._unsupported(element)
         qname = etree.QName(element)
-        if self.state is State.PRE_TLS:
+        if self.state is State.PRE_TLS or (self.state is State.AUTH and self._starttls_offered()
+                                           and element.tag == _STARTTLS):
             return self._on_pre_tls(qname, element)
         if self.state in (State.AUTH, State.SASL) and qname.namespace == ns.SASL:
             return self._on_sasl(qname.localname, element)
@@ -248,7 +258,32 @@ class ClientStream:
             return self._on_bind_phase(qname, element)
         if self.state is State.AUTH and self._is_register_iq(element):
             return [PreAuthIq(element)]
-        raise StreamError("not-authorized", "authenticate first")
+        if element.tag in _STANZAS or self.state is State.HEADER:
+            raise StreamError("not-authorized", "authenticate first")
+        return self._unsupported(element)
+
+    def _unsupported(self, element: etree._Element) -> list[Action]:
+        """A first-level element this server does not support: an answer, never silence.
+
+        XEP-0198 is not offered, yet a client may try it: "If an error occurs with regard
+        to an <enable/> or <resume/> element, the server MUST return a <failed/> element"
+        (§6), and the stream goes on. A <starttls/> the server does not offer (TLS is on
+        already, or there is no certificate) gets RFC 6120 §5.4.2.2's <failure/> and the
+        stream closes. Anything else is RFC 6120 §4.9.3.24 <unsupported-stanza-type/>."""
+        qname = etree.QName(element)
+        if qname.namespace == ns.SM and qname.localname in ("enable", "resume"):
+            early = qname.localname == "enable" and self.state is not State.BOUND
+            condition = "unexpected-request" if early else "feature-not-implemented"
+            failed = etree.Element(f"{{{ns.SM}}}failed", nsmap={None: ns.SM})
+            etree.SubElement(failed, f"{{{ns.STANZAS_ERR}}}{condition}",
+                             nsmap={None: ns.STANZAS_ERR})
+            return [Send(serialize(failed))]
+        if qname.namespace == ns.TLS and qname.localname == "starttls":
+            failure = etree.Element(f"{{{ns.TLS}}}failure", nsmap={None: ns.TLS})
+            self.state = State.CLOSED
+            return [Send(serialize(failure)), Close()]
+        raise StreamError("unsupported-stanza-type",
+                          f"<{qname.localname} xmlns='{qname.namespace or ''}'/> is not supported")
 
     def _on_pre_tls(self, qname: etree.QName, element: etree._Element) -> list[Action]:
         if qname.namespace == ns.TLS and qname.localname == "starttls":
@@ -319,7 +354,9 @@ class ClientStream:
         return actions
 
     def _on_bind_phase(self, qname: etree.QName, element: etree._Element) -> list[Action]:
-        if qname.localname != "iq" or qname.namespace != ns.CLIENT:
+        if element.tag not in _STANZAS:
+            return self._unsupported(element)
+        if qname.localname != "iq":
             raise StreamError("not-authorized", "bind a resource first")
         payload = element[0] if len(element) == 1 else None
         if element.get("type") == "set" and payload is not None:

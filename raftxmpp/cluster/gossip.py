@@ -217,3 +217,22 @@ class Gossip:
                 self.dead[node] = (view.incarnation, view.heartbeat)
                 for key, old in view.items.items():
                     self.on_change(node, key, old, None)
+
+    # -- lookups by key (owner-written entries: BOSH sessions, web endpoints) ----------------------------
+
+    def owner_of(self, key: str) -> str | None:
+        """The live node whose entries hold `key` (ours first), if any."""
+        if key in self.items:
+            return self.name
+        for node, view in self.views.items():
+            if key in view.items:
+                return node
+        return None
+
+    def values_of(self, key: str) -> dict[str, Any]:
+        """Every live node's value for `key`, by node name."""
+        found = {self.name: self.items[key]} if key in self.items else {}
+        for node, view in self.views.items():
+            if key in view.items:
+                found[node] = view.items[key]
+        return found

@@ -27,6 +27,7 @@ from raftxmpp import metrics
 from raftxmpp.cluster.gossip import Gossip
 from raftxmpp.cluster.links import GOSSIP, STANZA, LinkError, Links
 from raftxmpp.cluster.raft import RaftUnavailable
+from raftxmpp.cluster.rpc import ANSWER, REQUEST, Rpc
 from raftxmpp.cluster.store import StoreError
 from raftxmpp.config import Address
 
@@ -62,6 +63,7 @@ class ClusterMembership:
         node.router.s2s.attach(self.gossip, self.links)
         self.gossip_handlers["o:"] = node.router.s2s.on_gossip_change
         self.gossip_handlers["i:"] = node.router.s2s.on_gossip_change
+        self.rpc = Rpc(self.links)  # calls between nodes (BOSH forwarding, upload bytes)
         self.removed = False
         self._was_member = False
         self._refused_since: float | None = None
@@ -70,6 +72,7 @@ class ClusterMembership:
 
     async def run(self, listener: trio.SocketListener, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.rpc.run)
             await nursery.start(self.links.serve, listener)
             nursery.start_soon(self.gossip.run)
             nursery.start_soon(self._track_members)
@@ -121,6 +124,8 @@ class ClusterMembership:
                 self.gossip.handle(peer, payload)
             elif kind == STANZA:
                 await self.node.router.deliver_from_link(payload)
+            elif kind in (REQUEST, ANSWER):
+                self.rpc.handle(peer, kind, payload)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("bad %r frame from %s: %r", kind, peer, exc)
 

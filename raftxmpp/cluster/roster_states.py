@@ -83,11 +83,19 @@ def _out_unsubscribe(item, pending_in):  # §3.3.2
     return Step(_with(item, subscription=_sub(False, has_from(sub)), ask=False), pending_in, DELIVER)
 
 
-def _out_unsubscribed(item, pending_in):  # §3.2.2, and cancelling a pre-approval
-    if item is None:
-        return Step(None, False, DELIVER)
-    sub = item["subscription"]
-    return Step(_with(item, subscription=_sub(has_to(sub), False), approved=False), False, DELIVER)
+def _out_unsubscribed(item, pending_in):  # §3.2.2
+    sub = item["subscription"] if item else "none"
+    if pending_in or has_from(sub):  # denying a request, or cancelling a subscription
+        if item is None:
+            return Step(None, False, DELIVER)
+        return Step(_with(item, subscription=_sub(has_to(sub), False), approved=False), False,
+                    DELIVER)
+    if item is not None and item["approved"]:
+        # 2. "the contact's server MUST remove the pre-approval and MUST NOT route or
+        # deliver the presence stanza of type "unsubscribed" to the user"
+        return Step(_with(item, approved=False), False, DROP)
+    # 1. None, None + Pending Out, To: "SHOULD NOT route or deliver" it.
+    return Step(item, False, DROP)
 
 
 def _in_subscribe(item, pending_in):  # §3.1.3

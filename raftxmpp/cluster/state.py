@@ -28,6 +28,8 @@ from raftxmpp.cluster import pubsub_state, roster_states
 
 VERSION = 1
 DEDUP_CAPACITY = 100_000
+# A waiting subscription request, serialised (raftxmpp.modules.presence trims it to fit).
+MAX_PENDING_REQUEST = 4096
 
 Command = dict[str, Any]
 # ("ok", value) or ("error", condition, text): plain tuples, so results pickle into snapshots.
@@ -70,6 +72,13 @@ class ClusterState:
         # Publish-subscribe (raftxmpp.cluster.pubsub_state): nodes by owner, and items.
         self.pubsub: dict[str, dict[str, dict]] = {}
         self.pubsub_items: dict[str, dict] = {}
+        # The message of the day (XEP-0133): {"text": str | None, "version": int} once set;
+        # the version only grows, so "seen" marks stay meaningful across delete and set.
+        self.motd: dict | None = None
+        # HTTP File Upload (XEP-0363): slot id → slot or stored file; bytes reserved
+        # or stored per account. The file bytes live on the nodes' disks, never here.
+        self.uploads: dict[str, dict] = {}
+        self.upload_usage: dict[str, int] = {}
         self.dedup: OrderedDict[str, Result] = OrderedDict()
         self.applied = 0
 
@@ -119,6 +128,9 @@ class ClusterState:
             "membership_lock": self.membership_lock,
             "pubsub": self.pubsub,
             "pubsub_items": self.pubsub_items,
+            "motd": self.motd,
+            "uploads": self.uploads,
+            "upload_usage": self.upload_usage,
             "dedup": self.dedup,
             "applied": self.applied,
         }
@@ -340,21 +352,36 @@ def op_roster_subscription(state: ClusterState, command: Command) -> dict:
     Returns {"changed": bool, "item": item-or-None, "ver": int, "action": str}; the
     action ("deliver", "auto-subscribed", "drop") tells the caller what to do with
     the presence stanza, per RFC 6121 §3.
+
+    An inbound request that becomes pending keeps `request`, the subscription request
+    as the contact should see it (RFC 6121 §3.1.3: "the complete presence stanza ...
+    including any extended content"), at most MAX_PENDING_REQUEST characters; older
+    commands carried only the <status/> text as `status`. At most `limit` requests wait
+    per account (0: no limit); one more is refused with resource-constraint.
     """
     jid, contact = _text(command, "jid"), _text(command, "contact")
     event = command["event"]
+    request = command.get("request", command.get("status", ""))
+    limit = command.get("limit", 0)
     if event not in roster_states.EVENTS:
         raise Rejected("bad-request", f"unknown subscription event {event!r}")
+    if not isinstance(request, str) or len(request) > MAX_PENDING_REQUEST:
+        raise Rejected("bad-request", f"request must be a string of at most {MAX_PENDING_REQUEST} chars")
+    if not isinstance(limit, int) or limit < 0:
+        raise Rejected("bad-request", "limit must be a non-negative integer")
     if jid not in state.accounts:
         # Inbound subscription traffic for a missing account is silently dropped (§3.1.3).
         return {"changed": False, "item": None, "ver": 0, "action": "drop"}
-    roster = _roster(state, jid)
-    item = roster["items"].get(contact)
-    pending_in = contact in roster["pending_in"]
+    existing = state.rosters.get(jid, {"items": {}, "pending_in": {}})
+    item = existing["items"].get(contact)
+    pending_in = contact in existing["pending_in"]
     step = roster_states.step(event, item, pending_in)
+    if step.pending_in and not pending_in and limit and len(existing["pending_in"]) >= limit:
+        raise Rejected("resource-constraint", "too many subscription requests are waiting")
+    roster = _roster(state, jid)
     if step.pending_in != pending_in:
         if step.pending_in:
-            roster["pending_in"][contact] = command.get("status", "")
+            roster["pending_in"][contact] = request
         else:
             roster["pending_in"].pop(contact, None)
     changed = step.item != item
@@ -449,6 +476,153 @@ def _jid_list(command: Command) -> list[str]:
     if not isinstance(items, list | tuple) or not all(isinstance(i, str) and i for i in items):
         raise Rejected("bad-request", "items must be a list of JIDs")
     return list(items)
+
+
+# -- last activity (XEP-0012) and the message of the day (XEP-0133) ------------------
+
+MAX_STATUS = 1024
+MAX_MOTD = 4096
+
+
+def op_last_logout(state: ClusterState, command: Command) -> bool:
+    """Records that a session of the account ended (the command's time) and the status of
+    its last unavailable presence. The latest time wins, whatever order logouts on two
+    nodes commit in; returns whether this one is now the recorded logout."""
+    jid = _text(command, "jid")
+    status = command.get("status", "")
+    if not isinstance(status, str) or len(status) > MAX_STATUS:
+        raise Rejected("bad-request", f"status must be a string of at most {MAX_STATUS} chars")
+    account = _account(state, jid)
+    if command["ts"] < account.get("last_logout", 0.0):
+        return False
+    account["last_logout"] = command["ts"]
+    account["last_status"] = status
+    return True
+
+
+def op_motd_set(state: ClusterState, command: Command) -> int:
+    """Sets the message of the day; returns its version. A new message gets a new version
+    (every user is shown it once more); `edit` corrects the current one in place."""
+    text = _text(command, "text", MAX_MOTD)
+    edit = command.get("edit", False)
+    if not isinstance(edit, bool):
+        raise Rejected("bad-request", "edit must be true or false")
+    current = state.motd or {"text": None, "version": 0}
+    version = current["version"]
+    if not (edit and current["text"] is not None):
+        version += 1
+    state.motd = {"text": text, "version": version}
+    return version
+
+
+def op_motd_delete(state: ClusterState, command: Command) -> bool:
+    """Deletes the message of the day; False when there was none."""
+    if state.motd is None or state.motd["text"] is None:
+        return False
+    state.motd = {"text": None, "version": state.motd["version"]}
+    return True
+
+
+def op_motd_seen(state: ClusterState, command: Command) -> bool:
+    """Marks the account as shown the message of the day up to `version`."""
+    jid = _text(command, "jid")
+    version = command["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise Rejected("bad-request", "version must be a non-negative integer")
+    account = _account(state, jid)
+    account["motd_seen"] = max(account.get("motd_seen", 0), version)
+    return True
+
+
+# -- HTTP File Upload (XEP-0363) -------------------------------------------------------
+# A slot reserves `size` bytes of the account's quota until its file is stored or the
+# slot expires; `upload_stored` records that a majority of nodes hold the verified
+# bytes; `upload_delete` frees the quota, and every node then deletes its copy.
+
+
+def _upload_of(state: ClusterState, jid: str, slot: str) -> dict:
+    upload = state.uploads.get(slot)
+    if upload is None or upload["jid"] != jid:
+        raise Rejected("item-not-found", f"no upload slot {slot} for {jid}")
+    return upload
+
+
+def _slot_id(command: Command) -> str:
+    slot = _text(command, "slot", 32)
+    if len(slot) != 32 or any(c not in "0123456789abcdef" for c in slot):
+        raise Rejected("bad-request", "slot must be 32 lowercase hex digits")
+    return slot
+
+
+def op_upload_slot(state: ClusterState, command: Command) -> dict:
+    """Reserves a slot for one file of `size` bytes within the account's quota."""
+    jid, slot = _text(command, "jid"), _slot_id(command)
+    name, content_type = _text(command, "name", 255), _text(command, "type", 255)
+    size, max_size, quota = command["size"], command["max_size"], command["quota"]
+    expires = command["expires"]
+    if "/" in name or name in (".", "..") or any(ord(c) < 32 for c in name):
+        raise Rejected("bad-request", "the file name must not contain / or control characters")
+    for key, value in (("size", size), ("max_size", max_size), ("quota", quota)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise Rejected("bad-request", f"{key} must be a non-negative integer")
+    if not isinstance(expires, int | float):
+        raise Rejected("bad-request", "expires must be a time")
+    if not 0 < size <= max_size:
+        raise Rejected("not-acceptable", f"file too large: at most {max_size} bytes")
+    _account(state, jid)
+    if slot in state.uploads:
+        raise Rejected("conflict", "slot id already used")
+    used = state.upload_usage.get(jid, 0)
+    if quota and used + size > quota:
+        raise Rejected("resource-constraint", f"upload quota of {quota} bytes reached")
+    upload = {"jid": jid, "name": name, "size": size, "type": content_type,
+              "created": command["ts"], "expires": expires, "stored": False,
+              "sha256": None, "holders": [], "file_expires": None}
+    state.uploads[slot] = upload
+    state.upload_usage[jid] = used + size
+    return dict(upload)
+
+
+def op_upload_stored(state: ClusterState, command: Command) -> bool:
+    """The slot's file is on a majority of nodes with this hash; True if newly stored."""
+    jid, slot = _text(command, "jid"), _slot_id(command)
+    digest, holders = _text(command, "sha256", 64), command["holders"]
+    file_expires = command.get("file_expires")
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise Rejected("bad-request", "sha256 must be 64 lowercase hex digits")
+    if not isinstance(holders, list | tuple) or not all(isinstance(h, str) for h in holders):
+        raise Rejected("bad-request", "holders must be node names")
+    if file_expires is not None and not isinstance(file_expires, int | float):
+        raise Rejected("bad-request", "file_expires must be a time or none")
+    upload = _upload_of(state, jid, slot)
+    if upload["stored"]:
+        if upload["sha256"] != digest:
+            raise Rejected("conflict", "the slot holds another file already")
+        return False
+    upload.update(stored=True, sha256=digest, holders=sorted(set(holders)),
+                  file_expires=file_expires)
+    return True
+
+
+def op_upload_delete(state: ClusterState, command: Command) -> bool:
+    """Forgets a slot or file and frees its quota; with `before`, only if it expired by
+    then (the expiry sweep), so a sweep raced by a fresh upload deletes nothing."""
+    jid, slot = _text(command, "jid"), _slot_id(command)
+    before = command.get("before")
+    upload = state.uploads.get(slot)
+    if upload is None or upload["jid"] != jid:
+        return False
+    if before is not None:
+        expiry = upload["file_expires"] if upload["stored"] else upload["expires"]
+        if not isinstance(before, int | float) or expiry is None or expiry > before:
+            return False
+    del state.uploads[slot]
+    left = state.upload_usage.get(jid, 0) - upload["size"]
+    if left > 0:
+        state.upload_usage[jid] = left
+    else:
+        state.upload_usage.pop(jid, None)
+    return True
 
 
 OPS: dict[str, Callable[[ClusterState, Command], Any]] = {

@@ -86,7 +86,10 @@ class Store(PubsubStore):  # pubsub's named operations: raftxmpp.cluster.pubsub_
     # -- roster -------------------------------------------------------------------------
 
     def roster(self, jid: str) -> dict:
-        """{"ver": int, "items": {contact: item}, "pending_in": {contact: status}}."""
+        """{"ver": int, "items": {contact: item}, "pending_in": {contact: request}}.
+
+        A pending request is the serialised <presence type='subscribe'/> to deliver (or,
+        stored by older versions, only its status text)."""
         empty = {"ver": 0, "items": {}, "pending_in": {}}
         return self._read(lambda s: copy.deepcopy(s.rosters.get(jid, empty)))
 
@@ -104,9 +107,10 @@ class Store(PubsubStore):  # pubsub's named operations: raftxmpp.cluster.pubsub_
         return await self._write("roster_remove", jid=jid, contact=contact)
 
     async def roster_subscription(self, jid: str, contact: str, event: str,
-                                  status: str = "") -> dict:
+                                  request: str = "", limit: int = 0) -> dict:
+        """One subscription event; `request` is kept if it becomes a pending request."""
         return await self._write("roster_subscription", jid=jid, contact=contact, event=event,
-                                 status=status)
+                                 request=request, limit=limit)
 
     # -- offline messages ------------------------------------------------------------------
 
@@ -157,6 +161,41 @@ class Store(PubsubStore):  # pubsub's named operations: raftxmpp.cluster.pubsub_
     async def unblock(self, jid: str, items: list[str]) -> list[str]:
         return await self._write("unblock", jid=jid, items=items)
 
+    # -- last activity (XEP-0012), message of the day (XEP-0133) -------------------------------
+
+    async def record_logout(self, jid: str, status: str = "") -> None:
+        await self._write("last_logout", jid=jid, status=status)
+
+    def last_logout(self, jid: str) -> tuple[float, str] | None:
+        """(time of the account's last logout, its last unavailable status), if recorded."""
+        def query(s: ClusterState) -> tuple[float, str] | None:
+            account = s.accounts.get(jid)
+            if account is None or "last_logout" not in account:
+                return None
+            return account["last_logout"], account.get("last_status", "")
+
+        return self._read(query)
+
+    async def motd_set(self, text: str, edit: bool = False) -> int:
+        return await self._write("motd_set", text=text, edit=edit)
+
+    async def motd_delete(self) -> bool:
+        return await self._write("motd_delete")
+
+    def motd(self) -> tuple[str, int] | None:
+        """(text, version) of the message of the day, if one is set."""
+        def query(s: ClusterState) -> tuple[str, int] | None:
+            motd = s.motd
+            return None if motd is None or motd["text"] is None else (motd["text"], motd["version"])
+
+        return self._read(query)
+
+    def motd_seen(self, jid: str) -> int:
+        return self._read(lambda s: s.accounts.get(jid, {}).get("motd_seen", 0))
+
+    async def record_motd_seen(self, jid: str, version: int) -> None:
+        await self._write("motd_seen", jid=jid, version=version)
+
     # -- cluster data -------------------------------------------------------------------------
 
     def hosts(self) -> set[str]:
@@ -199,3 +238,40 @@ class Store(PubsubStore):  # pubsub's named operations: raftxmpp.cluster.pubsub_
 
     async def membership_unlock(self, owner: str) -> None:
         await self._write("membership_unlock", owner=owner)
+
+    # -- HTTP File Upload (XEP-0363) ----------------------------------------------------------
+
+    def upload(self, slot: str) -> dict | None:
+        """A slot or stored file's metadata (raftxmpp.cluster.state, op_upload_slot)."""
+        return self._read(lambda s: copy.deepcopy(s.uploads.get(slot)))
+
+    def upload_usage(self, jid: str) -> int:
+        return self._read(lambda s: s.upload_usage.get(jid, 0))
+
+    def uploads_expired(self, now: float, limit: int = 1000) -> list[tuple[str, str]]:
+        """(account, slot) of slots and files whose time is up, for the expiry sweep."""
+        def query(s: ClusterState) -> list[tuple[str, str]]:
+            found = []
+            for slot, upload in s.uploads.items():
+                expiry = upload["file_expires"] if upload["stored"] else upload["expires"]
+                if expiry is not None and expiry <= now:
+                    found.append((upload["jid"], slot))
+                    if len(found) >= limit:
+                        break
+            return found
+
+        return self._read(query)
+
+    async def upload_slot(self, jid: str, slot: str, name: str, size: int, content_type: str,
+                          expires: float, max_size: int, quota: int) -> dict:
+        return await self._write("upload_slot", jid=jid, slot=slot, name=name, size=size,
+                                 type=content_type, expires=expires, max_size=max_size,
+                                 quota=quota)
+
+    async def upload_stored(self, jid: str, slot: str, sha256: str, holders: list[str],
+                            file_expires: float | None) -> bool:
+        return await self._write("upload_stored", jid=jid, slot=slot, sha256=sha256,
+                                 holders=holders, file_expires=file_expires)
+
+    async def upload_delete(self, jid: str, slot: str, before: float | None = None) -> bool:
+        return await self._write("upload_delete", jid=jid, slot=slot, before=before)

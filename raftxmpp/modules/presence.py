@@ -8,18 +8,26 @@ itself (available, unavailable, probes) is volatile and never touches Raft.
 Broadcast is local everywhere: a session's presence travels to the other nodes in
 its gossip entry, and each node delivers it to its own clients that are entitled to
 it. So a node's death (its entries purged) or its return reaches every contact
-as unavailable or available presence with no extra protocol.
+as unavailable or available presence with no extra protocol. Presence the server
+sends on a user's behalf for one event (a subscription change, a block) goes from
+the node that handled the event to the contact's sessions wherever they are.
+
+Block lists (XEP-0191) apply both ways to everything here: nothing from a blocked
+JID reaches the user, and a contact the user blocks sees the user offline.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from functools import partial
 
 from lxml import etree
 
 from raftxmpp.cluster import roster_states
+from raftxmpp.cluster.state import MAX_PENDING_REQUEST, MAX_STATUS
 from raftxmpp.jid import JID
+from raftxmpp.routing.local import block_candidates
 from raftxmpp.routing.router import Router
 from raftxmpp.routing.sessions import LocalSession, RemoteSession, Session
 from raftxmpp.xml import ns
@@ -28,13 +36,21 @@ from raftxmpp.xml.stanza import make, serialize
 
 SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+PRESENCE = f"{{{ns.CLIENT}}}presence"
 PRIORITY = f"{{{ns.CLIENT}}}priority"
+STATUS = f"{{{ns.CLIENT}}}status"
+# What a stored subscription request keeps first when it must be trimmed to fit: the
+# status, the requester's nickname (XEP-0172) and a pre-authentication token (XEP-0379).
+_KEPT_FIRST = (STATUS, "{http://jabber.org/protocol/nick}nick", "{urn:xmpp:pars:0}preauth")
 
 
 def setup(router: Router) -> None:
     router.local.presence_handler = partial(handle, router)
     router.add_hook("session-closed", partial(on_session_closed, router))
     router.sessions.on_remote_change.append(partial(on_remote_change, router))
+    # RFC 6121 §3.4.1: subscription pre-approval is supported, so it is announced.
+    router.stream_features.append(
+        lambda: etree.Element(f"{{{ns.PREAPPROVAL}}}sub", nsmap={None: ns.PREAPPROVAL}))
 
 
 async def handle(router: Router, stanza: etree._Element, target: JID | None,
@@ -50,7 +66,7 @@ async def handle(router: Router, stanza: etree._Element, target: JID | None,
     elif ptype in (None, "unavailable"):
         if target is None:
             if sender is not None:
-                await broadcast(router, sender, stanza)
+                await broadcast(router, sender, stanza, reflect=True)
         else:
             directed(router, stanza, target, sender)
     elif ptype == "error":
@@ -65,6 +81,78 @@ async def handle(router: Router, stanza: etree._Element, target: JID | None,
         raise StanzaError("bad-request", text=f"unknown presence type {ptype!r}")
 
 
+# -- block lists, both ways ------------------------------------------------------------------------------
+
+
+def _blocked_either_way(router: Router, a: str, a_jid: JID, b: str, b_jid: JID) -> bool:
+    """Whether presence between accounts `a` and `b` is cut by either one's block list."""
+    local = router.local
+    return local.is_blocked(a, b_jid) or local.is_blocked(b, a_jid)
+
+
+def _covered(items: set[str], jid: JID) -> bool:
+    return any(candidate in items for candidate in block_candidates(jid))
+
+
+def blocked(router: Router, user: str, items: Iterable[str]) -> None:
+    """XEP-0191 §3.3: "When the user blocks communications with the contact, the user's
+    server MUST send unavailable presence information to the contact (but only if the
+    contact is allowed to receive presence notifications from the user ...)": from each
+    of the user's available resources, to the blocked contacts' available resources, and
+    to blocked entities the user's resources sent directed presence to."""
+    items = set(items)
+    if not items:
+        return
+    subscribers = _subscribers(router, user)
+    targets = [session for contact in subscribers
+               for session in router.sessions.available(contact) if _covered(items, session.jid)]
+    _unavailable_from(router, user, targets)
+    for contact in subscribers:
+        if _is_remote(router, contact) and _covered(items, JID.parse(contact)):
+            _unavailable_to_remote(router, user, contact)
+    for session in router.sessions.resources(user):
+        if not session.is_local:
+            continue  # directed presence is known to the session's own node only
+        for target in list(session.directed):
+            jid = JID.parse(target)
+            if not _covered(items, jid):
+                continue
+            if str(jid.bare) not in subscribers:  # those were told just above
+                unavailable = make("presence", {"type": "unavailable", "from": session.full_jid,
+                                                "to": target})
+                _deliver_directed(router, unavailable, jid)
+            session.directed.discard(target)
+
+
+def unblocked(router: Router, user: str, items: Iterable[str]) -> None:
+    """XEP-0191 §3.4: "When the user unblocks communications with the contact, the user's
+    server MUST send the user's current presence information to the contact (but only if
+    the contact is allowed to receive presence notifications from the user ...)". The
+    user's resources also get the contact's current presence (what a probe would give),
+    since every presence the contact sent during the block was dropped."""
+    items = set(items)
+    if not items:
+        return
+    user_jid = JID.parse(user)
+    for contact, item in router.store.roster(user)["items"].items():
+        contact_jid = JID.parse(contact)
+        if _blocked_either_way(router, user, user_jid, contact, contact_jid):
+            continue
+        if _is_remote(router, contact):
+            if _covered(items, contact_jid):
+                if roster_states.has_from(item["subscription"]):
+                    _presence_to_remote(router, user, contact)
+                if roster_states.has_to(item["subscription"]):
+                    _probe(router, user, contact)  # its answer comes back over s2s
+            continue
+        if roster_states.has_from(item["subscription"]):
+            targets = [s for s in router.sessions.available(contact) if _covered(items, s.jid)]
+            _current_presence_from(router, user, targets)
+        if roster_states.has_to(item["subscription"]) and _covered(items, contact_jid):
+            _contact_presence_to(router, contact, user, router.sessions.available(user),
+                                 unavailable=True)
+
+
 # -- subscriptions (§3) ----------------------------------------------------------------------------------
 
 
@@ -77,33 +165,55 @@ async def outbound_subscription(router: Router, sender: LocalSession, contact: s
         router.modules["roster"].push(router, user, contact, result["item"], result["ver"])
     if result["action"] != roster_states.DELIVER:
         return
-    status = stanza.findtext(f"{{{ns.CLIENT}}}status") if stanza is not None else None
-    if _is_remote(router, contact):  # §3.1.2: stamped with the bare JID, to the contact's server
-        router.s2s.send_stanza(subscription_stanza(ptype, user, contact, status or ""))
-    else:
-        await inbound_subscription(router, user, contact, ptype, status or "")
+    if ptype == "unsubscribed":
+        # §3.2.2: "While the user is still subscribed to the contact's presence (i.e.,
+        # before the contact's server routes or delivers the presence stanza of type
+        # "unsubscribed" to the user), the contact's server MUST send a presence stanza
+        # of type "unavailable" from all of the contact's online resources to the user."
+        send_unavailable(router, user, contact)
+    await deliver_subscription(router, user, contact, ptype, stanza)
     if ptype == "subscribed":
         # §3.1.5: the contact now receives the user's presence from every available resource.
         send_current_presence(router, user, contact)
-    elif ptype == "unsubscribed":
-        send_unavailable(router, user, contact)  # §3.2.2
+
+
+async def deliver_subscription(router: Router, user: str, contact: str, ptype: str,
+                               stanza: etree._Element | None = None) -> None:
+    """A subscription stanza of the account `user` for `contact`: to the contact's server
+    over s2s (§3.1.2: stamped with the user's bare JID), or handled here for an account
+    of this cluster."""
+    if _is_remote(router, contact):
+        router.s2s.send_stanza(subscription_stanza(ptype, user, contact, stanza))
+    else:
+        await inbound_subscription(router, user, contact, ptype, stanza)
 
 
 async def inbound_subscription(router: Router, user: str, contact: str, ptype: str,
-                               status: str = "") -> None:
-    """Presence of type `ptype` from `user` (bare) arrives for the account `contact`."""
+                               stanza: etree._Element | None = None) -> None:
+    """Presence of type `ptype` from `user` (bare) arrives for the account `contact`;
+    `stanza` is what the user's client sent, whose content the contact gets."""
     if not router.store.account_exists(contact):
         if ptype == "subscribe":  # §3.1.3: no such contact → the request is declined
             await _reply_in(router, contact, user, "unsubscribed")
         return
-    result = await router.store.roster_subscription(contact, user, "in-" + ptype, status)
-    if result["changed"]:
-        router.modules["roster"].push(router, contact, user, result["item"], result["ver"])
+    if router.local.is_blocked(contact, JID.parse(user)):
+        return  # XEP-0191 §3.3: presence from a blocked JID gets no response, no error
+    element = subscription_stanza(ptype, user, contact, stanza)
+    request = pending_request(element) if ptype == "subscribe" else ""
+    result = await router.store.roster_subscription(contact, user, "in-" + ptype, request,
+                                                    router.config.limits.roster_size)
     action = result["action"]
     if action == roster_states.DELIVER:
-        element = subscription_stanza(ptype, user, contact, status)
-        for session in router.sessions.available(contact):
+        # §3.1.3: a request goes "to all available resources"; an approval or a
+        # cancellation (§3.1.6, §3.2.3, §3.3.3) "to all of the user's interested
+        # resources ... This MUST occur before sending the roster push".
+        sessions = router.sessions
+        recipients = sessions.available(contact) if ptype == "subscribe" else sessions.interested(contact)
+        for session in recipients:
             session.send_stanza(element)
+    if result["changed"]:
+        router.modules["roster"].push(router, contact, user, result["item"], result["ver"])
+    if action == roster_states.DELIVER:
         if ptype == "unsubscribe":
             send_unavailable(router, contact, user)  # §3.3.3
     elif action == roster_states.AUTO_SUBSCRIBED:
@@ -112,22 +222,78 @@ async def inbound_subscription(router: Router, user: str, contact: str, ptype: s
 
 
 async def _reply_in(router: Router, contact: str, user: str, ptype: str) -> None:
-    """The contact's server answers on the contact's behalf (pre-approval, or no account)."""
-    if router.store.account_exists(user):
+    """The contact's server answers on the contact's behalf (pre-approval, or no account);
+    to a user on another server, over s2s."""
+    if _is_remote(router, user):
+        router.s2s.send_stanza(subscription_stanza(ptype, contact, user))
+    elif router.store.account_exists(user):
         await inbound_subscription(router, contact, user, ptype)
 
 
-def subscription_stanza(ptype: str, from_bare: str, to_bare: str, status: str = "") -> etree._Element:
-    element = make("presence", {"type": ptype, "from": from_bare, "to": to_bare})
-    if status:
-        etree.SubElement(element, f"{{{ns.CLIENT}}}status").text = status
+def subscription_stanza(ptype: str, from_bare: str, to_bare: str,
+                        original: etree._Element | None = None) -> etree._Element:
+    """The subscription presence the contact receives: the user's own stanza with all of
+    its content (RFC 6121 §3.1.3; RFC 6120 §8.4), stamped with the user's bare JID as
+    'from' (§3.1.2) and the contact's bare JID as 'to'."""
+    if original is None:
+        return make("presence", {"type": ptype, "from": from_bare, "to": to_bare})
+    element = copy.deepcopy(original)
+    element.set("type", ptype)
+    element.set("from", from_bare)
+    element.set("to", to_bare)
     return element
+
+
+def pending_request(element: etree._Element) -> str:
+    """The request as stored while the contact is offline: whole when it fits in
+    MAX_PENDING_REQUEST characters, otherwise with as many children as fit, status,
+    nickname and pre-authentication token first."""
+    text = etree.tostring(element, encoding="unicode")
+    if len(text) <= MAX_PENDING_REQUEST:
+        return text
+    trimmed = copy.copy(element)
+    for child in list(trimmed):
+        trimmed.remove(child)
+    for child in sorted(element, key=lambda c: c.tag not in _KEPT_FIRST):
+        trimmed.append(copy.deepcopy(child))
+        if len(etree.tostring(trimmed, encoding="unicode")) > MAX_PENDING_REQUEST:
+            trimmed.remove(trimmed[-1])
+    return etree.tostring(trimmed, encoding="unicode")
+
+
+def _stored_request(stored: str, contact: str, user: str) -> etree._Element:
+    """A pending request as delivered; older versions stored only its status text."""
+    try:
+        element = etree.fromstring(stored.encode(), _PARSER) if stored.startswith("<") else None
+    except etree.XMLSyntaxError:
+        element = None
+    if element is not None and element.tag == PRESENCE:
+        return subscription_stanza("subscribe", contact, user, element)
+    element = subscription_stanza("subscribe", contact, user)
+    if stored:
+        etree.SubElement(element, STATUS).text = stored
+    return element
+
+
+def _deliver_pending_requests(router: Router, sender: LocalSession) -> None:
+    """Subscription requests that arrived while the user was offline (§3.1.3), except from
+    JIDs the user has blocked since (XEP-0191 §3.3)."""
+    pending = router.store.roster(sender.bare_jid)["pending_in"]
+    for contact, stored in pending.items():
+        if router.local.is_blocked(sender.bare_jid, JID.parse(contact)):
+            continue
+        sender.send_stanza(_stored_request(stored, contact, sender.bare_jid))
 
 
 # -- broadcast and probes (§4) ----------------------------------------------------------------------------
 
 
-async def broadcast(router: Router, sender: LocalSession, stanza: etree._Element) -> None:
+async def broadcast(router: Router, sender: LocalSession, stanza: etree._Element,
+                    reflect: bool = False) -> None:
+    """Presence the client sent with no 'to'. With `reflect`, the sending resource gets it
+    back too (§4.2.2: "to all of the user's available resources, including the resource
+    that generated the presence notification in the first place"; §4.4.2 likewise for
+    subsequent presence); a connection that ended without unavailable gets nothing."""
     available = stanza.get("type") is None
     initial = available and not sender.available
     if available:
@@ -139,9 +305,12 @@ async def broadcast(router: Router, sender: LocalSession, stanza: etree._Element
     else:
         sender.available = False
         sender.presence = None
+        sender.unavailable_status = (stanza.findtext(STATUS) or "")[:MAX_STATUS]
     if router.sessions.local_session(sender.jid) is sender:
         router.sessions.publish(sender)  # other nodes fan it out to their clients
         _fan_out_remote(router, sender, stanza, initial)  # contacts on other servers
+    if reflect:
+        sender.send_stanza(stanza)
     _fan_out(router, sender, stanza)
     if not available:
         _directed_unavailable(router, sender, stanza)
@@ -166,11 +335,10 @@ def on_remote_change(router: Router, session: RemoteSession, was_available: bool
 def _fan_out(router: Router, sender: Session, stanza: etree._Element) -> None:
     """To this node's clients entitled to the presence: subscribed contacts, own resources."""
     user = sender.bare_jid
-    local = router.local
     for contact, item in router.store.roster(user)["items"].items():
         if not roster_states.has_from(item["subscription"]):
             continue
-        if local.is_blocked(user, JID.parse(contact)) or local.is_blocked(contact, sender.jid):
+        if _blocked_either_way(router, user, sender.jid, contact, JID.parse(contact)):
             continue
         _deliver_to_account(router, stanza, contact)
     for session in router.sessions.available_local(user):
@@ -195,76 +363,123 @@ def _directed_unavailable(router: Router, sender: LocalSession, stanza: etree._E
     sender.directed.clear()
 
 
+def _subscribers(router: Router, user: str) -> list[str]:
+    """The contacts entitled to the user's presence (subscription from or both)."""
+    return [contact for contact, item in router.store.roster(user)["items"].items()
+            if roster_states.has_from(item["subscription"])]
+
+
 def _probe_contacts(router: Router, sender: LocalSession) -> None:
     """Answers the probes the server sends for the user's new session (§4.3.2)."""
     user = sender.bare_jid
     for contact, item in router.store.roster(user)["items"].items():
         if not roster_states.has_to(item["subscription"]):
             continue
-        their_item = router.store.roster_item(contact, user)
-        if their_item is None or not roster_states.has_from(their_item["subscription"]):
+        if _blocked_either_way(router, user, sender.jid, contact, JID.parse(contact)):
             continue
-        for session in router.sessions.available(contact):
-            if session.presence is not None:
-                sender.send(session.presence)
+        _contact_presence_to(router, contact, user, [sender])
     for session in router.sessions.available(user):
         if session is not sender and session.presence is not None:
             sender.send(session.presence)
 
 
-def _deliver_pending_requests(router: Router, sender: LocalSession) -> None:
-    """Subscription requests that arrived while the user was offline (§3.1.3)."""
-    pending = router.store.roster(sender.bare_jid)["pending_in"]
-    for contact, status in pending.items():
-        sender.send_stanza(subscription_stanza("subscribe", contact, sender.bare_jid, status))
+def _contact_presence_to(router: Router, contact: str, user: str, targets: list[Session],
+                         unavailable: bool = False) -> None:
+    """The contact's current presence to the user's `targets`, if the contact's roster lets
+    the user see it (§4.3.2); with `unavailable`, a contact with no available resource is
+    reported unavailable (what the targets may still show is stale)."""
+    their_item = router.store.roster_item(contact, user)
+    if their_item is None or not roster_states.has_from(their_item["subscription"]):
+        return
+    sessions = [s for s in router.sessions.available(contact) if s.presence is not None]
+    for session in sessions:
+        for target in targets:
+            target.send(session.presence)
+    if unavailable and not sessions:
+        data = serialize(make("presence", {"type": "unavailable", "from": contact}))
+        for target in targets:
+            target.send(data)
 
 
 def directed(router: Router, stanza: etree._Element, target: JID,
              sender: LocalSession | None) -> None:
     """Directed presence (§4.6): to one resource, or to every available resource of an account."""
+    _deliver_directed(router, stanza, target)
+    if sender is None:
+        return
+    if stanza.get("type") is not None:
+        sender.directed.discard(str(target))
+    elif not _is_subscriber(router, sender.bare_jid, str(target.bare)):
+        # A subscriber gets the user's unavailable broadcast anyway; tracking it too would
+        # tell it twice (RFC 3921 §5.1.4 left such directed presence untracked).
+        sender.directed.add(str(target))
+
+
+def _is_subscriber(router: Router, user: str, contact: str) -> bool:
+    item = router.store.roster_item(user, contact)
+    return item is not None and roster_states.has_from(item["subscription"])
+
+
+def _deliver_directed(router: Router, stanza: etree._Element, target: JID) -> None:
     from_jid = JID.parse(stanza.get("from"))
     bare = str(target.bare)
     if _is_remote(router, bare):  # to another server; its server decides who gets it
         router.s2s.send_stanza(stanza)
-    elif router.local.is_blocked(bare, from_jid):
         return
-    elif target.resource is not None:
+    if router.local.is_blocked(bare, from_jid):
+        return
+    if target.resource is not None:
         session = router.sessions.session(target)
         if session is not None:
             session.send_stanza(stanza)
     else:
         for session in router.sessions.available(bare):
             session.send_stanza(stanza)
-    if sender is not None:
-        if stanza.get("type") is None:
-            sender.directed.add(str(target))
-        else:
-            sender.directed.discard(str(target))
 
 
 def send_current_presence(router: Router, user: str, contact: str) -> None:
-    """Presence of each of `user`'s available resources, to `contact`'s resources."""
+    """Presence of each of `user`'s available resources, to `contact`'s resources (or,
+    for a contact on another server, to that server)."""
     if _is_remote(router, contact):
-        _presence_to_remote(router, user, contact)
+        if not router.local.is_blocked(user, JID.parse(contact)):
+            _presence_to_remote(router, user, contact)
         return
-    for session in router.sessions.available(user):
-        if session.presence is not None:
-            for target in router.sessions.available(contact):
-                element = etree.fromstring(session.presence, _PARSER)
-                element.set("to", contact)
-                target.send_stanza(element)
+    if _blocked_either_way(router, user, JID.parse(user), contact, JID.parse(contact)):
+        return
+    _current_presence_from(router, user, router.sessions.available(contact))
 
 
 def send_unavailable(router: Router, user: str, contact: str) -> None:
-    """Unavailable from each of `user`'s resources to every resource of `contact`, anywhere."""
+    """Unavailable from each of `user`'s resources to every resource of `contact`, anywhere
+    (unless the contact blocks the user: then it would be dropped on arrival); for a
+    contact on another server, to that server."""
+    if _is_remote(router, contact):
+        _unavailable_to_remote(router, user, contact)
+        return
+    if router.local.is_blocked(contact, JID.parse(user)):
+        return
+    _unavailable_from(router, user, router.sessions.available(contact))
+
+
+def _current_presence_from(router: Router, user: str, targets: list[Session]) -> None:
+    if not targets:
+        return
     for session in router.sessions.available(user):
-        element = make("presence", {"type": "unavailable", "from": session.full_jid, "to": contact})
-        if _is_remote(router, contact):
-            router.s2s.send_stanza(element)
+        if session.presence is None:
             continue
-        data = serialize(element)
-        for target in router.sessions.available(contact):
-            target.send(data)
+        element = etree.fromstring(session.presence, _PARSER)
+        for target in targets:
+            element.set("to", target.bare_jid)
+            target.send_stanza(element)
+
+
+def _unavailable_from(router: Router, user: str, targets: list[Session]) -> None:
+    if not targets:
+        return
+    for session in router.sessions.available(user):
+        for target in targets:
+            target.send_stanza(make("presence", {"type": "unavailable", "from": session.full_jid,
+                                                 "to": target.bare_jid}))
 
 
 async def on_session_closed(router: Router, session: LocalSession) -> None:
@@ -309,8 +524,7 @@ async def _inbound_from_remote(router: Router, stanza: etree._Element, target: J
                                ptype: str) -> None:
     """A subscription stanza from a contact's server (§3.1.3, §3.2.3, §3.3.3, §3.4.3)."""
     contact = str(JID.parse(stanza.get("from")).bare)
-    status = stanza.findtext(f"{{{ns.CLIENT}}}status") or ""
-    await inbound_subscription(router, contact, str(target.bare), ptype, status)
+    await inbound_subscription(router, contact, str(target.bare), ptype, stanza)
     if ptype == "subscribed":
         _probe(router, str(target.bare), contact)  # §3.1.6: learn the contact's presence
 
@@ -341,6 +555,8 @@ def _answer_remote_probe(router: Router, stanza: etree._Element, target: JID) ->
     """§4.3.2: a contact's server asks for the user's presence; answered only when the
     contact is subscribed to it."""
     user, asker = str(target.bare), stanza.get("from") or ""
+    if router.local.is_blocked(user, JID.parse(asker)):
+        return  # XEP-0191 §3.3: no answer to a blocked JID's probe
     item = router.store.roster_item(user, str(JID.parse(asker).bare))
     if item is None or not roster_states.has_from(item["subscription"]):
         return
@@ -358,3 +574,9 @@ def _presence_to_remote(router: Router, user: str, to: str) -> None:
             element.set("to", to)
             element.set("from", session.full_jid)
             router.s2s.send_stanza(element)
+
+
+def _unavailable_to_remote(router: Router, user: str, contact: str) -> None:
+    for session in router.sessions.available(user):
+        router.s2s.send_stanza(make("presence", {"type": "unavailable", "from": session.full_jid,
+                                                 "to": contact}))

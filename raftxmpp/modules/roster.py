@@ -110,9 +110,12 @@ async def remove_item(router: Router, owner: str, contact: str) -> None:
     presence = router.modules["presence"]
     sub = item["subscription"]
     if sub in ("to", "both") or item["ask"]:
-        await presence.inbound_subscription(router, owner, contact, "unsubscribe")
+        await presence.deliver_subscription(router, owner, contact, "unsubscribe")
     if sub in ("from", "both"):
-        await presence.inbound_subscription(router, owner, contact, "unsubscribed")
+        # §2.5.2 sends "unsubscribed"; §3.2.2 has the canceller's resources go unavailable
+        # for the contact first, or the ex-contact keeps a ghost presence.
+        presence.send_unavailable(router, owner, contact)
+        await presence.deliver_subscription(router, owner, contact, "unsubscribed")
     roster = router.store.roster(owner)
     push(router, owner, contact, None, roster["ver"])
 

@@ -26,6 +26,8 @@ IQ = f"{{{ns.CLIENT}}}iq"
 MESSAGE = f"{{{ns.CLIENT}}}message"
 PRESENCE = f"{{{ns.CLIENT}}}presence"
 
+MESSAGE_TYPES = frozenset({"normal", "chat", "groupchat", "headline", "error"})
+
 PresenceHandler = Callable[[etree._Element, "JID | None", "LocalSession | None"], Awaitable[None]]
 OfflineHandler = Callable[[etree._Element, JID], Awaitable[bool]]
 CarbonHook = Callable[[etree._Element, "list[LocalSession]"], None]
@@ -79,6 +81,10 @@ class LocalRouter:
         handler = self.router.iq_handlers.get((scope, iq_type, etree.QName(payload).namespace))
         if handler is None or (scope == "account" and not self.router.store.account_exists(str(target))):
             raise StanzaError("service-unavailable")
+        if scope == "account" and target != from_jid.bare and self.is_blocked(str(target), from_jid):
+            # XEP-0191 §3.3: an IQ get or set from a blocked JID "MUST return an error,
+            # which SHOULD be <service-unavailable/>": answered as for a missing account.
+            raise StanzaError("service-unavailable")
         from raftxmpp.routing.router import IqRequest
 
         request = IqRequest(stanza, payload, sender, from_jid, target, self.router)
@@ -110,9 +116,16 @@ class LocalRouter:
                             sender: LocalSession | None) -> None:
         from_jid = JID.parse(stanza.get("from"))
         target = target or from_jid.bare
-        if target.local is None:
-            return  # messages to the server itself: no service reads them
         msg_type = stanza.get("type", "normal")
+        if msg_type not in MESSAGE_TYPES:
+            # RFC 6121 §5.2.2: a type the server does not understand is "normal".
+            msg_type = "normal"
+        if target.local is None:
+            # No service here reads messages; a person writing to the server is told so
+            # (RFC 6120 §8.3.3.19), headlines, groupchat echoes and errors are dropped.
+            if msg_type in ("normal", "chat"):
+                raise StanzaError("service-unavailable", text="this server reads no messages")
+            return
         if target.resource is not None:
             session = self.sessions.session(target)
             if session is not None and not self.is_blocked(session.bare_jid, from_jid):
@@ -160,8 +173,16 @@ class LocalRouter:
     # -- blocking (XEP-0191) ------------------------------------------------------------------------------
 
     def is_blocked(self, owner: str, other: JID) -> bool:
-        """True when `owner` blocks `other` by full JID, bare JID or domain."""
+        """True when `owner`'s block list covers `other` (XEP-0191 §2, JID matching)."""
         store = self.router.store
         if not store.has_blocklist(owner):  # nearly every stanza: no list, nothing to build
             return False
-        return store.blocks_any(owner, (str(other), str(other.bare), other.domain))
+        return store.blocks_any(owner, block_candidates(other))
+
+
+def block_candidates(jid: JID) -> tuple[str, ...]:
+    """The block-list items that cover `jid`, in XEP-0191's matching order: the full JID,
+    the bare JID, domain/resource, the domain. (Subdomains are not matched.)"""
+    if jid.resource is None:
+        return (str(jid), jid.domain)
+    return (str(jid), str(jid.bare), f"{jid.domain}/{jid.resource}", jid.domain)

@@ -13,7 +13,7 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
@@ -51,6 +51,10 @@ MODULES = (
     "register",
     "last",
     "session",
+    "contact_addresses",
+    "adhoc",
+    "service_admin",
+    "http_upload",
     "pubsub",
 )
 
@@ -70,7 +74,7 @@ class IqRequest:
 
 IqHandler = Callable[[IqRequest], Awaitable[etree._Element | None]]
 Hook = Callable[..., Awaitable[None]]
-# A service on its own domain (pubsub.<host> …): (stanza, target, sender).
+# A service on its own domain (upload.<host>, pubsub.<host> …): (stanza, target, sender).
 ServiceHandler = Callable[[etree._Element, JID, "LocalSession | None"], Awaitable[None]]
 
 
@@ -86,9 +90,20 @@ class Router:
         self.iq_handlers: dict[tuple[str, str, str], IqHandler] = {}
         self.hooks: dict[str, list[Hook]] = {}
         self.server_features: set[str] = set()
+        # Run on every stanza a client sends, before it is routed; one may raise StanzaError
+        # to refuse it (XEP-0191 §3.3: nothing goes to a JID the sender blocks).
+        self.outbound_checks: list[Callable[[etree._Element, LocalSession], None]] = []
         # Called for every message a client sends (message carbons, XEP-0280).
         self.sent_hook: Callable[[etree._Element, LocalSession], None] | None = None
         self.stream_features: list[Callable[[LocalSession | None], etree._Element | None]] = []
+        # Service discovery of the server's nodes and extended information (XEP-0030 §3.2,
+        # XEP-0128): node → handler of a disco#info or disco#items query to that node, and
+        # data forms added to the server's disco#info (raftxmpp.modules.disco answers).
+        self.disco_info_nodes: dict[str, IqHandler] = {}
+        self.disco_items_nodes: dict[str, IqHandler] = {}
+        self.server_info_forms: list[Callable[[], etree._Element | None]] = []
+        # Ad-hoc commands (XEP-0050) by node, added through raftxmpp.modules.adhoc.
+        self.adhoc_commands: dict[str, Any] = {}
         # Services on their own domains, answered by every node (modules add them), and
         # the items they add to a served host's disco#items.
         self.services: list[tuple[Callable[[str], bool], ServiceHandler]] = []
@@ -142,13 +157,15 @@ class Router:
     async def route_from_client(self, stanza: etree._Element, session: LocalSession) -> None:
         """A stanza a bound client sent: stamp its full JID as 'from' (RFC 6120 §8.1.2.1), route."""
         stanza.set("from", session.full_jid)
-        if self.sent_hook is not None and stanza.tag == MESSAGE:
-            self.sent_hook(stanza, session)
         presence = stanza.tag == PRESENCE
-        if presence:
-            for presence_filter in self.presence_filters:
-                presence_filter(stanza, session)
         try:
+            for check in self.outbound_checks:
+                check(stanza, session)
+            if self.sent_hook is not None and stanza.tag == MESSAGE:
+                self.sent_hook(stanza, session)
+            if presence:
+                for presence_filter in self.presence_filters:
+                    presence_filter(stanza, session)
             await self.route(stanza, session)
             if presence and "client-presence" in self.hooks:
                 await self.run_hooks("client-presence", stanza, session)

@@ -44,6 +44,13 @@ MAX_HOPS = 2
 # forbids control characters in every JID part, so it cannot occur inside one.
 SESSION_SEPARATOR = "\x01"
 
+# Why another node may end a session here, and what the client is told.
+KICK_TEXTS = {
+    "conflict": "replaced by a newer session on another node",
+    "policy-violation": "kicked by an administrator",
+    "not-authorized": "account removed",
+}
+
 # A client that stops reading may hold at most this much of our memory.
 MAX_OUTBOX_BYTES = 1024 * 1024
 
@@ -58,7 +65,9 @@ class LocalSession:
     priority: int = 0
     available: bool = False
     presence: bytes | None = None  # last available presence, for probes
+    unavailable_status: str = ""  # <status/> of its last unavailable presence (XEP-0012)
     roster_requested: bool = False  # "interested resource" (RFC 6121 §2.1.6)
+    blocklist_requested: bool = False  # gets block-list pushes (XEP-0191 §3.3)
     carbons: bool = False
     directed: set[str] = field(default_factory=set)
     outbox: list[bytes] = field(default_factory=list)
@@ -94,6 +103,14 @@ class LocalSession:
         self.wakeup = trio.Event()
         return data
 
+    def take_chunks(self) -> list[bytes]:
+        """The queue as sent: one top-level element per chunk (message-framed
+        transports, WebSocket and BOSH, need the boundaries)."""
+        chunks, self.outbox = self.outbox, []
+        self.outbox_bytes = 0
+        self.wakeup = trio.Event()
+        return chunks
+
     def close(self, error: StreamError | None) -> None:
         """Asks the connection to end the stream (with the error, if any)."""
         if self.closing is None:
@@ -113,6 +130,7 @@ class RemoteSession:
     available: bool = False
     presence: bytes | None = None
     roster_requested: bool = False
+    blocklist_requested: bool = False
     carbons: bool = False
     created: float = 0.0
     directed: set[str] = field(default_factory=set)
@@ -128,6 +146,7 @@ class RemoteSession:
         presence = entry.get("pr")
         self.presence = presence.encode() if presence else None
         self.roster_requested = bool(entry.get("r"))
+        self.blocklist_requested = bool(entry.get("b"))
         self.carbons = bool(entry.get("c"))
         self.created = float(entry.get("t", 0.0))
 
@@ -153,7 +172,8 @@ Session = LocalSession | RemoteSession
 def _entry(session: LocalSession) -> dict[str, Any]:
     return {"p": session.priority, "a": session.available,
             "pr": session.presence.decode() if session.presence else None,
-            "r": session.roster_requested, "c": session.carbons, "t": session.created}
+            "r": session.roster_requested, "b": session.blocklist_requested,
+            "c": session.carbons, "t": session.created}
 
 
 def _wins(a: Session, b: Session) -> bool:
@@ -223,6 +243,10 @@ class SessionManager:
     def local_count(self) -> int:
         return sum(1 for r in self._by_bare.values() for s in r.values() if s.is_local)
 
+    def everywhere(self) -> list[Session]:
+        """Every session in the cluster, as this node knows them."""
+        return [s for r in self._by_bare.values() for s in r.values()]
+
     def all_local(self) -> list[LocalSession]:
         return [s for r in self._by_bare.values() for s in r.values() if s.is_local]
 
@@ -275,14 +299,15 @@ class SessionManager:
             callback(session, was_available)
 
     def kick(self, full_jid: str, condition: str) -> None:
-        """Another node bound the same full JID later: ours gives way."""
+        """Another node ends one of our sessions: a later bind of the same full JID there
+        (<conflict/>), an administrator's kick, or the account's removal."""
         try:
             session = self.local_session(JID.parse(full_jid))
         except ValueError:
             return
         if session is not None:
-            session.close(StreamError(condition if condition == "conflict" else "conflict",
-                                      "replaced by a newer session on another node"))
+            condition = condition if condition in KICK_TEXTS else "conflict"
+            session.close(StreamError(condition, KICK_TEXTS[condition]))
 
     # -- delivery --------------------------------------------------------------------------------
 
@@ -303,7 +328,10 @@ class SessionManager:
         for session in sessions:
             session.close(StreamError("system-shutdown"))
         with trio.move_on_after(2):
-            while any(s.outbox for s in sessions):
+            # Until each connection has written its error and ended (an empty outbox is
+            # not enough: the writer may not have run yet, and cancelling it then would
+            # lose the <system-shutdown/> and, over WebSocket, the see-other-uri).
+            while any(s.outbox or self.local_session(s.jid) is s for s in sessions):
                 await trio.sleep(0.02)
 
 

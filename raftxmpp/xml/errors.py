@@ -112,6 +112,7 @@ class StanzaError(Exception):
         type: str | None = None,  # the RFC's attribute name, shadowing the builtin
         text: str | None = None,
         by: str | None = None,
+        app_condition: str | None = None,
     ) -> None:
         if condition not in STANZA_CONDITION_TYPES:
             raise ValueError(f"unknown stanza error condition {condition!r}")
@@ -123,6 +124,13 @@ class StanzaError(Exception):
         self.type = type
         self.text = text
         self.by = by
+        # An application-specific condition (RFC 6120 §8.3.4): an element after the defined
+        # condition, e.g. XEP-0191's <blocked/> or XEP-0363's <file-too-large/>. Given as
+        # "{namespace}name" for an empty one, or set to a built element by the raiser.
+        self.application: etree._Element | None = None
+        if app_condition:
+            namespace = app_condition[1:].partition("}")[0]
+            self.application = etree.Element(app_condition, nsmap={None: namespace})
 
     def element(self, ns: str = CLIENT) -> etree._Element:
         """The `<error/>` child of an error stanza, qualified by the stream's namespace."""
@@ -135,6 +143,8 @@ class StanzaError(Exception):
             text = etree.SubElement(error, f"{{{STANZAS_ERR}}}text", nsmap={None: STANZAS_ERR})
             text.set(f"{{{XML}}}lang", "en")
             text.text = _NOT_XML_CHAR.sub("", self.text)
+        if self.application is not None:
+            error.append(self.application.__copy__())
         return error
 
 

@@ -33,6 +33,7 @@ between stanzas (keepalives) are not counted against the next stanza.
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -162,6 +163,13 @@ class StreamFramer:
         # stream), so up to one slice of its bytes went uncounted: see _received.
         self._head_uncounted = False
         self._errors_seen = 0
+        self._utf8_tail = b""  # the start of a multi-byte character the last feed ended in
+
+    @property
+    def between_stanzas(self) -> bool:
+        """No stanza is in progress: every byte fed since the header belongs to a
+        finished one (message-framed transports check each message held whole elements)."""
+        return self._depth == 1
 
     def feed(self, data: bytes) -> list[Event]:
         """Events completed by `data`. Raises StreamError on any violation, and on every
@@ -170,6 +178,7 @@ class StreamFramer:
             raise StreamError(self._failed, "stream already failed")
         events: list[Event] = []
         try:
+            self._check_utf8(data)
             size = self._next_slice_size()
             if size >= len(data):
                 self._feed_slice(data, events)  # the common case: no copy
@@ -179,6 +188,21 @@ class StreamFramer:
             self._fail(exc.condition)
             raise
         return events
+
+    def _check_utf8(self, data: bytes) -> None:
+        """RFC 6120 §11.6: the stream is UTF-8. libxml2 holds back bytes it cannot decode
+        yet, so a lone invalid byte would wait there for more input; it is refused here as
+        soon as it arrives. ASCII, the common case, costs one C scan."""
+        tail = self._utf8_tail
+        if not tail and data.isascii():
+            return
+        if tail:
+            data = tail + data
+        try:
+            _, decoded = codecs.utf_8_decode(data, "strict", False)
+        except UnicodeDecodeError as exc:
+            raise StreamError("not-well-formed", f"invalid UTF-8: {exc.reason}") from None
+        self._utf8_tail = data[decoded:]
 
     def _feed_slices(self, data: bytes, size: int, events: list[Event]) -> None:
         start = 0

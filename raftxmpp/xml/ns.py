@@ -34,11 +34,18 @@ TIME = "urn:xmpp:time"  # XEP-0202
 VCARD = "vcard-temp"  # XEP-0054
 PRIVATE = "jabber:iq:private"  # XEP-0049
 BLOCKING = "urn:xmpp:blocking"  # XEP-0191
+BLOCKING_ERRORS = "urn:xmpp:blocking:errors"  # XEP-0191
 CARBONS = "urn:xmpp:carbons:2"  # XEP-0280
+SM = "urn:xmpp:sm:3"  # XEP-0198 (not offered; see raftxmpp.c2s.stream._unsupported)
 FORWARD = "urn:xmpp:forward:0"  # XEP-0297
 DELAY = "urn:xmpp:delay"  # XEP-0203
 CAPS = "http://jabber.org/protocol/caps"  # XEP-0115
 LAST = "jabber:iq:last"  # XEP-0012
+DATA_FORMS = "jabber:x:data"  # XEP-0004
+COMMANDS = "http://jabber.org/protocol/commands"  # XEP-0050
+ADMIN = "http://jabber.org/protocol/admin"  # XEP-0133 (FORM_TYPE and command nodes)
+SERVERINFO = "http://jabber.org/network/serverinfo"  # XEP-0157 (XEP-0128 FORM_TYPE)
+HTTP_UPLOAD = "urn:xmpp:http:upload:0"  # XEP-0363
 
 # Publish-subscribe (XEP-0060) and what travels over it (raftxmpp.modules.pubsub).
 PUBSUB = "http://jabber.org/protocol/pubsub"
@@ -48,7 +55,6 @@ PUBSUB_ERRORS = "http://jabber.org/protocol/pubsub#errors"
 PUBSUB_NODE_CONFIG = "http://jabber.org/protocol/pubsub#node_config"
 PUBSUB_PUBLISH_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
 PUBSUB_META_DATA = "http://jabber.org/protocol/pubsub#meta-data"
-DATA_FORMS = "jabber:x:data"  # XEP-0004
 RSM = "http://jabber.org/protocol/rsm"  # XEP-0059
 AVATAR_DATA = "urn:xmpp:avatar:data"  # XEP-0084
 AVATAR_METADATA = "urn:xmpp:avatar:metadata"  # XEP-0084
