@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
@@ -241,6 +241,17 @@ RAFT_COMMIT_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
     registry=None)
 
+RAFT_WRITE_FAILURES = Counter(
+    "raftxmpp_raft_write_failures",
+    "Writes that did not commit in time: 'unavailable' surely never apply, 'unknown' may "
+    "still apply until the state machine's expiry window passes.",
+    ["outcome"], registry=None)
+
+OFFLINE_REDELIVERED = Counter(
+    "raftxmpp_offline_redelivered",
+    "Offline messages delivered again because the session that claimed them ended before "
+    "removing them (a duplicate the client may see; never a loss).", registry=None)
+
 # -- node links ---------------------------------------------------------------------------------
 
 NODE_LINK_QUEUE = Gauge(
@@ -265,7 +276,7 @@ def forget_link(peer: str) -> None:
         NODE_LINK_QUEUE.remove(peer)
 
 
-PROCESS_METRICS = (RAFT_COMMIT_SECONDS, NODE_LINK_QUEUE)
+PROCESS_METRICS = (RAFT_COMMIT_SECONDS, RAFT_WRITE_FAILURES, OFFLINE_REDELIVERED, NODE_LINK_QUEUE)
 
 # -- per-node facts, read at scrape time --------------------------------------------------------
 

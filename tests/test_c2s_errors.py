@@ -139,7 +139,8 @@ async def test_a_message_of_an_unknown_type_is_handled_as_normal(node):
                    b"<iq type='get' id='p2' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
     await raw.until(b'id="p2"')  # processed after the message, on the same stream
     assert node.store.offline_count("bob@localhost") == 1
-    await node.store.offline_take("bob@localhost")
+    queued = node.store.offline_messages("bob@localhost")
+    await node.store.offline_remove("bob@localhost", [m["id"] for m in queued])
 
 
 async def _online(node, user: str, resource: str):

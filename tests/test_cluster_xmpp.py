@@ -116,6 +116,43 @@ def test_offline_message_stored_on_one_node_is_delivered_on_login_at_another(clu
     run(scenario())
 
 
+def test_two_sessions_coming_online_together_share_the_offline_queue_exactly_once(cluster, tls):
+    """Claim, deliver, remove by id: concurrent logins on two nodes never both deliver a
+    message, and every stored message reaches one of them."""
+    node1, node2, node3 = cluster.nodes
+    sender_jid, rcpt_jid = account(node1, "qs"), account(node1, "qr")
+    bodies = [f"queued {i}" for i in range(8)]
+
+    async def scenario():
+        sender = client(node1, tls, sender_jid)
+        assert await sender.start()
+        for body in bodies:
+            sender.send_message(mto=rcpt_jid, mbody=body, mtype="chat")
+        await sender.plugin["xep_0199"].ping(jid="localhost", timeout=10)
+        await sender.stop()
+        first, second = client(node2, tls, rcpt_jid, "one"), client(node3, tls, rcpt_jid, "two")
+        assert all(await asyncio.gather(first.start(), second.start()))
+        got: list[str] = []
+        while len(got) < len(bodies):
+            received = await asyncio.wait(
+                [asyncio.ensure_future(c.next_message()) for c in (first, second)],
+                timeout=15, return_when=asyncio.FIRST_COMPLETED)
+            done, pending = received
+            assert done, f"only {len(got)} of {len(bodies)} offline messages arrived"
+            for task in pending:
+                task.cancel()
+            got.extend(task.result()["body"] for task in done)
+        for c in (first, second):
+            await c.expect_no_message(within=1.0)
+        assert sorted(got) == sorted(bodies)
+        await first.stop()
+        await second.stop()
+
+    run(scenario())
+    wait_for(lambda: all(n.admin("state.digest") == cluster.nodes[0].admin("state.digest")
+                         for n in cluster.nodes), 10, "equal digests")
+
+
 def test_roster_push_reaches_a_resource_on_another_node(cluster, tls):
     node1, node2, _ = cluster.nodes
     jid = account(node1, "pusher")

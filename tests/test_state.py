@@ -247,6 +247,45 @@ def test_offline_take_hands_the_queue_over_once(state):
     assert ok(state.apply(cmd("offline_take", jid=alice))) == []
 
 
+def _store_offline(state, *ids, ts=1700000000.0):
+    for message_id in ids:
+        command = cmd("offline_store", jid="alice@example.com", message_id=message_id,
+                      stanza=f"<m>{message_id}</m>".encode())
+        ok(state.apply({**command, "ts": ts}))
+
+
+def _claim(state, session, ts=1700000000.0):
+    return ok(state.apply({**cmd("offline_claim", jid="alice@example.com", session=session),
+                           "ts": ts}))
+
+
+def test_an_offline_claim_reads_without_removing_and_a_second_claimer_gets_nothing(state):
+    _store_offline(state, "1", "2")
+    assert _claim(state, "s1") == {"ids": ["1", "2"], "redelivered": 0}
+    assert _claim(state, "s2") == {"ids": [], "redelivered": 0}
+    assert [m["id"] for m in state.offline["alice@example.com"]] == ["1", "2"]
+
+
+def test_offline_remove_deletes_only_the_delivered_ids(state):
+    """A claim whose outcome the claimer never learnt removes nothing: a message stored
+    after it survives, unlike the old destructive take (issue 12, problem 1)."""
+    _store_offline(state, "1")
+    _claim(state, "s1")
+    _store_offline(state, "2")
+    assert ok(state.apply(cmd("offline_remove", jid="alice@example.com", ids=["1"]))) == 1
+    assert [m["id"] for m in state.offline["alice@example.com"]] == ["2"]
+    assert _claim(state, "s2")["ids"] == ["2"]
+    assert ok(state.apply(cmd("offline_remove", jid="alice@example.com", ids=["2", "x"]))) == 1
+    assert "alice@example.com" not in state.offline
+
+
+def test_a_lapsed_offline_claim_is_redelivered_and_counted(state):
+    _store_offline(state, "1", "2")
+    _claim(state, "dead-session")
+    later = 1700000000.0 + sm.OFFLINE_CLAIM_SECONDS + 1
+    assert _claim(state, "s2", ts=later) == {"ids": ["1", "2"], "redelivered": 2}
+
+
 def test_offline_store_for_a_missing_account_is_item_not_found(state):
     assert err(state.apply(cmd("offline_store", jid="nobody@example.com", message_id="1",
                                stanza=b"<a/>"))) == "item-not-found"

@@ -417,9 +417,61 @@ def op_offline_store(state: ClusterState, command: Command) -> int:
 
 
 def op_offline_take(state: ClusterState, command: Command) -> list[dict]:
-    """Hands the whole queue to one taker, once: the taker delivers it, nobody else can."""
+    """Kept only so that old log entries replay as they applied: a destructive read
+    whose messages existed only in its result (lost when the taker's wait had already
+    failed). New code claims, delivers, then removes by id (below)."""
     jid = _text(command, "jid")
     return state.offline.pop(jid, [])
+
+
+# A claim lets one session deliver the queue while others leave it alone; if the
+# claimer dies before removing what it delivered, the claim lapses and the next
+# session delivers those messages again (a counted duplicate, never a loss).
+OFFLINE_CLAIM_SECONDS = 120.0
+
+
+def op_offline_claim(state: ClusterState, command: Command) -> dict:
+    """Claims, for `session`, every message of the queue without a live claim.
+
+    Returns {"ids": [...], "redelivered": n}: the ids (in queue order) the claimer
+    now owns and should deliver, then remove with offline_remove; `redelivered` counts
+    those whose earlier claim lapsed (delivered before, perhaps). The bodies stay in
+    the state (read them with the ids on the claiming node), so no result carries them.
+    """
+    jid = _text(command, "jid")
+    session = _text(command, "session", 512)
+    now = command["ts"]
+    if not isinstance(now, int | float):
+        raise Rejected("bad-request", "ts must be a time")
+    claimed, redelivered = [], 0
+    for message in state.offline.get(jid, ()):
+        claim = message.get("claim")
+        if claim is not None and claim["until"] > now:
+            continue  # another delivery (this session's own included) is under way
+        if claim is not None:
+            redelivered += 1
+        message["claim"] = {"by": session, "until": now + OFFLINE_CLAIM_SECONDS}
+        claimed.append(message["id"])
+    return {"ids": claimed, "redelivered": redelivered}
+
+
+def op_offline_remove(state: ClusterState, command: Command) -> int:
+    """Removes delivered messages by id, whoever claims them now (they were delivered,
+    so nobody needs them again); returns how many were removed."""
+    jid = _text(command, "jid")
+    ids = command["ids"]
+    if not isinstance(ids, list | tuple) or not all(isinstance(i, str) for i in ids):
+        raise Rejected("bad-request", "ids must be a list of message ids")
+    queue = state.offline.get(jid)
+    if not queue:
+        return 0
+    wanted = set(ids)
+    kept = [m for m in queue if m["id"] not in wanted]
+    if kept:
+        state.offline[jid] = kept
+    else:
+        del state.offline[jid]
+    return len(queue) - len(kept)
 
 
 # -- vCard (XEP-0054), private XML (XEP-0049), blocking (XEP-0191) --------------------

@@ -119,8 +119,33 @@ class Store(PubsubStore):  # pubsub's named operations: raftxmpp.cluster.pubsub_
         return await self._write("offline_store", jid=jid, stanza=stanza, limit=limit,
                                  message_id=message_id or secrets.token_hex(12))
 
-    async def offline_take(self, jid: str) -> list[dict]:
-        return await self._write("offline_take", jid=jid)
+    async def offline_claim(self, jid: str, session: str) -> tuple[list[dict], int]:
+        """Claims the account's undelivered offline messages for one session.
+
+        Returns ([{"id", "ts", "stanza"}, ...], redelivered): the messages this session
+        now delivers, in queue order, and how many of them an earlier claimer may have
+        delivered already (its claim lapsed: it died before `offline_remove`). Another
+        session claiming at the same time gets none of them. `session` must be unique
+        cluster-wide (raftxmpp.modules.offline uses the node's tag and the bind time).
+        """
+        claim = await self._write("offline_claim", jid=jid, session=session)
+        wanted = set(claim["ids"])
+
+        def query(s: ClusterState) -> list[dict]:
+            return [{"id": m["id"], "ts": m["ts"], "stanza": m["stanza"]}
+                    for m in s.offline.get(jid, ()) if m["id"] in wanted]
+
+        return self._read(query), claim["redelivered"]
+
+    async def offline_remove(self, jid: str, ids: list[str]) -> int:
+        """Deletes delivered offline messages by id; returns how many were still there."""
+        return await self._write("offline_remove", jid=jid, ids=list(ids))
+
+    def offline_messages(self, jid: str) -> list[dict]:
+        """The queue as this node applied it ({"id", "ts", "stanza"}), claimed or not;
+        call `raft.fresh()` first for a read that sees every acknowledged store."""
+        return self._read(lambda s: [{"id": m["id"], "ts": m["ts"], "stanza": m["stanza"]}
+                                     for m in s.offline.get(jid, ())])
 
     def offline_count(self, jid: str) -> int:
         return self._read(lambda s: len(s.offline.get(jid, ())))

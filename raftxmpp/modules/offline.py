@@ -2,8 +2,8 @@
 
 A message for an account with no available resource is committed through Raft
 before the sender is told nothing (an error goes back if it cannot be stored). On
-the account's next available presence with non-negative priority, the queue is
-taken in one command, so it is handed to exactly one session, once.
+the account's next available presence with non-negative priority, one session
+claims the queue, delivers it, then removes what it delivered by id (deliver_queue).
 """
 
 from __future__ import annotations
@@ -54,16 +54,39 @@ async def store_message(router: Router, stanza: etree._Element, account: JID) ->
 
 
 async def deliver_queue(router: Router, session: LocalSession) -> None:
-    if session.priority < 0 or router.store.offline_count(session.bare_jid) == 0:
+    """Claim, deliver, then remove by id: the queue stays in the state until the
+    messages are in the session's outbox, so a failed or lost step costs at most a
+    counted duplicate (the claim lapses, the next session delivers again), never a
+    message. The claim makes a second session (or a second trigger for this one)
+    leave the claimed messages to the first."""
+    if session.priority < 0:
         return
+    await router.store.raft.fresh()  # a stale count would miss messages stored elsewhere
+    if router.store.offline_count(session.bare_jid) == 0:
+        return
+    entries, redelivered = await router.store.offline_claim(session.bare_jid,
+                                                            claimer(router, session))
+    if redelivered:
+        metrics.OFFLINE_REDELIVERED.inc(redelivered)
+    delivered = []
     domain = session.jid.domain
-    for entry in await router.store.offline_take(session.bare_jid):
+    for entry in entries:
+        if session.closing is not None:
+            break  # the rest stays claimed; the claim lapses and another session gets them
         stanza = etree.fromstring(entry["stanza"], _PARSER)
         delay = etree.SubElement(stanza, f"{{{ns.DELAY}}}delay", nsmap={None: ns.DELAY})
         delay.set("from", domain)
         delay.set("stamp", _stamp(entry["ts"]))
         delay.text = "Offline storage"
         session.send_stanza(stanza)
+        delivered.append(entry["id"])
+    if delivered:
+        await router.store.offline_remove(session.bare_jid, delivered)
+
+
+def claimer(router: Router, session: LocalSession) -> str:
+    """A name for this one session, unique in the cluster and over restarts."""
+    return f"{router.store.raft.node_tag}/{session.full_jid}/{session.created!r}"
 
 
 def _stamp(ts: float) -> str:
