@@ -147,6 +147,12 @@ class LimitsSection:
     # in from within trusted_source_ttl seconds do not wait.
     auth_failure_delay_max: float = 20.0
     trusted_source_ttl: float = 2592000.0  # 30 days; 0 remembers none
+    # Per-account quotas on the replicated state (raftxmpp.cluster.quotas); 0: none.
+    pending_subscriptions: int = 100  # subscription requests waiting for an answer
+    private_keys_per_account: int = 100  # private XML elements (XEP-0049) …
+    private_bytes_per_account: int = 262144  # … and their bytes together
+    blocklist_size: int = 1000  # JIDs on one block list (XEP-0191)
+    vcard_size: int = 262144  # bytes of one vCard (XEP-0054), photo included
 
 
 @dataclass(frozen=True)
@@ -487,7 +493,9 @@ def _check_abuse_limits(config: Config) -> None:
     if limits.auth_failure_delay_max > config.c2s.pre_auth_timeout:
         raise ConfigError(f"{source}: [limits] auth_failure_delay_max must not exceed "
                           "[c2s] pre_auth_timeout (a login would be cut off while it waits)")
-    for key in ("auth_failure_delay_max", "trusted_source_ttl"):
+    for key in ("auth_failure_delay_max", "trusted_source_ttl", "roster_size", "offline_queue",
+                "pending_subscriptions", "private_keys_per_account",
+                "private_bytes_per_account", "blocklist_size", "vcard_size"):
         if getattr(limits, key) < 0:
             raise ConfigError(f"{source}: [limits] {key} must not be negative")
 

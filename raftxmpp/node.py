@@ -25,6 +25,7 @@ from raftxmpp import __version__, tls
 from raftxmpp.admin import server as admin_server
 from raftxmpp.c2s import listener as c2s_listener
 from raftxmpp.cluster import membership
+from raftxmpp.cluster.quotas import Quotas
 from raftxmpp.cluster.raft import RaftNode, RaftUnavailable, load_or_create_local_secret
 from raftxmpp.cluster.store import Store
 from raftxmpp.component import listener as component_listener
@@ -115,6 +116,7 @@ class Node:
         self.raft = RaftNode(cfg.cluster, data_dir, secret, on_applied=self._on_applied)
         self.store = Store(self.raft, cfg.c2s.scram_iterations,
                            refuse_writes=lambda: bool(self.cluster and self.cluster.removed))
+        self.store.quotas = Quotas.from_limits(cfg.limits)
         self.router = Router(self)
         self.cluster = membership.ClusterMembership(self, secret)
         self.web = WebServer(self)

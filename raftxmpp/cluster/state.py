@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raftxmpp import credentials
-from raftxmpp.cluster import pubsub_state, roster_states
+from raftxmpp.cluster import pubsub_state, quotas, roster_states
 
 VERSION = 1
 DEDUP_CAPACITY = 100_000
@@ -180,6 +180,11 @@ def _account(state: ClusterState, jid: str) -> dict:
     if account is None:
         raise Rejected("item-not-found", f"no account {jid}")
     return account
+
+
+def _within(refusal: quotas.Refusal) -> None:
+    if refusal is not None:
+        raise Rejected(*refusal)
 
 
 def _roster(state: ClusterState, jid: str) -> dict:
@@ -378,6 +383,8 @@ def op_roster_subscription(state: ClusterState, command: Command) -> dict:
     step = roster_states.step(event, item, pending_in)
     if step.pending_in and not pending_in and limit and len(existing["pending_in"]) >= limit:
         raise Rejected("resource-constraint", "too many subscription requests are waiting")
+    if item is None and step.item is not None:  # a new item, by any subscription event
+        _within(quotas.check_new_roster_item(command, existing["items"]))
     roster = _roster(state, jid)
     if step.pending_in != pending_in:
         if step.pending_in:
@@ -483,6 +490,7 @@ def op_vcard_set(state: ClusterState, command: Command) -> bool:
     if not isinstance(vcard, str):
         raise Rejected("bad-request", "vcard must be a string")
     _account(state, jid)
+    _within(quotas.check_vcard(command, vcard))
     state.vcards[jid] = vcard
     return True
 
@@ -494,6 +502,7 @@ def op_private_set(state: ClusterState, command: Command) -> bool:
     if not isinstance(xml, str):
         raise Rejected("bad-request", "xml must be a string")
     _account(state, jid)
+    _within(quotas.check_private(command, state.private.get(jid, {}), key, xml))
     state.private.setdefault(jid, {})[key] = xml
     return True
 
@@ -504,6 +513,7 @@ def op_block(state: ClusterState, command: Command) -> list[str]:
     if not items:
         raise Rejected("bad-request", "block needs at least one item")
     _account(state, jid)
+    _within(quotas.check_blocklist(command, state.blocklists.get(jid, set()), items))
     blocked = state.blocklists.setdefault(jid, set())
     added = sorted(set(items) - blocked)
     blocked.update(items)

@@ -16,6 +16,7 @@ import trio
 
 from raftxmpp import credentials
 from raftxmpp.cluster.pubsub_store import PubsubStore
+from raftxmpp.cluster.quotas import Quotas
 from raftxmpp.cluster.raft import RaftNode, RaftUnavailable
 from raftxmpp.cluster.state import ClusterState
 
@@ -32,6 +33,10 @@ class StoreError(Exception):
 
 
 class Store(PubsubStore):  # pubsub's named operations: raftxmpp.cluster.pubsub_store
+    # Per-account quotas stamped on every command that grows an account's data; the
+    # state machine enforces them (raftxmpp.cluster.quotas). The node sets its [limits].
+    quotas = Quotas()
+
     def __init__(self, raft: RaftNode, scram_iterations: int = 4096, timeout: float = 5.0,
                  refuse_writes=None) -> None:
         self.raft = raft
@@ -99,7 +104,8 @@ class Store(PubsubStore):  # pubsub's named operations: raftxmpp.cluster.pubsub_
         )
 
     async def roster_set(self, jid: str, contact: str, name: str | None, groups: list[str],
-                         limit: int = 0) -> dict:
+                         limit: int | None = None) -> dict:
+        limit = self.quotas.roster_items if limit is None else limit
         return await self._write("roster_set", jid=jid, contact=contact, name=name,
                                  groups=groups, limit=limit)
 
@@ -107,10 +113,13 @@ class Store(PubsubStore):  # pubsub's named operations: raftxmpp.cluster.pubsub_
         return await self._write("roster_remove", jid=jid, contact=contact)
 
     async def roster_subscription(self, jid: str, contact: str, event: str,
-                                  request: str = "", limit: int = 0) -> dict:
-        """One subscription event; `request` is kept if it becomes a pending request."""
+                                  request: str = "") -> dict:
+        """One subscription event; `request` is kept if it becomes a pending request
+        (at most quotas.pending_subscriptions of them wait; an item it creates counts
+        against quotas.roster_items)."""
         return await self._write("roster_subscription", jid=jid, contact=contact, event=event,
-                                 request=request, limit=limit)
+                                 request=request, limit=self.quotas.pending_subscriptions,
+                                 item_limit=self.quotas.roster_items)
 
     # -- offline messages ------------------------------------------------------------------
 
@@ -156,13 +165,16 @@ class Store(PubsubStore):  # pubsub's named operations: raftxmpp.cluster.pubsub_
         return self._read(lambda s: s.vcards.get(jid))
 
     async def vcard_set(self, jid: str, vcard: str) -> None:
-        await self._write("vcard_set", jid=jid, vcard=vcard)
+        await self._write("vcard_set", jid=jid, vcard=vcard,
+                          vcard_bytes=self.quotas.vcard_bytes)
 
     def private(self, jid: str, key: str) -> str | None:
         return self._read(lambda s: s.private.get(jid, {}).get(key))
 
     async def private_set(self, jid: str, key: str, xml: str) -> None:
-        await self._write("private_set", jid=jid, key=key, xml=xml)
+        await self._write("private_set", jid=jid, key=key, xml=xml,
+                          private_keys=self.quotas.private_keys,
+                          private_bytes=self.quotas.private_bytes)
 
     def blocklist(self, jid: str) -> set[str]:
         return self._read(lambda s: set(s.blocklists.get(jid, ())))
@@ -181,7 +193,8 @@ class Store(PubsubStore):  # pubsub's named operations: raftxmpp.cluster.pubsub_
         return self._read(query)
 
     async def block(self, jid: str, items: list[str]) -> list[str]:
-        return await self._write("block", jid=jid, items=items)
+        return await self._write("block", jid=jid, items=items,
+                                 blocklist_items=self.quotas.blocklist_items)
 
     async def unblock(self, jid: str, items: list[str]) -> list[str]:
         return await self._write("unblock", jid=jid, items=items)

@@ -200,8 +200,7 @@ async def inbound_subscription(router: Router, user: str, contact: str, ptype: s
         return  # XEP-0191 §3.3: presence from a blocked JID gets no response, no error
     element = subscription_stanza(ptype, user, contact, stanza)
     request = pending_request(element) if ptype == "subscribe" else ""
-    result = await router.store.roster_subscription(contact, user, "in-" + ptype, request,
-                                                    router.config.limits.roster_size)
+    result = await router.store.roster_subscription(contact, user, "in-" + ptype, request)
     action = result["action"]
     if action == roster_states.DELIVER:
         # §3.1.3: a request goes "to all available resources"; an approval or a

@@ -84,8 +84,7 @@ async def set_roster(request: IqRequest) -> None:
         raise StanzaError("bad-request", text="duplicate group")
     if name is not None and len(name) > 1023:
         raise StanzaError("not-acceptable", text="name too long")
-    limit = router.config.limits.roster_size
-    result = await router.store.roster_set(owner, contact, name, groups, limit)
+    result = await router.store.roster_set(owner, contact, name, groups)
     push(router, owner, contact, result["item"], result["ver"])
     return None
 
