@@ -271,6 +271,20 @@ class PubsubSection:
 
 
 @dataclass(frozen=True)
+class MucSection:
+    # Multi-user chat (raftxmpp.modules.muc, XEP-0045) on "<service>.<host>" for each
+    # served host ("" turns it off).
+    service: str = "conference"
+    room_creation: str = "accounts"  # who creates rooms: accounts, or operator (existing only)
+    max_rooms: int = 10000  # per service domain
+    max_rooms_per_owner: int = 100
+    max_occupants: int = 1000  # per room, whatever its maxusers says
+    history_length: int = 50  # messages each node keeps per room for the history on join
+    max_message_rate: float = 10.0  # groupchat messages a second per occupant …
+    message_burst: int = 20  # … with this burst
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
@@ -284,6 +298,7 @@ class Config:
     contact_addresses: ContactAddressesSection = field(default_factory=ContactAddressesSection)
     s2s: S2SSection = field(default_factory=S2SSection)
     pubsub: PubsubSection = field(default_factory=PubsubSection)
+    muc: MucSection = field(default_factory=MucSection)
     upload: UploadSection = field(default_factory=UploadSection)
     source: str = "<embedded default>"
 
@@ -358,6 +373,7 @@ _SECTION_TYPES = {
     "contact_addresses": ContactAddressesSection,
     "s2s": S2SSection,
     "pubsub": PubsubSection,
+    "muc": MucSection,
     "upload": UploadSection,
 }
 
@@ -444,6 +460,7 @@ def _check(config: Config, read_files: bool = True) -> None:
     _check_service(config)
     _check_s2s(config)
     _check_pubsub(config)
+    _check_muc(config)
     _check_web(config)
     lo, hi = config.cluster.election_timeout_min, config.cluster.election_timeout_max
     if not 3 * config.cluster.heartbeat_period < lo < hi:
@@ -613,6 +630,22 @@ def _check_pubsub(config: Config) -> None:
         if getattr(pubsub, key) > min(pubsub.max_node_bytes, pubsub.max_account_bytes):
             raise ConfigError(f"{source}: [pubsub] {key} must not exceed max_node_bytes "
                               "or max_account_bytes")
+
+
+def _check_muc(config: Config) -> None:
+    """[muc]: a service subdomain of DNS labels, positive limits."""
+    source, muc = config.source, config.muc
+    if muc.service and not all(_LABEL.match(label) for label in muc.service.split(".")):
+        raise ConfigError(f"{source}: [muc] service must be a subdomain of DNS labels "
+                          f"(like \"conference\"), got {muc.service!r}")
+    if muc.room_creation not in ("accounts", "operator"):
+        raise ConfigError(f"{source}: [muc] room_creation must be accounts or operator")
+    for key in ("max_rooms", "max_rooms_per_owner", "max_occupants", "message_burst"):
+        if getattr(muc, key) < 1:
+            raise ConfigError(f"{source}: [muc] {key} must be at least 1")
+    if muc.history_length < 0 or muc.max_message_rate <= 0:
+        raise ConfigError(f"{source}: [muc] history_length must be at least 0 and "
+                          "max_message_rate above 0")
 
 
 def _check_web(config: Config) -> None:

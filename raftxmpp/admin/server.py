@@ -403,7 +403,71 @@ async def pubsub_delete(node: Node, args: dict) -> dict:
     return {"owner": owner, "node": name}
 
 
+# -- multi-user chat (raftxmpp.modules.muc) --------------------------------------------------------
+
+
+def _muc_room(node: Node, text: str) -> str:
+    service = node.config.muc.service
+    try:
+        jid = JID.parse(text)
+    except InvalidJID as exc:
+        raise AdminError(f"{text!r} is not a valid JID: {exc}") from None
+    host = jid.domain.removeprefix(f"{service}.") if service else None
+    if jid.local is None or jid.resource is not None or not host or host == jid.domain \
+            or host not in node.served_hosts():
+        raise AdminError(f"{text!r} is not a room of this cluster's "
+                         f"{service or '(disabled)'}.<host> service")
+    return str(jid)
+
+
+async def muc_list(node: Node, args: dict) -> dict:
+    """Rooms as committed cluster-wide, with the occupants this node knows of."""
+    from raftxmpp.modules import muc
+
+    await node.raft.barrier()
+    ctx = muc.context(node.router)
+    domain = args.get("domain") or None
+    return {room: {"name": info["config"]["roomname"], "persistent":
+                   info["config"]["persistentroom"], "locked": info["locked"],
+                   "occupants": len(ctx.occupants.of_room(room))}
+            for room, info in node.store.muc_rooms(domain).items()}
+
+
+async def muc_info(node: Node, args: dict) -> dict:
+    from raftxmpp.modules import muc
+
+    room = _muc_room(node, args["room"])
+    record = node.store.muc_room(room)
+    if record is None:
+        raise AdminError(f"no room {room}")
+    config = {k: v for k, v in record["config"].items() if k != "secret"}
+    ctx = muc.context(node.router)
+    return {"room": room, "config": config, "affiliations": record["affiliations"],
+            "subject": record["subject"], "locked": record["locked"],
+            "orderer": ctx.orderer_of(room),
+            "occupants": [{"nick": o.nick, "jid": o.real_jid, "role": o.role,
+                           "affiliation": o.affiliation, "node": o.node}
+                          for o in ctx.occupants.of_room(room)]}
+
+
+async def muc_destroy(node: Node, args: dict) -> str:
+    """Destroys a room as its owner would (§10.9): occupants are told, with the reason."""
+    from raftxmpp.modules import muc
+    from raftxmpp.modules.muc import admin
+
+    room = _muc_room(node, args["room"])
+    if node.store.muc_room(room) is None:
+        raise AdminError(f"no room {room}")
+    await admin.destroy_room(muc.context(node.router), room, "", args.get("alternate"),
+                             args.get("reason") or "destroyed by the operator")
+    log.info("room %s destroyed by admin", room)
+    return room
+
+
 HANDLERS: dict[str, Handler] = {
+    "muc.list": muc_list,
+    "muc.info": muc_info,
+    "muc.destroy": muc_destroy,
     "cluster.change": cluster_change,
     "user.add": user_add,
     "user.remove": user_remove,

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raftxmpp import credentials
-from raftxmpp.cluster import pubsub_state, quotas, roster_states
+from raftxmpp.cluster import muc_state, pubsub_state, quotas, roster_states
 
 VERSION = 1
 DEDUP_CAPACITY = 100_000
@@ -72,6 +72,8 @@ class ClusterState:
         # Publish-subscribe (raftxmpp.cluster.pubsub_state): nodes by owner, and items.
         self.pubsub: dict[str, dict[str, dict]] = {}
         self.pubsub_items: dict[str, dict] = {}
+        # Multi-user chat rooms (raftxmpp.cluster.muc_state): room bare JID → record.
+        self.muc_rooms: dict[str, dict] = {}
         # The message of the day (XEP-0133): {"text": str | None, "version": int} once set;
         # the version only grows, so "seen" marks stay meaningful across delete and set.
         self.motd: dict | None = None
@@ -128,6 +130,7 @@ class ClusterState:
             "membership_lock": self.membership_lock,
             "pubsub": self.pubsub,
             "pubsub_items": self.pubsub_items,
+            "muc_rooms": self.muc_rooms,
             "motd": self.motd,
             "uploads": self.uploads,
             "upload_usage": self.upload_usage,
@@ -141,7 +144,7 @@ class ClusterState:
         for key, value in data.items():
             if key != "version":
                 setattr(self, key, value)
-        for key in pubsub_state.TABLES:  # a snapshot from before pubsub has none
+        for key in (*pubsub_state.TABLES, *muc_state.TABLES):  # older snapshots lack them
             if key not in data:
                 setattr(self, key, {})
 
@@ -706,3 +709,19 @@ def _pubsub_op(fn: Callable[[ClusterState, Command], Any]) -> Callable[[ClusterS
 
 
 OPS.update({name: _pubsub_op(fn) for name, fn in pubsub_state.OPS.items()})
+
+
+# -- multi-user chat (XEP-0045): ops in raftxmpp.cluster.muc_state -------------------------------
+
+
+def _muc_op(fn: Callable[[ClusterState, Command], Any]) -> Callable[[ClusterState, Command], Any]:
+    def op(state: ClusterState, command: Command) -> Any:
+        try:
+            return fn(state, command)
+        except muc_state.Refused as exc:
+            raise Rejected(exc.condition, exc.text) from None
+
+    return op
+
+
+OPS.update({name: _muc_op(fn) for name, fn in muc_state.OPS.items()})

@@ -56,6 +56,7 @@ MODULES = (
     "service_admin",
     "http_upload",
     "pubsub",
+    "muc",
 )
 
 
@@ -144,6 +145,15 @@ class Router:
             if serves(domain):
                 return handler
         return None
+
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> bool:
+        """Runs a module's background task in the node's nursery; False when the node is
+        not running (then the task is not started)."""
+        nursery = getattr(self.node, "_nursery", None)
+        if nursery is None:
+            return False
+        nursery.start_soon(fn, *args)
+        return True
 
     def add_hook(self, name: str, hook: Hook) -> None:
         self.hooks.setdefault(name, []).append(hook)

@@ -1,0 +1,94 @@
+"""What every part of the muc package shares on one node: the router, the [muc]
+settings, the occupant table, each room's recent history, and the node-to-node
+messages of the package."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+
+from raftxmpp.jid import JID
+from raftxmpp.modules.muc.occupants import OccupantTable
+
+if TYPE_CHECKING:
+    from raftxmpp.config import MucSection
+    from raftxmpp.routing.router import Router
+
+log = logging.getLogger("raftxmpp.muc")
+
+
+@dataclass
+class HistoryEntry:
+    ts: float
+    xml: str  # the message as occupants got it, without "to"
+    chars: int
+
+
+@dataclass
+class Muc:
+    router: Router
+    settings: MucSection
+    occupants: OccupantTable
+    # room → its last messages (every node keeps them: history survives any node).
+    history: dict[str, deque[HistoryEntry]] = field(default_factory=dict)
+    # (room, real JID) → (tokens, last refill) of the occupant's message rate.
+    buckets: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    messages: int = 0  # groupchat messages this node ordered (metrics)
+
+    @property
+    def store(self):
+        return self.router.store
+
+    @property
+    def gossip(self):
+        return self.router.sessions.gossip
+
+    def service_of(self, domain: str) -> bool:
+        label = self.settings.service
+        prefix = label + "."
+        return bool(label) and domain.startswith(prefix) and \
+            domain[len(prefix):] in self.router.served_hosts()
+
+    # -- the cluster -------------------------------------------------------------------------
+
+    def live_nodes(self) -> list[str]:
+        gossip = self.gossip
+        if gossip is None:
+            return [self.occupants.node_name]
+        return sorted({gossip.name, *gossip.views})
+
+    def orderer_of(self, room: str) -> str:
+        """The node that orders the room's messages: the live node that ranks highest for
+        the room (rendezvous hashing), so every node names the same one while they agree
+        on who lives, and a dead orderer's rooms spread over the survivors."""
+        def rank(node: str) -> bytes:
+            return hashlib.sha256(f"{room}\0{node}".encode()).digest()
+
+        return max(self.live_nodes(), key=rank)
+
+    def to_node(self, node: str, message: dict[str, Any]) -> None:
+        """A package message to one node (ourselves included), over the gossip link."""
+        if node == self.occupants.node_name or self.gossip is None:
+            handler = self.router.gossip_messages.get(message["t"])
+            if handler is not None:
+                handler(node, message)
+        else:
+            self.gossip.send(node, message)
+
+    def to_all(self, message: dict[str, Any]) -> None:
+        for node in self.live_nodes():
+            self.to_node(node, message)
+
+    # -- sending to occupants ----------------------------------------------------------------
+
+    def send_to(self, real_jid: str, stanza: etree._Element) -> None:
+        """To a session of this node (an occupant's); dropped if it has gone meanwhile."""
+        stanza.set("to", real_jid)
+        session = self.router.sessions.local_session(JID.parse(real_jid))
+        if session is not None:
+            session.send_stanza(stanza)

@@ -1,0 +1,220 @@
+"""Messages in a room (XEP-0045 §7.4, §7.5, §7.8, §8.1): groupchat, private messages,
+invitations and the subject.
+
+Ordering. Each room has one ordering node: the live node that ranks highest for the
+room by rendezvous hashing (Muc.orderer_of). An occupant's node hands every groupchat
+message to it ("muc-order"); it stamps the message (XEP-0359 stanza-id) and sends it to
+every live node ("muc-deliver"), each of which keeps it in the room's history and
+passes it to its own occupants. Node links keep order per link, so every occupant gets
+the room's messages in the order the ordering node sent them. When that node dies,
+gossip drops it within DEAD_AFTER and every node names the same next one; messages
+handed to the dead node and not yet sent on are lost (their senders never see them
+echoed, which is how a MUC client learns a message went through).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+
+from lxml import etree
+
+from raftxmpp import metrics  # noqa: F401  (kept for the room metrics beside the others)
+from raftxmpp.jid import JID, InvalidJID
+from raftxmpp.modules.muc import history, ns
+from raftxmpp.modules.muc.context import Muc
+from raftxmpp.modules.muc.occupants import Occupant
+from raftxmpp.modules.muc.presence import subject_message
+from raftxmpp.routing.sessions import LocalSession
+from raftxmpp.xml.errors import StanzaError
+from raftxmpp.xml.stanza import make
+
+log = logging.getLogger("raftxmpp.muc")
+
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+ORDER, DELIVER = "muc-order", "muc-deliver"
+# Elements a room never passes on from a sender (it stamps its own).
+_DROPPED = (f"{{{ns.STANZA_ID}}}stanza-id", f"{{{ns.MUC_USER}}}x", f"{{{ns.DELAY}}}delay")
+
+
+async def handle(ctx: Muc, stanza: etree._Element, room: str, nick: str | None,
+                 sender: LocalSession) -> None:
+    kind = stanza.get("type") or "normal"
+    if kind == "error":
+        return
+    occupant = ctx.occupants.get(room, sender.full_jid)
+    if nick is not None:
+        if kind == "groupchat":
+            raise StanzaError("bad-request", text="groupchat goes to the room, not to a nick")
+        await private_message(ctx, stanza, room, nick, occupant)
+        return
+    x = stanza.find(f"{{{ns.MUC_USER}}}x")
+    if x is not None and kind != "groupchat":
+        await invitation(ctx, stanza, room, x, occupant, sender)
+        return
+    if kind != "groupchat":
+        raise StanzaError("bad-request", text="a message to a room is groupchat")
+    if occupant is None:
+        raise StanzaError("not-acceptable", text="join the room before you speak in it")
+    subject = stanza.find(f"{{{ns.CLIENT}}}subject")
+    if subject is not None and stanza.find(f"{{{ns.CLIENT}}}body") is None:
+        await set_subject(ctx, room, occupant, subject.text or "")
+        return
+    if occupant.role == "visitor":
+        raise StanzaError("forbidden", text="visitors have no voice in this moderated room")
+    if not _within_rate(ctx, occupant):
+        raise StanzaError("resource-constraint", type="wait",
+                          text="you are sending messages too fast")
+    submit(ctx, room, occupant.nick, stanza)
+
+
+def _within_rate(ctx: Muc, occupant: Occupant) -> bool:
+    """A token bucket per occupant: [muc] max_message_rate with message_burst."""
+    key = (occupant.room, occupant.real_jid)
+    now = time.monotonic()
+    tokens, last = ctx.buckets.get(key, (float(ctx.settings.message_burst), now))
+    tokens = min(float(ctx.settings.message_burst),
+                 tokens + (now - last) * ctx.settings.max_message_rate)
+    if tokens < 1:
+        ctx.buckets[key] = (tokens, now)
+        return False
+    ctx.buckets[key] = (tokens - 1, now)
+    if len(ctx.buckets) > 100_000:  # occupants that left keep no bucket for long
+        ctx.buckets.clear()
+    return True
+
+
+def submit(ctx: Muc, room: str, nick: str, stanza: etree._Element) -> None:
+    """Hands a groupchat message to the room's ordering node."""
+    message = make("message", {"from": f"{room}/{nick}", "type": "groupchat",
+                               "id": stanza.get("id")})
+    lang = stanza.get("{http://www.w3.org/XML/1998/namespace}lang")
+    if lang:
+        message.set("{http://www.w3.org/XML/1998/namespace}lang", lang)
+    for child in stanza:
+        if isinstance(child.tag, str) and child.tag not in _DROPPED:
+            message.append(_copy(child))
+    ctx.to_node(ctx.orderer_of(room), {"t": ORDER, "room": room,
+                                       "x": etree.tostring(message).decode()})
+
+
+def _copy(element: etree._Element) -> etree._Element:
+    return etree.fromstring(etree.tostring(element, with_tail=False), _PARSER)
+
+
+def on_order(ctx: Muc, peer: str, message: dict) -> None:
+    """This node orders the room: stamp the message and send it to every node."""
+    room, xml = str(message["room"]), str(message["x"])
+    stanza = etree.fromstring(xml, _PARSER)
+    if stanza.find(f"{{{ns.CLIENT}}}body") is not None:
+        etree.SubElement(stanza, f"{{{ns.STANZA_ID}}}stanza-id", nsmap={None: ns.STANZA_ID},
+                         id=secrets.token_urlsafe(12), by=room)
+    ctx.messages += 1
+    ctx.to_all({"t": DELIVER, "room": room, "x": etree.tostring(stanza).decode(),
+                "ts": time.time(), "h": stanza.find(f"{{{ns.CLIENT}}}body") is not None})
+
+
+def on_deliver(ctx: Muc, peer: str, message: dict) -> None:
+    """An ordered message: into the history, and to this node's occupants."""
+    room, xml = str(message["room"]), str(message["x"])
+    if message.get("h"):
+        history.remember(ctx, room, xml, float(message["ts"]))
+    recipients = ctx.occupants.local_of_room(room)
+    if not recipients:
+        return
+    stanza = etree.fromstring(xml, _PARSER)
+    for occupant in recipients:
+        ctx.send_to(occupant.real_jid, stanza)
+
+
+async def set_subject(ctx: Muc, room: str, occupant: Occupant, text: str) -> None:
+    """§8.1: by moderators, or by participants where the room lets them."""
+    record = ctx.store.muc_room(room)
+    if record is None:
+        raise StanzaError("item-not-found")
+    allowed = occupant.role == "moderator" or (
+        record["config"]["changesubject"] and occupant.role == "participant")
+    if not allowed:
+        raise StanzaError("forbidden", text="you may not change the subject")
+    await ctx.store.muc_subject(room, text[:4096], occupant.nick)
+    stanza = subject_message(room, {"text": text[:4096], "nick": occupant.nick})
+    ctx.to_node(ctx.orderer_of(room), {"t": ORDER, "room": room,
+                                       "x": etree.tostring(stanza).decode()})
+
+
+async def private_message(ctx: Muc, stanza: etree._Element, room: str, nick: str,
+                          occupant: Occupant | None) -> None:
+    """§7.5: to every session of the occupant with that nick, from the sender's nick."""
+    if occupant is None:
+        raise StanzaError("not-acceptable", text="join the room to send private messages")
+    record = ctx.store.muc_room(room)
+    if record is None:
+        raise StanzaError("item-not-found")
+    allowpm = record["config"]["allowpm"]
+    if allowpm == "none" or (allowpm == "moderators" and occupant.role != "moderator") or \
+            (allowpm == "participants" and occupant.role == "visitor"):
+        raise StanzaError("not-allowed", text="private messages are not allowed here")
+    targets = ctx.occupants.by_nick(room, nick)
+    if not targets:
+        raise StanzaError("item-not-found", text="no occupant with that nickname")
+    for target in targets:
+        copy = make("message", {"from": f"{room}/{occupant.nick}", "to": target.real_jid,
+                                "type": stanza.get("type"), "id": stanza.get("id")})
+        for child in stanza:
+            if isinstance(child.tag, str) and child.tag != f"{{{ns.MUC_USER}}}x":
+                copy.append(_copy(child))
+        etree.SubElement(copy, f"{{{ns.MUC_USER}}}x", nsmap={None: ns.MUC_USER})
+        await ctx.router.route(copy, None)
+
+
+async def invitation(ctx: Muc, stanza: etree._Element, room: str, x: etree._Element,
+                     occupant: Occupant | None, sender: LocalSession) -> None:
+    """§7.8.2 mediated invitations (and their declines, §7.8.2 end)."""
+    record = ctx.store.muc_room(room)
+    if record is None:
+        raise StanzaError("item-not-found")
+    for decline in x.findall(f"{{{ns.MUC_USER}}}decline"):
+        to = _jid(decline.get("to"))
+        message = make("message", {"from": room, "to": to})
+        out = etree.SubElement(message, f"{{{ns.MUC_USER}}}x", nsmap={None: ns.MUC_USER})
+        element = etree.SubElement(out, f"{{{ns.MUC_USER}}}decline", attrib={"from": sender.bare_jid})
+        _reason(decline, element)
+        await ctx.router.route(message, None)
+    invites = x.findall(f"{{{ns.MUC_USER}}}invite")
+    if not invites:
+        return
+    if occupant is None:
+        raise StanzaError("not-acceptable", text="join the room to invite others")
+    config = record["config"]
+    affiliation = record["affiliations"].get(sender.bare_jid, "none")
+    if config["membersonly"] and not config["allowinvites"] and \
+            affiliation not in ("owner", "admin"):
+        raise StanzaError("forbidden", text="only admins invite to this room")
+    for invite in invites:
+        to = _jid(invite.get("to"))
+        if config["membersonly"] and record["affiliations"].get(to, "none") == "none":
+            # §9.3: an invitation to a members-only room makes the invitee a member.
+            await ctx.store.muc_set_affiliations(room, "", {to: "member"})
+        message = make("message", {"from": room, "to": to})
+        out = etree.SubElement(message, f"{{{ns.MUC_USER}}}x", nsmap={None: ns.MUC_USER})
+        element = etree.SubElement(out, f"{{{ns.MUC_USER}}}invite",
+                                   attrib={"from": sender.bare_jid})
+        _reason(invite, element)
+        etree.SubElement(message, f"{{{ns.CONFERENCE}}}x", nsmap={None: ns.CONFERENCE},
+                         jid=room)
+        await ctx.router.route(message, None)
+
+
+def _jid(text: str | None) -> str:
+    try:
+        jid = JID.parse(text or "")
+    except InvalidJID:
+        raise StanzaError("jid-malformed", text="an invitation names a JID") from None
+    return str(jid.bare)
+
+
+def _reason(source: etree._Element, target: etree._Element) -> None:
+    reason = source.findtext(f"{{{ns.MUC_USER}}}reason")
+    if reason:
+        etree.SubElement(target, f"{{{ns.MUC_USER}}}reason").text = reason[:1024]

@@ -1,0 +1,253 @@
+"""Group chat (XEP-0045) as slixmpp's xep_0045 plugin uses it, against three real node
+processes, with the occupants of one room on different nodes.
+
+One cluster serves the module; each test makes its own accounts and rooms. Room traffic
+travels over node links, which keep order per link: a test that must show something did
+*not* arrive waits for a later stanza on the same path instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from slixmpp.exceptions import PresenceError
+from slixmpp.plugins.xep_0004.stanza import Form
+
+from tests.harness import Cluster, wait_for
+from tests.xmpp_client import Client, run, unique
+
+pytestmark = pytest.mark.cluster
+
+PASSWORD = "muc-password"
+SERVICE = "conference.localhost"
+MUC_USER = "http://jabber.org/protocol/muc#user"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, ca_file):
+    extra = f'\n[tls]\ncertificate = "{ca_file / "cert.pem"}"\nkey = "{ca_file / "key.pem"}"\n'
+    c = Cluster(tmp_path_factory.mktemp("muc"), 3, extra).start()
+    c.leader()
+    wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3 for n in c.nodes), 20,
+             "every node to see the others by gossip")
+    yield c
+    c.kill_all()
+
+
+def account(node, prefix: str) -> str:
+    jid = f"{unique(prefix)}@localhost"
+    node.admin("user.add", jid=jid, password=PASSWORD)
+    return jid
+
+
+class Member:
+    """A slixmpp client with the xep_0045 plugin and queues of what rooms send it."""
+
+    def __init__(self, node, ca_file, jid: str) -> None:
+        self.client = Client(jid, PASSWORD, node.c2s_port, ca_file / "ca.pem",
+                             plugins=("xep_0045", "xep_0004", "xep_0249", "xep_0410"))
+        self.groupchat: asyncio.Queue = asyncio.Queue()
+        self.room_presence: asyncio.Queue = asyncio.Queue()
+        self.subjects: asyncio.Queue = asyncio.Queue()
+        self.private: asyncio.Queue = asyncio.Queue()
+        self.invites: asyncio.Queue = asyncio.Queue()
+        c = self.client
+        c.add_event_handler("groupchat_message", self._groupchat)
+        c.add_event_handler("groupchat_presence", self.room_presence.put_nowait)
+        c.add_event_handler("groupchat_subject", self.subjects.put_nowait)
+        c.add_event_handler("groupchat_invite", self.invites.put_nowait)
+        c.add_event_handler("groupchat_direct_invite", self.invites.put_nowait)
+        c.add_event_handler("message", self._message)
+
+    def _groupchat(self, msg) -> None:
+        if msg["body"]:
+            self.groupchat.put_nowait(msg)
+
+    def _message(self, msg) -> None:
+        if msg["type"] in ("chat", "normal") and msg["body"] and \
+                msg["from"].domain == SERVICE:
+            self.private.put_nowait(msg)
+
+    @property
+    def muc(self):
+        return self.client.plugin["xep_0045"]
+
+    @property
+    def jid(self) -> str:
+        return self.client.boundjid.bare
+
+    async def start(self) -> Member:
+        assert await self.client.start()
+        return self
+
+    async def join(self, room: str, nick: str, **kwargs):
+        """Our own presence in the room; `self.joined` keeps the whole answer (presence,
+        subject, occupants, history)."""
+        self.joined = await self.muc.join_muc_wait(room, nick, timeout=30, **kwargs)
+        return self.joined[0]
+
+    async def next_body(self, timeout: float = 20) -> tuple[str, str]:
+        msg = await asyncio.wait_for(self.groupchat.get(), timeout)
+        return msg["from"].resource, msg["body"]
+
+    async def presence_of(self, nick: str, ptype: str = "available", timeout: float = 20):
+        while True:
+            pres = await asyncio.wait_for(self.room_presence.get(), timeout)
+            if pres["from"].resource == nick and pres["type"] == ptype:
+                return pres
+
+
+def codes(presence) -> set[int]:
+    return {int(s.get("code")) for s in presence.xml.iter(f"{{{MUC_USER}}}status")}
+
+
+def item_of(presence):
+    return next(presence.xml.iter(f"{{{MUC_USER}}}item"))
+
+
+async def instant_room(owner: Member, nick: str, **config) -> str:
+    """§10.1.2: create, then accept the default configuration (or the given fields)."""
+    room = f"{unique('room')}@{SERVICE}"
+    presence = await owner.join(room, nick)
+    assert {110, 201} <= codes(presence)
+    form = Form()
+    form["type"] = "submit"
+    for var, value in config.items():
+        form.add_field(var=f"muc#roomconfig_{var}", value=value)
+    await owner.muc.set_room_config(room, form, timeout=20)
+    return room
+
+
+async def stop_all(*members: Member) -> None:
+    for m in members:
+        await m.client.stop()
+
+
+# -- stage 1: rooms, occupants, messages --------------------------------------------------------
+
+
+def test_room_created_joined_and_chatted_in_from_three_nodes(cluster, ca_file):
+    """§10.1.2 instant room; §7.2 joins with the others' presence first and 110 last;
+    §7.4 a groupchat message reaches every occupant, on every node, sender included."""
+    node1, node2, node3 = cluster.nodes
+    a, b, c = account(node1, "alice"), account(node2, "bob"), account(node3, "carol")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        bob = await Member(node2, ca_file, b).start()
+        carol = await Member(node3, ca_file, c).start()
+        room = await instant_room(alice, "Alice")
+        await bob.join(room, "Bob")
+        assert item_of(await alice.presence_of("Bob")).get("role") == "participant"
+        own = await carol.join(room, "Carol")
+        assert 110 in codes(own)
+        await bob.presence_of("Carol")
+        bob.client.send_message(mto=room, mbody="hello from node2", mtype="groupchat")
+        for member in (alice, bob, carol):
+            assert await member.next_body() == ("Bob", "hello from node2")
+        carol.client.send_message(mto=room, mbody="one", mtype="groupchat")
+        alice.client.send_message(mto=room, mbody="two", mtype="groupchat")
+        seen = [[await m.next_body() for _ in range(2)] for m in (alice, bob, carol)]
+        assert seen[0] == seen[1] == seen[2], "every occupant sees the room's one order"
+        await stop_all(alice, bob, carol)
+
+    run(scenario(), 120)
+
+
+def test_nick_conflict_private_message_and_subject(cluster, ca_file):
+    """§7.2.9 a taken nick is <conflict/>; §7.5 private messages from the sender's nick;
+    §8.1 the subject, sent to occupants and to whoever joins later."""
+    node1, node2, node3 = cluster.nodes
+    a, b, c = account(node1, "alice"), account(node2, "bob"), account(node3, "carol")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        bob = await Member(node2, ca_file, b).start()
+        carol = await Member(node3, ca_file, c).start()
+        room = await instant_room(alice, "Alice")
+        await bob.join(room, "Bob")
+        with pytest.raises(PresenceError) as err:
+            await carol.join(room, "Bob")
+        assert err.value.condition == "conflict"
+        alice.client.send_message(mto=f"{room}/Bob", mbody="psst", mtype="chat")
+        msg = await asyncio.wait_for(bob.private.get(), 20)
+        assert str(msg["from"]) == f"{room}/Alice" and msg["body"] == "psst"
+        alice.muc.set_subject(room, "Raft and rooms")
+        subject = await asyncio.wait_for(bob.subjects.get(), 20)
+        while subject["subject"] != "Raft and rooms":
+            subject = await asyncio.wait_for(bob.subjects.get(), 20)
+        await carol.join(room, "Carol")
+        subject = await asyncio.wait_for(carol.subjects.get(), 20)
+        assert subject["subject"] == "Raft and rooms" and subject["from"].resource == "Alice"
+        await stop_all(alice, bob, carol)
+
+    run(scenario(), 120)
+
+
+def test_leaving_and_logging_out_tell_the_others(cluster, ca_file):
+    """§7.14: leaving sends unavailable to all, the leaver's own with 110; a closed
+    connection leaves every room it was in."""
+    node1, node2 = cluster.nodes[:2]
+    a, b = account(node1, "alice"), account(node2, "bob")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        bob = await Member(node2, ca_file, b).start()
+        room = await instant_room(alice, "Alice")
+        await bob.join(room, "Bob")
+        bob.muc.leave_muc(room, "Bob", "bye")
+        gone = await alice.presence_of("Bob", "unavailable")
+        assert gone["status"] == "bye"
+        own = await bob.presence_of("Bob", "unavailable")
+        assert 110 in codes(own)
+        await bob.join(room, "Bob")
+        await bob.client.stop()
+        await alice.presence_of("Bob", "unavailable")
+        await alice.client.stop()
+
+    run(scenario(), 120)
+
+
+def test_reserved_room_locked_until_configured_and_disco(cluster, ca_file):
+    """§10.1.3 a reserved room: locked (others get <item-not-found/>) until its owner
+    submits the form; §6.4 disco#info shows the configured features; §6.3 public rooms
+    are listed by the service."""
+    node1, node2 = cluster.nodes[:2]
+    a, b = account(node1, "alice"), account(node2, "bob")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        bob = await Member(node2, ca_file, b).start()
+        room = f"{unique('reserved')}@{SERVICE}"
+        assert 201 in codes(await alice.join(room, "Alice"))
+        with pytest.raises(PresenceError) as err:
+            await bob.join(room, "Bob")
+        assert err.value.condition == "item-not-found"
+        form = await alice.muc.get_room_config(room, timeout=20)
+        assert "muc#roomconfig_persistentroom" in {f["var"] for f in form["fields"]}
+        submit = Form()
+        submit["type"] = "submit"
+        submit.add_field(var="muc#roomconfig_persistentroom", value=True)
+        submit.add_field(var="muc#roomconfig_roomname", value="The Reserved")
+        submit.add_field(var="muc#roomconfig_whois", value="anyone")
+        await alice.muc.set_room_config(room, submit, timeout=20)
+        presence = await bob.join(room, "Bob")
+        assert 100 in codes(presence)
+        info = await bob.client.plugin["xep_0030"].get_info(jid=room, timeout=20)
+        features = info["disco_info"]["features"]
+        assert {"muc_persistent", "muc_nonanonymous", "http://jabber.org/protocol/muc"} <= \
+            set(features)
+        items = await bob.client.plugin["xep_0030"].get_items(jid=SERVICE, timeout=20)
+        assert room in {str(i[0]) for i in items["disco_items"]["items"]}
+        service = await bob.client.plugin["xep_0030"].get_info(jid="localhost", timeout=20)
+        assert service is not None
+        server_items = await bob.client.plugin["xep_0030"].get_items(jid="localhost", timeout=20)
+        assert SERVICE in {str(i[0]) for i in server_items["disco_items"]["items"]}
+        await stop_all(alice, bob)
+        # A persistent room outlives its occupants, on every node.
+        for node in cluster.nodes:
+            wait_for(lambda n=node: room in n.admin("muc.list", domain=SERVICE), 20,
+                     "the persistent room on every node")
+
+    run(scenario(), 120)
