@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import socket
-import struct
 import threading
 import time
 import uuid
@@ -25,9 +24,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated, tcp_connection
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
 from raftxmpp import metrics
+from raftxmpp.cluster import raft_port
 from raftxmpp.cluster.state import VERSION, ClusterState, Command, Result
 from raftxmpp.config import ClusterSection
 
@@ -47,29 +47,8 @@ RETRYABLE = {
 }
 
 
-# pysyncobj (pinned at 0.3.17) accumulates a connection's bytes until the frame length
-# the sender declared has arrived, and only then decrypts: a stranger who reaches the
-# Raft port could make a node buffer gigabytes (with quadratic `bytes +=` copying) without
-# knowing the secret. Our largest legitimate frame is a batch of commands or a snapshot
-# chunk (64 KiB batches, stanzas ≤ max_stanza_size), so a declared length past
-# MAX_RAFT_FRAME ends the connection before its bytes are kept.
-MAX_RAFT_FRAME = 8 * 1024 * 1024
-_read_pysyncobj = tcp_connection.TcpConnection._TcpConnection__processRead
-
-
-def _bounded_read(connection: tcp_connection.TcpConnection) -> bool:
-    more = _read_pysyncobj(connection)
-    buffered = connection._TcpConnection__readBuffer
-    if len(buffered) >= 4:
-        (length,) = struct.unpack("i", buffered[:4])
-        if not 0 < length <= MAX_RAFT_FRAME:
-            log.warning("raft connection declared a %d-byte frame: closed", length)
-            connection.disconnect()
-            return False
-    return more
-
-
-tcp_connection.TcpConnection._TcpConnection__processRead = _bounded_read
+# Bounds on what a stranger can make the Raft port buffer (issue 13, finding 5).
+raft_port.install()
 
 
 class RaftUnavailable(Exception):
