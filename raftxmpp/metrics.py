@@ -21,11 +21,13 @@ path and the cluster links all import it.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
@@ -222,9 +224,30 @@ PUBSUB_CAPS = HotFamily(
     "(unverified), or no answer (failed).", "outcome",
     ("cached", "queried", "verified", "unverified", "failed"))
 
+# -- logins (raftxmpp.c2s.login, for every client transport) -----------------------------------
+
+LOGINS = HotFamily(
+    "raftxmpp_c2s_logins",
+    "SASL exchanges of clients on this node by outcome: success; failure (wrong credentials "
+    "or an unknown account); refused (throttled, or the cluster could not confirm "
+    "credentials: not the client's guess).", "outcome", ("success", "failure", "refused"))
+LOGIN_SUCCEEDED = LOGINS.labels("success")
+LOGIN_FAILED = LOGINS.labels("failure")
+LOGIN_REFUSED = LOGINS.labels("refused")
+
+# -- stream management (XEP-0198) ----------------------------------------------------------------
+
+SM_RESUMPTIONS = HotFamily(
+    "raftxmpp_sm_resumptions",
+    "Stream resumption requests (XEP-0198 <resume/>) answered on this node: resumed, or "
+    "failed (unknown or expired id, another account: <failed/>).", "outcome",
+    ("resumed", "failed"))
+SM_RESUMED = SM_RESUMPTIONS.labels("resumed")
+SM_RESUME_FAILED = SM_RESUMPTIONS.labels("failed")
+
 HOT_FAMILIES = (CONNECTIONS, STANZAS_IN_TOTAL, STANZAS_OUT_TOTAL, ROUTED,
                 S2S_FORWARDED_TOTAL, S2S_STREAM_FAILURES_TOTAL, S2S_BOUNCED,
-                PUBSUB_REQUESTS, PUBSUB_NOTIFICATIONS, PUBSUB_CAPS)
+                PUBSUB_REQUESTS, PUBSUB_NOTIFICATIONS, PUBSUB_CAPS, LOGINS, SM_RESUMPTIONS)
 
 
 class _HotCollector(Collector):
@@ -252,31 +275,22 @@ OFFLINE_REDELIVERED = Counter(
     "Offline messages delivered again because the session that claimed them ended before "
     "removing them (a duplicate the client may see; never a loss).", registry=None)
 
-# -- node links ---------------------------------------------------------------------------------
-
-NODE_LINK_QUEUE = Gauge(
-    "raftxmpp_node_link_queue_depth",
-    "Stanzas waiting in the outgoing queue of the link to each peer node.", ["peer"],
+RAFT_FSYNC_SECONDS = Histogram(
+    "raftxmpp_raft_fsync_seconds",
+    "Time one fsync (or msync) of Raft's journal, metadata or snapshot took on this node.",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+             1.0),
     registry=None)
 
 
-def set_link_queue_depth(peer: str, depth: int) -> None:
-    """Records how many stanzas wait for `peer` (its link address).
-
-    The node-to-node links call this when their queue changes size; until links exist
-    the gauge has no series. Not for the per-stanza path of a busy link: call it per
-    batch, or from a periodic task.
-    """
-    NODE_LINK_QUEUE.labels(peer).set(depth)
+def observe_fsync(seconds: float) -> None:
+    """Called by the Raft layer's durable writes, from whichever thread synced (the
+    Histogram takes its own lock; a sync costs far more than the lock)."""
+    RAFT_FSYNC_SECONDS.observe(seconds)
 
 
-def forget_link(peer: str) -> None:
-    """Drops the series of a peer that left the cluster."""
-    with contextlib.suppress(KeyError):  # never set: nothing to drop
-        NODE_LINK_QUEUE.remove(peer)
-
-
-PROCESS_METRICS = (RAFT_COMMIT_SECONDS, RAFT_WRITE_FAILURES, OFFLINE_REDELIVERED, NODE_LINK_QUEUE)
+PROCESS_METRICS = (RAFT_COMMIT_SECONDS, RAFT_FSYNC_SECONDS, RAFT_WRITE_FAILURES,
+                   OFFLINE_REDELIVERED)
 
 # -- per-node facts, read at scrape time --------------------------------------------------------
 
@@ -288,6 +302,7 @@ class _NodeView(Protocol):
     raft: Any
     router: Any
     store: Any
+    cluster: Any
 
 
 RAFT_ROLES = ("leader", "follower", "candidate")
@@ -321,6 +336,14 @@ class NodeCollector(Collector):
             yield from raft_families(node.raft.status())
         if node.store is not None:
             yield from pubsub_families(node.store.pubsub_totals())
+        cluster = getattr(node, "cluster", None)
+        if cluster is not None:
+            yield from link_families(cluster.links)
+            alive = GaugeMetricFamily("raftxmpp_gossip_nodes_alive", "Nodes this node hears "
+                                      "gossip heartbeats from, itself included.")
+            alive.add_metric([], len(cluster.gossip.nodes()))
+            yield alive
+        yield from disk_families(node.config.node.data_dir)
 
 
 def raft_families(status: dict) -> Iterator[GaugeMetricFamily]:
@@ -353,6 +376,9 @@ def raft_families(status: dict) -> Iterator[GaugeMetricFamily]:
                                value=1.0 if status.get("leader") else 0.0)
     yield leader
     members = status.get("members", {})
+    if members:
+        yield GaugeMetricFamily("raftxmpp_raft_members", "Members of the Raft cluster, this "
+                                "node included.", value=len(members))
     reachable = GaugeMetricFamily(
         "raftxmpp_raft_member_reachable", "1 when this node is connected to the member.",
         labels=["member"])
@@ -368,6 +394,51 @@ def pubsub_families(totals: dict) -> Iterator[GaugeMetricFamily]:
                       ("items", "Items stored in pubsub and PEP nodes."),
                       ("bytes", "Bytes of stored pubsub items (ids and payloads).")):
         yield GaugeMetricFamily(f"raftxmpp_pubsub_{key}", text, value=totals.get(key, 0))
+
+
+def link_families(links: Any) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """The node-to-node links (raftxmpp.cluster.links.Links), one series per peer node:
+    the label set is the member table, a handful of names."""
+    up = GaugeMetricFamily("raftxmpp_node_link_up", "1 while the link to the peer node is "
+                           "connected and authenticated.", labels=["peer"])
+    queued = GaugeMetricFamily("raftxmpp_node_link_queue_bytes", "Bytes waiting in the "
+                               "outgoing queue of the link to the peer node.", labels=["peer"])
+    dropped = CounterMetricFamily("raftxmpp_node_link_dropped_frames", "Frames for the peer "
+                                  "node dropped because its link queue was full.",
+                                  labels=["peer"])
+    for name, peer in sorted(links.peers.items()):
+        up.add_metric([name], 1.0 if peer.connected else 0.0)
+        queued.add_metric([name], peer.queued_bytes)
+        dropped.add_metric([name], peer.dropped)
+    yield from (up, queued, dropped)
+    yield GaugeMetricFamily("raftxmpp_node_link_queue_limit_bytes", "Bytes a link queue holds "
+                            "before frames are dropped.", value=links.queue_limit)
+
+
+def disk_families(data_dir: Any) -> Iterator[GaugeMetricFamily]:
+    """The data directory (Raft journal, snapshot, archive) and its file system.
+
+    The directory is a few files (subdirectories are summed too), so walking it at
+    every scrape costs microseconds; a vanished file between listing and stat is skipped."""
+    path = Path(data_dir)
+    used = 0
+    for file in path.rglob("*"):
+        with contextlib.suppress(OSError):
+            if file.is_file():
+                used += file.stat().st_size
+    yield GaugeMetricFamily("raftxmpp_data_dir_bytes", "Bytes of files in the data directory.",
+                            value=used)
+    snapshot = path / "raft.dump"
+    size = snapshot.stat().st_size if snapshot.exists() else 0
+    yield GaugeMetricFamily("raftxmpp_raft_snapshot_bytes", "Size of the last Raft snapshot "
+                            "written by this node (0 before the first).", value=size)
+    with contextlib.suppress(OSError):
+        fs = os.statvfs(path)
+        yield GaugeMetricFamily("raftxmpp_data_filesystem_avail_bytes", "Bytes free for the "
+                                "node on the data directory's file system.",
+                                value=fs.f_bavail * fs.f_frsize)
+        yield GaugeMetricFamily("raftxmpp_data_filesystem_size_bytes", "Size of the data "
+                                "directory's file system.", value=fs.f_blocks * fs.f_frsize)
 
 
 def node_registry(node: _NodeView, version: str) -> CollectorRegistry:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import trio
 
+from raftxmpp import metrics
 from raftxmpp.c2s.limits import AuthThrottle, LoginAttempt, Throttled
 from raftxmpp.c2s.sasl import SaslFailure
 
@@ -32,6 +33,7 @@ class LoginGuard:
         self._attempt: LoginAttempt | None = None
         self._waited_for: str | None = None
         self._not_a_guess = False  # this exchange was refused by us, not failed by the client
+        self._counted_success = False
 
     async def before(self, account: str | None) -> None:
         if self._throttle is None or account is None:
@@ -61,7 +63,11 @@ class LoginGuard:
 
     def outcome(self, failed: bool, succeeded: bool) -> None:
         """After the core received an event: did an exchange just fail or succeed?"""
-        if not (failed or succeeded) or self._throttle is None:
+        self._count(failed, succeeded)
+        if self._throttle is None:
+            self._not_a_guess = self._not_a_guess and not failed  # counted: the next is new
+            return
+        if not (failed or succeeded):
             return
         attempt, self._attempt, self._waited_for = self._attempt, None, None
         if succeeded and attempt is not None:
@@ -71,6 +77,15 @@ class LoginGuard:
         elif failed and not self._not_a_guess:
             self._throttle.record_failure(self.ip)  # it never named an account
         self._not_a_guess = False
+
+    def _count(self, failed: bool, succeeded: bool) -> None:
+        """raftxmpp_c2s_logins_total, throttle or not; `succeeded` stays true after the
+        exchange (the core reports it for every later event), so it counts once."""
+        if failed:
+            (metrics.LOGIN_REFUSED if self._not_a_guess else metrics.LOGIN_FAILED).inc()
+        elif succeeded and not self._counted_success:
+            self._counted_success = True
+            metrics.LOGIN_SUCCEEDED.inc()
 
     def close(self) -> None:
         if self._attempt is not None:

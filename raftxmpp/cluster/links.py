@@ -177,6 +177,8 @@ class NotMember(LinkError):
 
 
 class Links:
+    queue_limit = MAX_QUEUE_BYTES  # read by the metrics
+
     def __init__(self, name: str, secret: str, listen: Address, on_frame: FrameHandler,
                  on_join: JoinHandler | None = None, raft: str = "",
                  is_member: Callable[[str], bool] | None = None,

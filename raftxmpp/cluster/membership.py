@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from raftxmpp import metrics
 from raftxmpp.cluster.gossip import Gossip
 from raftxmpp.cluster.links import GOSSIP, STANZA, LinkError, Links
 from raftxmpp.cluster.raft import RaftUnavailable
@@ -93,8 +92,6 @@ class ClusterMembership:
                             "durable writes")
             if members.get(self.name) != own and not self.removed:
                 await self._register(own)
-            for peer, depth in self.links.queue_depths().items():
-                metrics.set_link_queue_depth(peer, depth)
             await trio.sleep(0.5)
 
     async def _report_catch_up(self) -> None:
