@@ -109,6 +109,9 @@ ROWS: list[tuple[str, list[tuple[str, str, list[dict], str]]]] = [
         ("Routing outcomes", "ops", rate_by("raftxmpp_routed_total", "outcome"),
          "Stanzas to local accounts: delivered here, on another node, stored offline, "
          "or bounced."),
+        ("Offline messages delivered twice", "ops",
+         [q(f"rate(raftxmpp_offline_redelivered_total{{{SEL}}}[{RATE}])")],
+         "A claiming session ended before removing them: duplicates, never losses."),
         ("Logins", "ops", rate_by("raftxmpp_c2s_logins_total", "outcome"),
          "SASL outcomes; refused = throttled or credentials not confirmable."),
     ]),
