@@ -251,3 +251,183 @@ def test_reserved_room_locked_until_configured_and_disco(cluster, ca_file):
                      "the persistent room on every node")
 
     run(scenario(), 120)
+
+
+# -- stage 2: affiliations, roles, moderation, destruction ------------------------------------------
+
+
+def test_kick_and_ban_reach_occupants_on_other_nodes(cluster, ca_file):
+    """§8.2 a moderator kicks (307 to all, with actor and reason); §9.1 an admin bans
+    (301), and a banned user cannot come back (§7.2.7 <forbidden/>)."""
+    node1, node2, node3 = cluster.nodes
+    a, b, c = account(node1, "alice"), account(node2, "bob"), account(node3, "carol")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        bob = await Member(node2, ca_file, b).start()
+        carol = await Member(node3, ca_file, c).start()
+        room = await instant_room(alice, "Alice")
+        await bob.join(room, "Bob")
+        await carol.join(room, "Carol")
+        await alice.muc.set_role(room, "Bob", "none", reason="too loud", timeout=20)
+        kicked = await carol.presence_of("Bob", "unavailable")
+        assert 307 in codes(kicked)
+        own = await bob.presence_of("Bob", "unavailable")
+        assert {110, 307} <= codes(own)
+        assert own.xml.find(f".//{{{MUC_USER}}}reason").text == "too loud"
+        assert own.xml.find(f".//{{{MUC_USER}}}actor").get("nick") == "Alice"
+        await alice.muc.set_affiliation(room, "outcast", jid=c, reason="spam", timeout=20)
+        banned = await alice.presence_of("Carol", "unavailable")
+        assert 301 in codes(banned) and item_of(banned).get("affiliation") == "outcast"
+        with pytest.raises(PresenceError) as err:
+            await carol.join(room, "Carol")
+        assert err.value.condition == "forbidden"
+        outcasts = await alice.muc.get_affiliation_list(room, "outcast", timeout=20)
+        assert [str(j) for j in outcasts] == [c]
+        await stop_all(alice, bob, carol)
+
+    run(scenario(), 120)
+
+
+def test_members_only_room_and_mediated_invitation(cluster, ca_file):
+    """§7.2.6 a members-only room refuses non-members (<registration-required/>);
+    §7.8.2 an invitation through the room reaches the invitee on another node and
+    makes it a member (§9.3), so it can enter."""
+    node1, node2 = cluster.nodes[:2]
+    a, b = account(node1, "alice"), account(node2, "bob")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        bob = await Member(node2, ca_file, b).start()
+        room = await instant_room(alice, "Alice", membersonly=True)
+        with pytest.raises(PresenceError) as err:
+            await bob.join(room, "Bob")
+        assert err.value.condition == "registration-required"
+        alice.muc.invite(room, b, reason="come in")
+        invite = await asyncio.wait_for(bob.invites.get(), 20)
+        assert str(invite["from"]) == room
+        assert invite["muc"]["invite"]["from"] == a
+        presence = await bob.join(room, "Bob")
+        assert item_of(presence).get("affiliation") == "member"
+        members = await alice.muc.get_affiliation_list(room, "member", timeout=20)
+        assert [str(j) for j in members] == [b]
+        await stop_all(alice, bob)
+
+    run(scenario(), 120)
+
+
+def test_direct_invitation_passes_between_users(cluster, ca_file):
+    """XEP-0249: a direct invitation goes from user to user; the room needs nothing."""
+    node1, node3 = cluster.nodes[0], cluster.nodes[2]
+    a, c = account(node1, "alice"), account(node3, "carol")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        carol = await Member(node3, ca_file, c).start()
+        room = await instant_room(alice, "Alice")
+        alice.client.plugin["xep_0249"].send_invitation(c, room, reason="join us")
+        invite = await asyncio.wait_for(carol.invites.get(), 20)
+        assert str(invite["groupchat_invite"]["jid"]) == room
+        await carol.join(room, "Carol")
+        await stop_all(alice, carol)
+
+    run(scenario(), 120)
+
+
+def test_password_protected_room(cluster, ca_file):
+    """§7.2.5: no or a wrong password is <not-authorized/>; the right one enters."""
+    node1, node2 = cluster.nodes[:2]
+    a, b = account(node1, "alice"), account(node2, "bob")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        bob = await Member(node2, ca_file, b).start()
+        room = await instant_room(alice, "Alice", passwordprotectedroom=True,
+                                  roomsecret="open sesame")
+        for wrong in (None, "guess"):
+            with pytest.raises(PresenceError) as err:
+                await bob.join(room, "Bob", **({"password": wrong} if wrong else {}))
+            assert err.value.condition == "not-authorized"
+        await bob.join(room, "Bob", password="open sesame")
+        info = await bob.client.plugin["xep_0030"].get_info(jid=room, timeout=20)
+        assert "muc_passwordprotected" in info["disco_info"]["features"]
+        await stop_all(alice, bob)
+
+    run(scenario(), 120)
+
+
+def test_moderated_room_voice(cluster, ca_file):
+    """§7.4 / §8.3: in a moderated room a visitor's message is <forbidden/>; once a
+    moderator gives voice it reaches the room."""
+    node1, node2 = cluster.nodes[:2]
+    a, b = account(node1, "alice"), account(node2, "bob")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        bob = await Member(node2, ca_file, b).start()
+        room = await instant_room(alice, "Alice", moderatedroom=True)
+        presence = await bob.join(room, "Bob")
+        assert item_of(presence).get("role") == "visitor"
+        errors: asyncio.Queue = asyncio.Queue()
+        bob.client.add_event_handler("groupchat_message_error", errors.put_nowait)
+        bob.client.send_message(mto=room, mbody="can I speak?", mtype="groupchat")
+        error = await asyncio.wait_for(errors.get(), 20)
+        assert error["error"]["condition"] == "forbidden"
+        await alice.muc.set_role(room, "Bob", "participant", timeout=20)
+        while item_of(await bob.presence_of("Bob")).get("role") != "participant":
+            pass
+        bob.client.send_message(mto=room, mbody="thanks", mtype="groupchat")
+        assert await alice.next_body() == ("Bob", "thanks")
+        await stop_all(alice, bob)
+
+    run(scenario(), 120)
+
+
+def test_destroy_with_an_alternate_venue(cluster, ca_file):
+    """§10.9: every occupant, on every node, gets unavailable with <destroy jid/> and the
+    reason; the room is gone everywhere."""
+    node1, node2, node3 = cluster.nodes
+    a, b, c = account(node1, "alice"), account(node2, "bob"), account(node3, "carol")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        bob = await Member(node2, ca_file, b).start()
+        carol = await Member(node3, ca_file, c).start()
+        room = await instant_room(alice, "Alice", persistentroom=True)
+        await bob.join(room, "Bob")
+        await carol.join(room, "Carol")
+        await alice.muc.destroy(room, reason="moving", altroom=f"new@{SERVICE}", timeout=20)
+        for member, nick in ((bob, "Bob"), (carol, "Carol")):
+            gone = await member.presence_of(nick, "unavailable")
+            destroy = gone.xml.find(f".//{{{MUC_USER}}}destroy")
+            assert destroy is not None and destroy.get("jid") == f"new@{SERVICE}"
+            assert destroy.find(f"{{{MUC_USER}}}reason").text == "moving"
+        await stop_all(alice, bob, carol)
+        for node in cluster.nodes:
+            wait_for(lambda n=node: room not in n.admin("muc.list", domain=SERVICE), 20,
+                     "the room gone on every node")
+
+    run(scenario(), 120)
+
+
+def test_nick_change_is_seen_as_303_then_the_new_nick(cluster, ca_file):
+    """§7.6: the others get unavailable for the old nick with 303 and the new nick, then
+    the new nick's presence; the changer gets both with 110."""
+    node1, node2 = cluster.nodes[:2]
+    a, b = account(node1, "alice"), account(node2, "bob")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        bob = await Member(node2, ca_file, b).start()
+        room = await instant_room(alice, "Alice")
+        await bob.join(room, "Bob")
+        await alice.presence_of("Bob")
+        await bob.muc.set_self_nick(room, "Robert", timeout=30)
+        old = await alice.presence_of("Bob", "unavailable")
+        assert 303 in codes(old) and item_of(old).get("nick") == "Robert"
+        await alice.presence_of("Robert")
+        bob.client.send_message(mto=room, mbody="renamed", mtype="groupchat")
+        assert await alice.next_body() == ("Robert", "renamed")
+        await stop_all(alice, bob)
+
+    run(scenario(), 120)

@@ -10,6 +10,8 @@ tell everyone.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from lxml import etree
 
 from raftxmpp.cluster.muc_state import AFFILIATIONS
@@ -215,8 +217,7 @@ def on_role(ctx: Muc, peer: str, message: dict) -> None:
             leave(ctx, occupant, {"c": [307], "ac": message.get("ac", ""),
                                   "re": message.get("re", "")})
         elif occupant.role != role:
-            occupant.role = role
-            ctx.occupants.put(occupant)
+            ctx.occupants.put(replace(occupant, role=role))
 
 
 def on_affiliation(ctx: Muc, peer: str, message: dict) -> None:
@@ -244,5 +245,4 @@ def on_affiliation(ctx: Muc, peer: str, message: dict) -> None:
                     and occupant.affiliation not in ("owner", "admin"):
                 role = "moderator"  # a moderator by role keeps it (§9.6)
             if (role, affiliation) != (occupant.role, occupant.affiliation):
-                occupant.role, occupant.affiliation = role, affiliation
-                ctx.occupants.put(occupant)
+                ctx.occupants.put(replace(occupant, role=role, affiliation=affiliation))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 log = logging.getLogger("raftxmpp.muc")
@@ -104,7 +104,8 @@ class OccupantTable:
     # -- our own occupants ------------------------------------------------------------------
 
     def put(self, occupant: Occupant) -> None:
-        """Adds or changes an occupant whose session is here, and tells the cluster."""
+        """Adds or changes an occupant whose session is here, and tells the cluster.
+        A change is a new Occupant (dataclasses.replace): handlers compare old and new."""
         occupant.node = self.node_name
         old = self.rooms.get(occupant.room, {}).get(occupant.real_jid)
         self.rooms.setdefault(occupant.room, {})[occupant.real_jid] = occupant
@@ -115,8 +116,7 @@ class OccupantTable:
 
     def remove(self, occupant: Occupant, leaving: dict) -> None:
         """An occupant of ours leaves: the cluster sees it leaving (with why), then gone."""
-        occupant.leaving = leaving
-        self.put(occupant)
+        self.put(replace(occupant, leaving=leaving))
         self._drop(occupant.room, occupant.real_jid)
         gossip = self.gossip_of()
         if gossip is not None:

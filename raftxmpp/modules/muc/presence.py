@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 from lxml import etree
 
@@ -53,8 +54,7 @@ async def handle(ctx: Muc, stanza: etree._Element, room: str, nick: str | None,
     elif current.nick != nick:
         change_nick(ctx, current, nick)
     else:
-        current.presence = _children(stanza)
-        ctx.occupants.put(current)
+        ctx.occupants.put(replace(current, presence=_children(stanza)))
 
 
 def _occupants_of(ctx: Muc, room: str, real_jid: str) -> list[Occupant]:
@@ -150,8 +150,7 @@ def change_nick(ctx: Muc, occupant: Occupant, nick: str) -> None:
     """§7.6: the others see the old nick leave (303) and the new one come."""
     if any(o.bare_jid != occupant.bare_jid for o in ctx.occupants.by_nick(occupant.room, nick)):
         raise StanzaError("conflict", text="that nickname is taken")
-    occupant.nick = nick
-    ctx.occupants.put(occupant)
+    ctx.occupants.put(replace(occupant, nick=nick))
 
 
 def leave(ctx: Muc, occupant: Occupant, why: dict) -> None:
