@@ -105,6 +105,10 @@ def _in_subscribe(item, pending_in):  # §3.1.3
     if item is not None and item["approved"]:
         return Step(_with(item, subscription=_sub(has_to(sub), True), approved=False), False,
                     AUTO_SUBSCRIBED)
+    if pending_in:
+        # Appendix A.3.1: a request that is already waiting ("... + Pending In") is not
+        # delivered again and changes nothing; the stored one is shown at the next login.
+        return Step(item, True, DROP)
     return Step(item, True, DELIVER)
 
 
