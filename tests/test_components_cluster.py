@@ -16,12 +16,12 @@ import re
 import socket
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import slixmpp
 from lxml import etree
 
-from raftxmpp.component import balancing
 from raftxmpp.component.stream import handshake_digest
 from raftxmpp.jid import JID
 from raftxmpp.xml.framer import StanzaReceived, StreamClosed, StreamFramer, StreamOpened
@@ -35,6 +35,8 @@ pytestmark = pytest.mark.cluster
 SECRET = "component-shared-secret"
 PASSWORD = "component-test-password"
 MESSAGE = f"{{{COMPONENT}}}message"
+# Message n → the instance that must get it ("1" = node1#0 ...), per policy/buckets.
+ROUTING = json.loads((Path(__file__).parent / "data" / "component_routing.json").read_text())
 IQ = f"{{{COMPONENT}}}iq"
 
 
@@ -319,12 +321,13 @@ def test_component_list_shows_live_instances_per_node(cluster):
 # -- balancing ------------------------------------------------------------------------------------------
 
 
-def spread(cluster: Cluster, domain: str, sender_node, count: int = 200):
+def spread(cluster: Cluster, domain: str, sender_node, count: int = 200,
+           source: str | None = None):
     """Instances of `domain` on node1 and node2 receive `count` messages from many JIDs of
-    a sender component on `sender_node`; returns (instances by id, message id → receiver,
-    the messages' (from, to) by id)."""
+    a sender component (domain `source`) on `sender_node`; returns (instances by id,
+    message id → receiver, the messages' (from, to) by id)."""
     node1, node2, _ = cluster.nodes
-    source = register(cluster, unique("src") + ".localhost")
+    source = register(cluster, source or unique("src") + ".localhost")
     instances = {"node1#0": RawComponent.connect(node1, domain),
                  "node2#0": RawComponent.connect(node2, domain)}
     sender = RawComponent.connect(sender_node, source)
@@ -346,14 +349,18 @@ def spread(cluster: Cluster, domain: str, sender_node, count: int = 200):
 @pytest.mark.parametrize("policy", ["source", "destination", "bare_source", "bare_destination"])
 @pytest.mark.parametrize("buckets", [0, 32])
 def test_hash_policy_sends_each_message_where_the_policy_says(cluster, policy, buckets):
-    domain = register(cluster, unique(policy.replace("_", "-")) + ".localhost",
-                      policy, buckets)
-    _, received, addresses = spread(cluster, domain, cluster.nodes[2])
-    ids = ["node1#0", "node2#0"]
-    for message_id, (sent_from, sent_to) in addresses.items():
-        key = balancing.balancing_key(policy, JID.parse(sent_from), JID.parse(sent_to))
-        assert received[message_id] == balancing.choose(policy, buckets, key, ids, ()), message_id
-    assert set(received.values()) == set(ids)  # both instances share the traffic
+    """Where each of the 200 messages must go comes from a fixed table
+    (tests/data/component_routing.json: the owner instance of message n is character n),
+    computed once from the documented hash (blake2b-64 of the policy's JID, modulo or
+    rendezvous over buckets) by a script independent of raftxmpp.component.balancing."""
+    name = f"{policy.replace('_', '-')}-b{buckets}"
+    domain = register(cluster, f"{name}.localhost", policy, buckets)
+    _, received, addresses = spread(cluster, domain, cluster.nodes[2],
+                                    source=f"src-{name}.localhost")
+    expected = ROUTING[f"{policy}/{buckets}"]
+    got = "".join(received[f"m{n}"][4] for n in range(200))
+    assert got == expected
+    assert set(received.values()) == {"node1#0", "node2#0"}  # both instances share the traffic
     # One conversation, one instance: the policy's JID decides alone.
     jid_of = {"source": 0, "bare_source": 0, "destination": 1, "bare_destination": 1}[policy]
     owner: dict[str, str] = {}
@@ -411,9 +418,8 @@ def _failover_scenario(cluster: Cluster) -> None:
 
     before = send_round("a", instances)
     assert set(before.values()) == set(instances)
-    for jid, owner in before.items():
-        bucket = balancing.bucket_of(jid, 64)
-        assert owner == balancing.bucket_owner(bucket, sorted(instances))
+    # The owners from the fixed table (tests/data/component_routing.json, "failover/64").
+    assert "".join(before[jid][4] for jid in senders) == ROUTING["failover/64"]
 
     node3.kill()
     await_instances(cluster, domain, ["node1#0", "node2#0"])  # purged by the failure detector
