@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import pytest
+from lxml import etree
 
+from raftxmpp.admin.client import AdminClientError
 from raftxmpp.admin.server import socket_path
 from tests.harness import wait_for
 
@@ -27,7 +28,10 @@ def test_an_admin_client_that_hangs_up_early_does_not_kill_the_node(make_cluster
     sock.connect(str(socket_path(node1.data_dir)))
     sock.sendall(json.dumps({"cmd": "user.list", "args": {"current": True}}).encode() + b"\n")
     sock.close()  # hang up before the answer
-    time.sleep(6.5)  # the barrier times out after 5 s and the node writes its answer
+    # A second barrier, asked later, fails only after its own timeout: by then the node
+    # has written its answer to the first request into the closed socket.
+    with pytest.raises(AdminClientError):
+        node1.admin("user.list", current=True)
     assert node1.alive(), f"node1 exited:\n{node1.log()[-3000:]}"
     assert wait_for(lambda: node1.admin("node.status"), 5, "node1 to answer admin requests")
 
@@ -55,10 +59,23 @@ async def test_a_roster_push_forwarded_to_a_session_that_left_is_dropped_quietly
     from raftxmpp.routing.router import Router
 
     router = Router(_NodeWithoutSessions(tmp_path))
+    routed: list[bytes] = []
+
+    async def route(stanza, session) -> None:  # records what would be routed again
+        routed.append(etree.tostring(stanza))
+
+    router.route = route
     push = (b'<iq type="set" id="push1" to="owner@localhost/gone">'
             b'<query xmlns="jabber:iq:roster" ver="2">'
             b'<item jid="contact@localhost" subscription="none"/></query></iq>')
     await router.deliver_from_link(b"\x00owner@localhost/gone\x00" + push)
+    assert routed == [], "a push for one session that left must go nowhere"
+    # The control: a stanza with a sender, for the same departed session, is routed again
+    # (so the push above was dropped on purpose, not lost on the way).
+    chat = (b'<message from="friend@localhost/r" to="owner@localhost/gone" type="chat">'
+            b'<body>hi</body></message>')
+    await router.deliver_from_link(b"\x00owner@localhost/gone\x00" + chat)
+    assert len(routed) == 1 and b"<body>hi</body>" in routed[0]
 
 
 def _tls(base):
@@ -91,8 +108,24 @@ def test_a_message_to_a_bare_jid_is_not_delivered_twice_after_its_old_node_retur
     node1, node2, node3 = cluster.nodes
     wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3 for n in cluster.nodes),
              20, "gossip")
-    for user in ("alice", "bob"):
+    for user in ("alice", "bob", "carol"):
         node1.admin("user.add", jid=f"{user}@localhost", password="pw")
+
+    def node1_lists(user: str, *full_jids: str) -> bool:
+        listed = {s["full_jid"] for s in node1.admin("user.sessions", jid=f"{user}@localhost")}
+        return set(full_jids) <= listed
+
+    async def node1_learns(user: str, *full_jids: str) -> None:
+        await asyncio.to_thread(wait_for, lambda: node1_lists(user, *full_jids), 10,
+                                f"node1 to list {full_jids} by gossip", 0.02)
+
+    async def next_body(conn, want: str) -> None:
+        """Waits (bounded) until `conn` received a message with body `want`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while not any(xmpp.body_of(s) == want for s in list(conn.inbox._queue)):
+            assert loop.time() < deadline, f"{want!r} did not arrive"
+            await asyncio.sleep(0.02)
     tls = xmpp.tls_context(str(tmp_path / "ca.pem"))
 
     async def connect(node, user, resource):
@@ -106,17 +139,26 @@ def test_a_message_to_a_bare_jid_is_not_delivered_twice_after_its_old_node_retur
     async def scenario() -> list[str]:
         alice = await connect(node1, "alice", "a")
         old = await connect(node2, "bob", "old")
-        await asyncio.sleep(1.0)  # node1 learns bob/old by gossip
+        await node1_learns("bob", "bob@localhost/old")
         node2.kill()  # node1 still lists bob/old for ~2 s, until node2 is declared dead
         old.abort()
         new = await connect(node3, "bob", "new")
-        await asyncio.sleep(1.0)  # node1 learns bob/new, and still believes in bob/old
+        await node1_learns("bob", "bob@localhost/old", "bob@localhost/new")
         alice.message("bob@localhost", "hello once", "m1")
         await alice.ping()
         node2.start()  # node1's queued copy for bob/old is flushed to the new node2
-        await asyncio.sleep(4.0)
+        # Markers along the duplicate's own path, each behind it on a FIFO node link:
+        # node1 → node2 (alice to carol, queued after the copy), then node2 → node3
+        # (carol to bob/new). Once bob/new has the second marker, a copy routed again
+        # on node2 would have arrived before it.
+        carol = await connect(node2, "carol", "c")
+        await node1_learns("carol", "carol@localhost/c")
+        alice.message("carol@localhost/c", "marker one", "k1")
+        await next_body(carol, "marker one")
+        carol.message("bob@localhost/new", "marker two", "k2")
+        await next_body(new, "marker two")
         bodies = [xmpp.body_of(s) for s in new.drain_inbox() if xmpp.body_of(s)]
-        for conn in (alice, new):
+        for conn in (alice, new, carol):
             conn.abort()
         return bodies
 
