@@ -285,6 +285,19 @@ class MucSection:
 
 
 @dataclass(frozen=True)
+class StreamManagementSection:
+    # Stream management (XEP-0198; raftxmpp.c2s.sm, raftxmpp.modules.stream_management).
+    enabled: bool = True
+    resume_timeout: float = 300.0  # seconds a detached session waits for its client ('max')
+    ack_every: int = 5  # stanzas sent, then the server asks for an ack (<r/>) …
+    ack_interval: float = 30.0  # … or after this many seconds with stanzas unacknowledged
+    max_unacked: int = 2000  # stanzas a client may leave unacknowledged; more ends its session
+    location: str = ""  # "host:port" a client should resume at; "" = any node will do
+    # The handled count of an ended session is kept this long, for <failed h='…'/>.
+    remember_ended: float = 900.0
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
@@ -300,6 +313,7 @@ class Config:
     pubsub: PubsubSection = field(default_factory=PubsubSection)
     muc: MucSection = field(default_factory=MucSection)
     upload: UploadSection = field(default_factory=UploadSection)
+    stream_management: StreamManagementSection = field(default_factory=StreamManagementSection)
     source: str = "<embedded default>"
 
     @property
@@ -375,6 +389,7 @@ _SECTION_TYPES = {
     "pubsub": PubsubSection,
     "muc": MucSection,
     "upload": UploadSection,
+    "stream_management": StreamManagementSection,
 }
 
 

@@ -245,9 +245,27 @@ SM_RESUMPTIONS = HotFamily(
 SM_RESUMED = SM_RESUMPTIONS.labels("resumed")
 SM_RESUME_FAILED = SM_RESUMPTIONS.labels("failed")
 
+SM_SESSIONS = HotFamily(
+    "raftxmpp_sm_sessions",
+    "Stream-management session events on this node: enabled, detached (the connection was "
+    "lost, the session waits), resumed_local (resumed on this node), resumed_remote (moved "
+    "here from another node), handed_over (moved from here to another node), expired (no "
+    "resumption in time; raftxmpp_sm_resumptions counts the refused ones).", "event",
+    ("enabled", "detached", "resumed_local", "resumed_remote", "handed_over", "expired"))
+SM_UNACKED = HotFamily(
+    "raftxmpp_sm_unacked_stanzas",
+    "Stanzas a client never acknowledged when its session ended, by what became of them: "
+    "rerouted (to another resource or offline storage), bounced (an error to the sender), "
+    "dropped (presence and other traffic nobody would miss).", "outcome",
+    ("rerouted", "bounced", "dropped"))
+SM_DETACHED = HotFamily(
+    "raftxmpp_sm_detached_sessions", "Detached stream-management sessions held on this node.",
+    "state", ("detached",), kind="gauge")
+
 HOT_FAMILIES = (CONNECTIONS, STANZAS_IN_TOTAL, STANZAS_OUT_TOTAL, ROUTED,
                 S2S_FORWARDED_TOTAL, S2S_STREAM_FAILURES_TOTAL, S2S_BOUNCED,
-                PUBSUB_REQUESTS, PUBSUB_NOTIFICATIONS, PUBSUB_CAPS, LOGINS, SM_RESUMPTIONS)
+                PUBSUB_REQUESTS, PUBSUB_NOTIFICATIONS, PUBSUB_CAPS, LOGINS, SM_RESUMPTIONS,
+                SM_SESSIONS, SM_UNACKED, SM_DETACHED)
 
 
 class _HotCollector(Collector):

@@ -41,13 +41,13 @@ async def test_a_stanza_in_another_namespace_is_unsupported_stanza_type(node):
     await expect_stream_error(raw, "unsupported-stanza-type")
 
 
-async def test_stream_management_is_refused_with_failed_and_the_stream_goes_on(node):
-    """XEP-0198 §6: "If an error occurs with regard to an <enable/> or <resume/> element,
-    the server MUST return a <failed/> element" (we do not offer it)."""
+async def test_stream_management_is_answered_and_the_stream_goes_on(node):
+    """XEP-0198 is offered now (tests/test_sm_raw.py covers it): an <enable/> is answered,
+    never met with silence, and the stream goes on."""
     raw = await authenticated(node)
     await raw.send(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
-    failed = await raw.until(b"</failed>")
-    assert b"urn:xmpp:sm:3" in failed and b"<feature-not-implemented" in failed
+    enabled = await raw.until(b"/>")
+    assert b"<enabled" in enabled and b"urn:xmpp:sm:3" in enabled
     await raw.send(b"<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
     assert b'type="result"' in await raw.until(b'id="p1"')
 

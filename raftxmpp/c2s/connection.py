@@ -22,12 +22,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import time
 from typing import TYPE_CHECKING
 
 import trio
 
 from raftxmpp import metrics
-from raftxmpp.c2s import sasl
+from raftxmpp.c2s import sasl, sm
 from raftxmpp.c2s.limits import Admission, C2SGuards, host_of
 from raftxmpp.c2s.login import LoginGuard
 from raftxmpp.c2s.stream import (
@@ -37,6 +38,7 @@ from raftxmpp.c2s.stream import (
     PreAuthIq,
     ResetFramer,
     Send,
+    SmRequest,
     Stanza,
     StartTLS,
     State,
@@ -107,6 +109,7 @@ class C2SConnection:
         self._credentials_stale = False
         self.write_started: float | None = None  # when the write in progress began
         self._nursery: trio.Nursery | None = None
+        self._leftover: list = []  # events read with the one that bound or resumed
 
     # -- lifetime ---------------------------------------------------------------------------------------
 
@@ -132,12 +135,16 @@ class C2SConnection:
 
     async def _negotiate(self) -> None:
         while self.session is None:
-            for event in await self._read_events():
+            events = await self._read_events()
+            for i, event in enumerate(events):
                 if self._starts_sasl(event):
                     await self._make_credentials_current()
                 await self.login.before(self.core.claimed_account(event))
                 await self._perform(self._receive_before_bind(event))
                 if self.session is not None:
+                    # A client may pipeline stanzas (or <enable/>) behind its bind or
+                    # resume: they belong to the session.
+                    self._leftover = events[i + 1:]
                     return
 
     def _receive_before_bind(self, event) -> list:
@@ -178,17 +185,24 @@ class C2SConnection:
         session = self.session
         self._nursery.start_soon(self._write_loop, session)
         route = self.router.route_from_client
+        events, self._leftover = self._leftover, []
         while True:
-            for event in await self._read_events():
+            for event in events:
                 for action in self.core.receive(event):
                     if isinstance(action, Stanza):
                         metrics.STANZAS_IN[action.element.tag].inc()
                         await route(action.element, session)
+                        if session.sm is not None:
+                            # Routed (or committed, or answered): what an ack promises.
+                            session.sm.handled_one()
+                    elif isinstance(action, SmRequest):
+                        await self._sm_bound(action.element)
                     elif isinstance(action, Close):
                         session.close(_PLAIN_CLOSE)  # any stream error was queued just before
                         return
                     elif isinstance(action, Send):
-                        session.send(action.data)
+                        session.send_nonza(action.data)  # never a stanza: never counted
+            events = await self._read_events()
 
     async def _read_events(self) -> list:
         try:
@@ -214,6 +228,8 @@ class C2SConnection:
                 await self._bind(action)
             elif isinstance(action, PreAuthIq):
                 await self._pre_auth_iq(action)
+            elif isinstance(action, SmRequest):
+                await self._sm_before_bind(action.element)
             elif isinstance(action, Close):
                 # Any stream error went out in a Send just before.
                 await self.transport.send_stream(STREAM_CLOSE)
@@ -241,6 +257,7 @@ class C2SConnection:
                                                             text="too many resources"))
             return
         session = LocalSession(jid)
+        session.owner = self
         replaced = self.router.sessions.bind(session)
         if replaced is not None:
             # RFC 6120 §7.7.2.2: the new session wins; the old one gets <conflict/>.
@@ -271,9 +288,15 @@ class C2SConnection:
         send_stanzas = self.transport.send_stanzas
         clock = trio.current_time
         while True:
-            await session.wakeup.wait()
+            await self._wait_for_output(session)
+            if session.owner is not self:
+                return  # a resumption on another connection took the session over
             metrics.count_stanzas_out(session.outbox)
-            data = session.take_chunks()
+            nonzas, session.nonzas = session.nonzas, []
+            chunks = session.take_chunks()
+            if session.sm is not None and (chunks or session.sm.unacked):
+                chunks = self._count_out(session, chunks)
+            data = nonzas + chunks if nonzas else chunks
             if data:
                 # A client that stops reading blocks this write; its outbox stops growing
                 # at the session's cap, and the listener's watchdog (cut_if_stalled) ends
@@ -285,6 +308,35 @@ class C2SConnection:
                 await self._send_error(session.closing)
                 self._nursery.cancel_scope.cancel()
                 return
+
+    async def _wait_for_output(self, session: LocalSession) -> None:
+        """Waits for something to write; with stanzas unacknowledged and no <r/> out, asks
+        for an ack after [stream_management] ack_interval seconds even if nothing comes."""
+        state = session.sm
+        if state is None or not state.unacked or state.request_pending:
+            await session.wakeup.wait()
+            return
+        with trio.move_on_after(self.node.config.stream_management.ack_interval) as idle:
+            await session.wakeup.wait()
+        if idle.cancelled_caught:
+            session.send_nonza(state.requested())
+
+    def _count_out(self, session: LocalSession, chunks: list[bytes]) -> list[bytes]:
+        """XEP-0198 §4: stanzas join the unacked queue as they are written; an <r/>
+        follows every `ack_every` of them."""
+        cfg = self.node.config.stream_management
+        state = session.sm
+        state.wrote(chunks)
+        if cfg.max_unacked and len(state.unacked) > cfg.max_unacked:
+            session.close(StreamError("resource-constraint", "too many unacknowledged stanzas"))
+        if state.should_request(cfg.ack_every):
+            return [*chunks, state.requested()]
+        return chunks
+
+    def taken_over(self) -> None:
+        """A resumption elsewhere adopted our session: end this connection quietly."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     def cut_if_stalled(self, now: float, timeout: float) -> bool:
         """Ends the connection if one write has been blocked for `timeout` seconds: the
@@ -310,14 +362,150 @@ class C2SConnection:
         if self.admission is not None:
             self.admission.release()  # the address's slot is free with the socket (idempotent)
         session = self.session
-        if session is not None:
-            self.router.sessions.unbind(session)
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                try:
-                    await self.router.run_hooks("session-closed", session)
-                except Exception:
-                    log.exception("cleanup of session %s failed", session.full_jid)
-            log.info("session %s closed", session.full_jid)
+        if session is None or session.owner is not self:
+            return  # never bound, or resumed on another connection
+        if self._detachable(session):
+            try:
+                if await self._wait_for_resumption(session):
+                    return
+            except trio.Cancelled:
+                await self._end_session(session)  # the node is stopping
+                raise
+        await self._end_session(session)
+
+    def _detachable(self, session: LocalSession) -> bool:
+        """XEP-0198 §5: a resumable session whose connection was lost (not closed by
+        the client, not ended by a stream error) waits for its client."""
+        state = session.sm
+        return (state is not None and state.resumable and session.closing is None
+                and not self.node.stopping)
+
+    async def _wait_for_resumption(self, session: LocalSession) -> bool:
+        """Holds the detached session until a resumption adopts it (True), or it times
+        out or is ended (a conflict, a kick, a full queue, the node stopping)."""
+        session.owner = None
+        session.detached_at = time.time()
+        changed = session.detach_changed = trio.Event()
+        self.router.sessions.publish(session)
+        metrics.SM_SESSIONS.labels("detached").inc()
+        metrics.SM_DETACHED.labels("detached").inc()
+        log.info("session %s detached; held %gs for a resumption", session.full_jid,
+                 session.sm.timeout)
+        try:
+            with trio.move_on_after(session.sm.timeout):
+                await changed.wait()
+        finally:
+            metrics.SM_DETACHED.labels("detached").dec()
+        if session.owner is not None:
+            return True
+        if session.closing is None:
+            metrics.SM_SESSIONS.labels("expired").inc()
+        return False
+
+    async def _end_session(self, session: LocalSession) -> None:
+        """The session is over: out of the table, its hooks run, its unacked stanzas on."""
+        self.router.sessions.unbind(session)
+        self.router.resumption.forget(session)
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            try:
+                await self.router.run_hooks("session-closed", session)
+                await self.router.resumption.session_ended(session)
+            except Exception:
+                log.exception("cleanup of session %s failed", session.full_jid)
+        log.info("session %s closed", session.full_jid)
+
+    # -- stream management (XEP-0198) -------------------------------------------------------------
+
+    async def _sm_before_bind(self, element) -> None:
+        """After authentication, before binding: only <resume/> is in order here."""
+        if element.tag == sm.RESUME and self.node.config.stream_management.enabled:
+            await self._resume(element)
+        elif element.tag in (sm.ENABLE, sm.RESUME):
+            await self.transport.send_stream(sm.failed("unexpected-request"))
+        else:
+            await self._perform(self.core.fail(StreamError(
+                "unsupported-stanza-type", "stream management is not enabled")))
+
+    async def _sm_bound(self, element) -> None:
+        session = self.session
+        state = session.sm
+        try:
+            if element.tag == sm.ENABLE:
+                self._enable(session, element)
+            elif element.tag == sm.RESUME:
+                session.send_nonza(sm.failed("unexpected-request", text="already bound"))
+            elif state is None:
+                raise StreamError("unsupported-stanza-type", "stream management is not enabled")
+            elif element.tag == sm.REQUEST:
+                session.send_nonza(state.answer())
+            elif element.tag == sm.ANSWER:
+                state.acknowledged(sm.parse_h(element))
+            else:
+                raise StreamError("unsupported-stanza-type", "unknown stream management element")
+        except StreamError as exc:
+            session.close(exc)
+            await trio.sleep_forever()  # the writer sends the error and ends us
+
+    def _enable(self, session: LocalSession, element) -> None:
+        cfg = self.node.config.stream_management
+        if session.sm is not None or not cfg.enabled:
+            reason = "already enabled" if session.sm is not None else "not offered"
+            session.send_nonza(sm.failed("unexpected-request", text=reason))
+            return
+        state = sm.StreamManagement(resumable=element.get("resume") in ("true", "1")
+                                    and cfg.resume_timeout > 0)
+        if state.resumable:
+            state.id = self.router.resumption.new_id(session.full_jid)
+            state.timeout = _resume_timeout(element.get("max"), cfg.resume_timeout)
+        session.sm = state
+        session.send_nonza(sm.enabled(state, int(state.timeout), cfg.location))
+        if state.resumable:
+            self.router.sessions.publish(session)
+        metrics.SM_SESSIONS.labels("enabled").inc()
+
+    async def _resume(self, element) -> None:
+        try:
+            h = sm.parse_h(element)
+        except StreamError:
+            await self.transport.send_stream(sm.failed("bad-request", text="bad 'h'"))
+            return
+        previd = element.get("previd", "")
+        bare = f"{self.core.username}@{self.core.domain}"
+        session = self.router.resumption.find(previd, bare)
+        if session is None or not session.is_local or session.closing is not None:
+            metrics.SM_RESUME_FAILED.inc()
+            known = self.router.resumption.remembered_h(previd)
+            await self.transport.send_stream(sm.failed("item-not-found", known))
+            return
+        await self._adopt(session, previd, h)
+        metrics.SM_RESUMED.inc()
+        metrics.SM_SESSIONS.labels("resumed_local").inc()
+
+    async def _adopt(self, session: LocalSession, previd: str, h: int) -> None:
+        """§5: this connection takes the session over; what the client's `h` does not
+        cover is sent again, after <resumed/>."""
+        state = session.sm
+        try:
+            again = state.rewind(h)
+        except sm.HandledCountTooHigh as exc:
+            await self._perform(self.core.fail(exc))
+            return
+        old, session.owner = session.owner, self
+        session.detached_at = None
+        if session.detach_changed is not None:
+            session.detach_changed.set()
+            session.detach_changed = None
+        if old is not None:
+            old.taken_over()  # a half-open connection the client gave up on
+        session.nonzas = [sm.resumed(previd, state.handled)]
+        session.outbox[:0] = again
+        session.outbox_bytes += sum(map(len, again))
+        session.wakeup.set()
+        self.core.resumed()
+        self.session = session
+        self.router.sessions.publish(session)
+        log.info("session %s resumed from %s (%d stanzas sent again)", session.full_jid,
+                 self.peer, len(again))
 
 
 # The peer went away under us.
@@ -325,6 +513,13 @@ _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 # Marks a close that needs only </stream:stream>: the peer closed, or the error went out already.
 _PLAIN_CLOSE = StreamError("undefined-condition", "stream closed")
+
+
+def _resume_timeout(asked: str | None, configured: float) -> float:
+    """§5: the client's preferred 'max', if it asks for less than the server allows."""
+    if asked is not None and asked.isdigit() and 0 < int(asked) < configured:
+        return float(asked)
+    return configured
 
 
 def _is_loopback(peer: str) -> bool:

@@ -32,6 +32,7 @@ MAX_AUTH_ATTEMPTS = 3
 # The stanzas of a client stream (RFC 6120 §8); any other first-level element is not one.
 _STANZAS = frozenset(f"{{{ns.CLIENT}}}{name}" for name in ("message", "presence", "iq"))
 _STARTTLS = f"{{{ns.TLS}}}starttls"
+_SM_PREFIX = f"{{{ns.SM}}}"
 
 
 class State(Enum):
@@ -80,7 +81,15 @@ class Close:
     error: StreamError | None = None
 
 
-Action = Send | StartTLS | ResetFramer | BindRequest | PreAuthIq | Stanza | Close
+@dataclass(frozen=True)
+class SmRequest:
+    """A stream-management element (XEP-0198) once authenticated: <enable/>, <resume/>,
+    <r/> or <a/>; the edge owns the counters and the resumable sessions."""
+
+    element: etree._Element
+
+
+Action = Send | StartTLS | ResetFramer | BindRequest | PreAuthIq | Stanza | Close | SmRequest
 
 
 @dataclass
@@ -150,6 +159,10 @@ class ClientStream:
         bind = etree.SubElement(reply, f"{{{ns.BIND}}}bind", nsmap={None: ns.BIND})
         etree.SubElement(bind, f"{{{ns.BIND}}}jid").text = full_jid
         return [Send(serialize(reply))]
+
+    def resumed(self) -> None:
+        """The edge resumed a detached session (XEP-0198 §5) instead of binding one."""
+        self.state = State.BOUND
 
     def claimed_account(self, event: object) -> str | None:
         """The bare JID that `event` (a SASL message not yet received) names as the user,
@@ -247,8 +260,12 @@ class ClientStream:
         if self.state is State.BOUND:
             if element.tag in _STANZAS:
                 return [Stanza(element)]
+            if element.tag.startswith(_SM_PREFIX):
+                return [SmRequest(element)]
             return self._unsupported(element)
         qname = etree.QName(element)
+        if self.state is State.BIND and element.tag.startswith(_SM_PREFIX):
+            return [SmRequest(element)]
         if self.state is State.PRE_TLS or (self.state is State.AUTH and self._starttls_offered()
                                            and element.tag == _STARTTLS):
             return self._on_pre_tls(qname, element)
@@ -265,15 +282,14 @@ class ClientStream:
     def _unsupported(self, element: etree._Element) -> list[Action]:
         """A first-level element this server does not support: an answer, never silence.
 
-        XEP-0198 is not offered, yet a client may try it: "If an error occurs with regard
-        to an <enable/> or <resume/> element, the server MUST return a <failed/> element"
-        (§6), and the stream goes on. A <starttls/> the server does not offer (TLS is on
+        XEP-0198 before authentication: "If an error occurs with regard to an <enable/>
+        or <resume/> element, the server MUST return a <failed/> element" (§6), and the
+        stream goes on. A <starttls/> the server does not offer (TLS is on
         already, or there is no certificate) gets RFC 6120 §5.4.2.2's <failure/> and the
         stream closes. Anything else is RFC 6120 §4.9.3.24 <unsupported-stanza-type/>."""
         qname = etree.QName(element)
         if qname.namespace == ns.SM and qname.localname in ("enable", "resume"):
-            early = qname.localname == "enable" and self.state is not State.BOUND
-            condition = "unexpected-request" if early else "feature-not-implemented"
+            condition = "unexpected-request"  # only ever reached before authentication
             failed = etree.Element(f"{{{ns.SM}}}failed", nsmap={None: ns.SM})
             etree.SubElement(failed, f"{{{ns.STANZAS_ERR}}}{condition}",
                              nsmap={None: ns.STANZAS_ERR})

@@ -57,6 +57,7 @@ MODULES = (
     "http_upload",
     "pubsub",
     "muc",
+    "stream_management",
 )
 
 
@@ -120,6 +121,8 @@ class Router:
         self.gossip_handlers: dict[str, Callable[[str, str, object, object], None]] = {}
         # Gossip messages (one node to another, not entries) by their kind "t", for modules.
         self.gossip_messages: dict[str, Callable[[str, dict], None]] = {}
+        # Resumable sessions (XEP-0198); set by raftxmpp.modules.stream_management.
+        self.resumption: Any = None
         self.modules = {name: importlib.import_module(f"raftxmpp.modules.{name}") for name in MODULES}
         for module in self.modules.values():
             module.setup(self)

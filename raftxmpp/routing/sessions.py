@@ -31,6 +31,7 @@ from raftxmpp.xml.errors import StreamError
 from raftxmpp.xml.stanza import serialize
 
 if TYPE_CHECKING:
+    from raftxmpp.c2s.sm import StreamManagement
     from raftxmpp.cluster.gossip import Gossip
     from raftxmpp.cluster.links import Links
 
@@ -75,6 +76,15 @@ class LocalSession:
     closing: StreamError | None = None
     wakeup: trio.Event = field(default_factory=trio.Event)
     created: float = field(default_factory=time.time)
+    # Stream management (XEP-0198): the counters and unacked queue, once enabled; the
+    # connection serving the session (None while detached, waiting for a resumption);
+    # elements that are not stanzas (<a/>, <r/>, <enabled/>), written before the outbox
+    # and never counted; and the event a detached session's waiter watches.
+    sm: StreamManagement | None = None
+    owner: object | None = None
+    nonzas: list[bytes] = field(default_factory=list)
+    detached_at: float | None = None
+    detach_changed: trio.Event | None = None
     is_local = True
 
     def __post_init__(self) -> None:
@@ -96,6 +106,15 @@ class LocalSession:
     def send_stanza(self, stanza: etree._Element) -> None:
         self.send(serialize(stanza))
 
+    def send_nonza(self, data: bytes) -> None:
+        """Queues a stream-level element (XEP-0198's <a/>, <r/> …): not a stanza, not counted."""
+        self.nonzas.append(data)
+        self.wakeup.set()
+
+    @property
+    def detached(self) -> bool:
+        return self.detached_at is not None
+
     def take_outbox(self) -> bytes:
         data = b"".join(self.outbox)
         self.outbox.clear()
@@ -116,6 +135,8 @@ class LocalSession:
         if self.closing is None:
             self.closing = error or StreamError("undefined-condition")
             self.wakeup.set()
+            if self.detach_changed is not None:
+                self.detach_changed.set()
 
 
 @dataclass(eq=False)
@@ -134,6 +155,8 @@ class RemoteSession:
     carbons: bool = False
     created: float = 0.0
     directed: set[str] = field(default_factory=set)
+    sm_id: str = ""  # its stream-management resumption id, if resumable
+    detached_at: float | None = None
     is_local = False
 
     def __post_init__(self) -> None:
@@ -149,6 +172,13 @@ class RemoteSession:
         self.blocklist_requested = bool(entry.get("b"))
         self.carbons = bool(entry.get("c"))
         self.created = float(entry.get("t", 0.0))
+        self.sm_id = str(entry.get("sm") or "")
+        detached = entry.get("d")
+        self.detached_at = float(detached) if detached is not None else None
+
+    @property
+    def detached(self) -> bool:
+        return self.detached_at is not None
 
     def send(self, data: bytes) -> None:
         hops = link_hops.get()
@@ -170,10 +200,17 @@ Session = LocalSession | RemoteSession
 
 
 def _entry(session: LocalSession) -> dict[str, Any]:
-    return {"p": session.priority, "a": session.available,
-            "pr": session.presence.decode() if session.presence else None,
-            "r": session.roster_requested, "b": session.blocklist_requested,
-            "c": session.carbons, "t": session.created}
+    entry = {"p": session.priority, "a": session.available,
+             "pr": session.presence.decode() if session.presence else None,
+             "r": session.roster_requested, "b": session.blocklist_requested,
+             "c": session.carbons, "t": session.created}
+    sm = session.sm
+    if sm is not None and sm.resumable:
+        # Any node finds a resumable session by its full JID (in the id) and checks the
+        # id here; "d" marks it detached (raftxmpp user sessions shows it).
+        entry["sm"] = sm.id
+        entry["d"] = session.detached_at
+    return entry
 
 
 def _wins(a: Session, b: Session) -> bool:
