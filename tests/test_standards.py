@@ -36,6 +36,7 @@ SPEC_OF_STREAM_FEATURE = {
     "{http://jabber.org/protocol/caps}c": "XEP-0115",
     "{urn:xmpp:features:rosterver}ver": "RFC 6121",
     "{urn:xmpp:features:pre-approval}sub": "RFC 6121",
+    "{urn:xmpp:sm:3}sm": "XEP-0198",
 }
 
 node = test_c2s_raw.node  # the fixture: a node running in the test's nursery
