@@ -52,6 +52,7 @@ class Member:
         self.subjects: asyncio.Queue = asyncio.Queue()
         self.private: asyncio.Queue = asyncio.Queue()
         self.invites: asyncio.Queue = asyncio.Queue()
+        self.unclaimed: list = []
         c = self.client
         c.add_event_handler("groupchat_message", self._groupchat)
         c.add_event_handler("groupchat_presence", self.room_presence.put_nowait)
@@ -92,10 +93,20 @@ class Member:
         return msg["from"].resource, msg["body"]
 
     async def presence_of(self, nick: str, ptype: str = "available", timeout: float = 20):
+        """The first room presence of `nick` of that type not taken yet; the others wait
+        in `self.unclaimed` for their own calls."""
+        def matches(pres) -> bool:
+            return pres["from"].resource == nick and pres["type"] == ptype
+
+        for pres in self.unclaimed:
+            if matches(pres):
+                self.unclaimed.remove(pres)
+                return pres
         while True:
             pres = await asyncio.wait_for(self.room_presence.get(), timeout)
-            if pres["from"].resource == nick and pres["type"] == ptype:
+            if matches(pres):
                 return pres
+            self.unclaimed.append(pres)
 
 
 def codes(presence) -> set[int]:
@@ -167,9 +178,13 @@ def test_nick_conflict_private_message_and_subject(cluster, ca_file):
         carol = await Member(node3, ca_file, c).start()
         room = await instant_room(alice, "Alice")
         await bob.join(room, "Bob")
+        wait_for(lambda: any(o["nick"] == "Bob" for o in
+                             node3.admin("muc.info", room=room)["occupants"]), 20,
+                 "carol's node to know Bob is in the room")
         with pytest.raises(PresenceError) as err:
             await carol.join(room, "Bob")
         assert err.value.condition == "conflict"
+        await alice.presence_of("Bob")
         alice.client.send_message(mto=f"{room}/Bob", mbody="psst", mtype="chat")
         msg = await asyncio.wait_for(bob.private.get(), 20)
         assert str(msg["from"]) == f"{room}/Alice" and msg["body"] == "psst"
@@ -269,6 +284,8 @@ def test_kick_and_ban_reach_occupants_on_other_nodes(cluster, ca_file):
         room = await instant_room(alice, "Alice")
         await bob.join(room, "Bob")
         await carol.join(room, "Carol")
+        await alice.presence_of("Bob")  # alice's node knows them both now
+        await alice.presence_of("Carol")
         await alice.muc.set_role(room, "Bob", "none", reason="too loud", timeout=20)
         kicked = await carol.presence_of("Bob", "unavailable")
         assert 307 in codes(kicked)
@@ -368,6 +385,7 @@ def test_moderated_room_voice(cluster, ca_file):
         room = await instant_room(alice, "Alice", moderatedroom=True)
         presence = await bob.join(room, "Bob")
         assert item_of(presence).get("role") == "visitor"
+        await alice.presence_of("Bob")
         errors: asyncio.Queue = asyncio.Queue()
         bob.client.add_event_handler("groupchat_message_error", errors.put_nowait)
         bob.client.send_message(mto=room, mbody="can I speak?", mtype="groupchat")

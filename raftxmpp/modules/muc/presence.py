@@ -187,6 +187,8 @@ def on_change(ctx: Muc, old: Occupant | None, new: Occupant | None) -> None:
     if leaving and (new is not None and new.leaving.get("s")):
         return  # destroyed: each occupant was told by its own node
     renamed = old is not None and new is not None and not leaving and old.nick != new.nick
+    if not leaving and occupant.node != ctx.occupants.node_name:
+        _settle_nick_race(ctx, occupant)
     recipients = ctx.occupants.local_of_room(room)
     if leaving and occupant.node == ctx.occupants.node_name:
         recipients.append(occupant)  # the leaver hears its own unavailable
@@ -201,6 +203,16 @@ def on_change(ctx: Muc, old: Occupant | None, new: Occupant | None) -> None:
                 and old.presence == new.presence:
             continue
         _send(ctx, record_config, new if new is not None else _gone(old), recipient)
+
+
+def _settle_nick_race(ctx: Muc, remote: Occupant) -> None:
+    """Two users took one nick on two nodes before either node heard of the other: the
+    earlier join keeps it (ties by node name, the same on both nodes), and the node of the
+    later one removes its occupant, as a kick that says why."""
+    for local in ctx.occupants.local_of_room(remote.room):
+        if local.nick == remote.nick and local.bare_jid != remote.bare_jid and \
+                (local.joined, local.node) > (remote.joined, remote.node):
+            leave(ctx, local, {"c": [307], "re": "this nickname was taken on another node"})
 
 
 def _gone(old: Occupant) -> Occupant:
