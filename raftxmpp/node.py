@@ -25,6 +25,7 @@ from raftxmpp import __version__, tls
 from raftxmpp.admin import server as admin_server
 from raftxmpp.c2s import listener as c2s_listener
 from raftxmpp.cluster import membership
+from raftxmpp.cluster.journal import DataDirError
 from raftxmpp.cluster.quotas import Quotas
 from raftxmpp.cluster.raft import RaftNode, RaftUnavailable, load_or_create_local_secret
 from raftxmpp.cluster.store import Store
@@ -126,6 +127,8 @@ class Node:
         except OSError as exc:
             raise NodeStartError(f"cannot listen on raft address {cfg.cluster.raft}: "
                                  f"{exc.strerror}") from None
+        except DataDirError as exc:
+            raise NodeStartError(str(exc)) from None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

@@ -28,6 +28,8 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replic
 
 from raftxmpp import metrics
 from raftxmpp.cluster import raft_port
+from raftxmpp.cluster.journal import DurablePath, check_data_dir
+from raftxmpp.cluster.replication import DurableSyncObj
 from raftxmpp.cluster.state import VERSION, ClusterState, Command, Result
 from raftxmpp.config import ClusterSection
 
@@ -131,7 +133,8 @@ class RaftNode:
             password=secret,
             # Without it pysyncobj binds 0.0.0.0 whatever the configured host is.
             bindAddress=str(cluster.raft),
-            journalFile=str(data_dir / "raft.journal"),
+            # Synced before every acknowledgement: raftxmpp.cluster.journal.
+            journalFile=DurablePath(data_dir / "raft.journal"),
             fullDumpFile=str(data_dir / "raft.dump"),
             dynamicMembershipChange=True,
             appendEntriesUseBatch=False,
@@ -160,8 +163,9 @@ class RaftNode:
     def start(self, peers: list[str] | None = None) -> None:
         """Starts Raft with the configured peers, or `peers` (from a join) when given."""
         check_port_free(self.self_address)
+        check_data_dir(Path(self._conf.journalFile), Path(self._conf.fullDumpFile))
         members = self._peers if peers is None else peers
-        self._syncobj = SyncObj(self.self_address, members, self._conf, consumers=[self.consumer])
+        self._syncobj = DurableSyncObj(self.self_address, members, self._conf, consumers=[self.consumer])
 
     def members(self) -> set[str]:
         """Every Raft member's address, this node's included, as this node sees it."""
