@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""plot.py: the pictures of bench/RESULTS.md, drawn from the RESULT lines in bench/results/.
+
+usage: python3 bench/plot.py [RESULTS_DIR] [--out DIR]      (needs matplotlib:
+       pip install 'raftxmpp[plots]', or Debian's python3-matplotlib)
+
+Writes three PNGs beside RESULTS.md (or into DIR):
+- figure-scenarios.png: raftxmpp against ejabberd and Prosody per scenario, from the
+  latest sitting of each (median of its reps, whiskers min..max, the issue's target dashed);
+- figure-history.png: each figure's median at every sitting in the results, per server;
+- figure-cluster.png: the cluster figures of the latest sitting (failover per kill,
+  durable writes against raw pysyncobj, cross-node against same-node messages).
+
+A sitting is what one script run appended: the lines under one '# <server> <timestamp>'
+header (anchors.sh, single_node.sh), or the lines sharing one date= (the other scripts).
+Parsing needs no matplotlib (tests/test_bench_smoke.py reads the real results with it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+KV = re.compile(r"(\w+)=([^\s{]+)")
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+SERVERS = ("ejabberd", "prosody", "raftxmpp")
+LABELS = {"ejabberd": "ejabberd 23.01", "prosody": "Prosody 0.12.3", "raftxmpp": "raftxmpp"}
+COLOURS = {"ejabberd": "#4e79a7", "prosody": "#f28e2b", "raftxmpp": "#59a14f"}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    title: str
+    tag: str
+    key: str
+    target: float | None
+    better: str  # "higher" or "lower"
+
+
+# The single-node figures every sitting measures on all three servers (issue 9's table).
+SCENARIOS = (
+    Scenario("logins/s, N=2000, 100 at once", "login2000_fresh", "logins_per_s", 500, "higher"),
+    Scenario("messages/s, 50 pairs × window 10", "msg_p50_w10_fresh", "msgs_per_s", 45000,
+             "higher"),
+    Scenario("messages/s, 500 pairs × window 1", "msg_p500_w1_fresh", "msgs_per_s", 13000,
+             "higher"),
+    Scenario("KiB per idle connection (2000)", "idle2000_fresh", "kb_per_conn", 20, "lower"),
+    Scenario("message latency p99 ms, 50 × 10", "msg_p50_w10_fresh", "p99_ms", None, "lower"),
+    Scenario("login latency p99 ms, N=2000", "login2000_fresh", "p99_ms", None, "lower"),
+)
+
+
+def number(text: str | None) -> float | None:
+    try:
+        return float(text.rstrip("%")) if text is not None else None
+    except ValueError:
+        return None
+
+
+def read_results(path: Path) -> list[dict]:
+    """Every RESULT line of a file as a dict, with `sitting` = the run it came from."""
+    rows, header = [], None
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            found = STAMP.search(line)
+            # '# <server> done <stamp>' ends a sitting; later lines carry their own date=.
+            header = None if " done " in line else found.group() if found else header
+            continue
+        if "RESULT" not in line:
+            continue
+        row = dict(KV.findall(line))
+        row["sitting"] = header or row.get("date", "?")
+        rows.append(row)
+    return rows
+
+
+def spread(rows: list[dict], tag: str, key: str) -> tuple[float, float, float] | None:
+    """(median, min, max) of `key` over the rows with `tag`."""
+    values = [v for r in rows if r.get("tag") == tag and (v := number(r.get(key))) is not None]
+    if not values:
+        return None
+    return statistics.median(values), min(values), max(values)
+
+
+def by_sitting(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows by the UTC timestamp of their sitting (undated rows are left out)."""
+    sittings: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        if STAMP.fullmatch(row["sitting"]):
+            sittings[row["sitting"]].append(row)
+    return dict(sorted(sittings.items()))
+
+
+def single_node(results: Path) -> dict[str, dict[str, list[dict]]]:
+    """{server: {sitting: rows}} for the three servers of the single-node figures."""
+    return {server: by_sitting(read_results(results / f"{server}.txt")) for server in SERVERS}
+
+
+def history(results: Path) -> dict[str, dict[str, list[tuple[str, float]]]]:
+    """{figure: {series: [(sitting, median)]}}: every figure at every sitting."""
+    out: dict[str, dict[str, list[tuple[str, float]]]] = defaultdict(lambda: defaultdict(list))
+    for server, sittings in single_node(results).items():
+        for sitting, rows in sittings.items():
+            for scenario in SCENARIOS:
+                if (found := spread(rows, scenario.tag, scenario.key)) is not None:
+                    out[scenario.title][LABELS[server]].append((sitting, found[0]))
+    cluster = (("raft_writes", "durable writes/s (3 nodes, 200 clients)",
+                (("raft_roster_leader", "writes_per_s", "roster, leader"),
+                 ("raft_roster_follower", "writes_per_s", "roster, follower"),
+                 ("raw_leader_w200", "writes_per_s", "raw pysyncobj"))),
+               ("failover", "failover after kill -9 of the leader, s",
+                (("failover", "failover_s", "median of kills"),)),
+               ("cross_node", "messages/s across nodes, 50 × 10",
+                (("cross_node_p50_w10", "msgs_per_s", "cross-node"),
+                 ("same_node_p50_w10", "msgs_per_s", "same node"))),
+               ("s2s", "s2s messages/s, 20 pairs × window 10",
+                (("direct_p20_w10", "s2s_msgs_per_s", "raftxmpp direct"),
+                 ("via_link_p20_w10", "s2s_msgs_per_s", "raftxmpp via node link"),
+                 ("p2p_p20_w10", "s2s_msgs_per_s", "Prosody ↔ Prosody"))),
+               ("pubsub", "pubsub notifications/s (100 subscribers)",
+                (("pubsub_throughput", "notifications_per_s", "raftxmpp, 3 nodes"),)))
+    for name, title, series in cluster:
+        for sitting, rows in by_sitting(read_results(results / f"{name}.txt")).items():
+            for tag, key, label in series:
+                if (found := spread(rows, tag, key)) is not None:
+                    out[title][label].append((sitting, found[0]))
+    return {title: dict(series) for title, series in out.items()}
+
+
+# -- drawing (matplotlib imported here only) --------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def draw_scenarios(results: Path, out: Path) -> Path:
+    plt = _pyplot()
+    data = single_node(results)
+    latest = {server: sittings[max(sittings)] if sittings else [] for server, sittings in data.items()}
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
+    for ax, scenario in zip(axes.flat, SCENARIOS, strict=True):
+        for i, server in enumerate(SERVERS):
+            found = spread(latest[server], scenario.tag, scenario.key)
+            if found is None:
+                continue
+            median, low, high = found
+            ax.bar(i, median, color=COLOURS[server], yerr=[[median - low], [high - median]],
+                   capsize=4)
+            ax.annotate(f"{median:,.0f}" if median >= 100 else f"{median:.1f}", (i, median),
+                        textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+        if scenario.target is not None:
+            ax.axhline(scenario.target, color="black", linestyle="--", linewidth=1)
+            ax.annotate("target", (2.45, scenario.target), fontsize=7, va="bottom", ha="right")
+        ax.set_xticks(range(3), [LABELS[s] for s in SERVERS], fontsize=8)
+        ax.set_title(f"{scenario.title} ({scenario.better} is better)", fontsize=9)
+    stamps = ", ".join(f"{LABELS[s]} {max(data[s])}" for s in SERVERS if data[s])
+    fig.suptitle(f"One node per server, latest sitting, median of reps [min..max]\n{stamps}",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out / "figure-scenarios.png")
+
+
+def draw_history(results: Path, out: Path) -> Path:
+    plt = _pyplot()
+    from matplotlib import dates
+
+    figures = history(results)
+    columns = 3
+    rows = (len(figures) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(13, 3.4 * rows), squeeze=False)
+    for ax, (title, series) in zip(axes.flat, figures.items(), strict=False):
+        stamps = sorted({_when(s) for points in series.values() for s, _ in points})
+        if len(stamps) <= 2:  # too few for a date locator: tick the sittings themselves
+            ax.set_xticks(stamps)
+            ax.set_xlim(stamps[0] - timedelta(hours=1), stamps[-1] + timedelta(hours=1))
+        for label, points in series.items():
+            xs = [_when(s) for s, _ in points]
+            colour = next((COLOURS[k] for k, v in LABELS.items() if v == label), None)
+            ax.plot(xs, [v for _, v in points], marker="o", label=label, color=colour)
+        ax.set_title(title, fontsize=9)
+        ax.xaxis.set_major_formatter(dates.DateFormatter("%m-%d %H:%M"))
+        ax.tick_params(axis="x", labelsize=7, rotation=30)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.legend(fontsize=7)
+        ax.set_ylim(bottom=0)
+    for ax in list(axes.flat)[len(figures):]:
+        ax.set_visible(False)
+    fig.suptitle("Each figure at every sitting (median of its reps; x: the sitting's UTC start)",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out / "figure-history.png")
+
+
+def draw_cluster(results: Path, out: Path) -> Path:
+    plt = _pyplot()
+    fig, (kills, writes, cross) = plt.subplots(1, 3, figsize=(13, 4))
+    failover = _latest(read_results(results / "failover.txt"))
+    times = [number(r.get("failover_s")) for r in failover if r.get("tag") == "failover"]
+    kills.bar(range(1, len(times) + 1), times, color=COLOURS["raftxmpp"])
+    kills.axhline(0.5, color="black", linestyle="--", linewidth=1, label="target p50 0.5 s")
+    kills.axhline(1.5, color="grey", linestyle=":", linewidth=1, label="target max 1.5 s")
+    kills.set_title(f"failover per leader kill -9 ({_short(failover[0]['sitting']) if failover else '-'})",
+                    fontsize=9)
+    kills.set_xlabel("kill", fontsize=8)
+    kills.set_ylabel("s to a new leader", fontsize=8)
+    kills.legend(fontsize=7)
+    raft = [r for r in _latest(read_results(results / "raft_writes.txt"))
+            if number(r.get("writes_per_s")) is not None]
+    tags = [r["tag"] for r in raft]
+    values = [number(r.get("writes_per_s")) or 0 for r in raft]
+    writes.barh(range(len(tags)), values,
+                color=["#bab0ac" if t.startswith("raw_") else COLOURS["raftxmpp"] for t in tags])
+    writes.set_yticks(range(len(tags)), tags, fontsize=7)
+    writes.set_title("durable writes/s; grey: raw pysyncobj", fontsize=9)
+    rows = _latest(read_results(results / "cross_node.txt"))
+    shapes = ("p50_w10", "p500_w1")
+    for offset, (kind, colour) in enumerate((("same_node", "#bab0ac"),
+                                             ("cross_node", COLOURS["raftxmpp"]))):
+        medians = [(spread(rows, f"{kind}_{s}", "msgs_per_s") or (0,))[0] for s in shapes]
+        cross.bar([i + offset * 0.4 for i in range(2)], medians, width=0.4, color=colour,
+                  label=kind.replace("_", " "))
+    cross.set_xticks([0.2, 1.2], ["50 pairs × 10", "500 pairs × 1"], fontsize=8)
+    cross.set_title("messages/s on 3 nodes: same node vs across nodes", fontsize=9)
+    cross.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out / "figure-cluster.png")
+
+
+def _latest(rows: list[dict]) -> list[dict]:
+    sittings = by_sitting(rows)
+    return sittings[max(sittings)] if sittings else []
+
+
+def _when(stamp: str) -> datetime:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _short(stamp: str) -> str:
+    return stamp.replace("T", " ")[:16] if STAMP.fullmatch(stamp) else stamp
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=90)
+    fig.clf()
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="?", type=Path, default=BENCH / "results")
+    parser.add_argument("--out", type=Path, default=BENCH)
+    args = parser.parse_args()
+    for draw in (draw_scenarios, draw_history, draw_cluster):
+        print(f"wrote {draw(args.results, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
