@@ -57,6 +57,11 @@ class Injector:
         for node in nodes:
             node.wait_up()
 
+    def _cut_off(self, fault: Fault, t_on: float, nodes: list[ChaosNode]) -> None:
+        """Records that `nodes` lacked a majority from t_on until now (called just before
+        the fault is lifted): no durable write may be acknowledged through them then."""
+        fault.minority_windows.append((t_on, self.history.now(), [n.name for n in nodes]))
+
     def _minority_size(self) -> int:
         return max(1, (len(self.cluster.nodes) - 1) // 2)
 
@@ -66,10 +71,12 @@ class Injector:
                       wipe: bool = False) -> Fault:
         fault = self._begin(kind, [node])
         node.kill()
+        t_on = self.history.now()
         time.sleep(rng.uniform(1.0, 4.0))
         if wipe:
             node.wipe()
             fault.notes.append("data dir wiped; restarted with the same config")
+        self._cut_off(fault, t_on, [node])
         self._restart([node])
         self._healed(fault)
         return fault
@@ -97,8 +104,10 @@ class Injector:
         fault = self._begin("replace_node_join", [node])
         leader.admin("cluster.change", timeout=30, action="remove", address=node.raft_address)
         node.kill()
+        t_on = self.history.now()
         node.wipe()
         time.sleep(rng.uniform(0.5, 2.0))
+        self._cut_off(fault, t_on, [node])
         node.start("--join", f"{leader.address}:{LINK_PORT}")
         node.wait_up()
         fault.notes.append(f"removed through {leader.name}, joined through {leader.name}")
@@ -109,7 +118,9 @@ class Injector:
         fault = self._begin("restart_all", list(self.cluster.nodes))
         for node in self.cluster.nodes:
             node.kill()
+        t_on = self.history.now()
         time.sleep(rng.uniform(0.2, 1.5))
+        self._cut_off(fault, t_on, self.cluster.nodes)
         self._restart(list(self.cluster.nodes))
         self._healed(fault)
         return fault
@@ -118,7 +129,9 @@ class Injector:
         leader = self._leader()
         fault = self._begin("pause_leader", [leader])
         leader.pause()
+        t_on = self.history.now()
         time.sleep(rng.uniform(1.5, 4.0))  # well past election_timeout_max
+        self._cut_off(fault, t_on, [leader])
         leader.resume()
         self._healed(fault)
         return fault
@@ -131,9 +144,8 @@ class Injector:
         self.net.partition([[n.index for n in group], others])
         t_on = self.history.now()
         time.sleep(rng.uniform(3.0, 7.0))
-        t_off = self.history.now()
+        self._cut_off(fault, t_on, group)
         self.net.heal_all()
-        fault.minority_windows.append((t_on, t_off, [n.name for n in group]))
         self._healed(fault)
         return fault
 
@@ -165,9 +177,8 @@ class Injector:
             self.net.partition([[n.index for n in group], others])
             t_on = self.history.now()
             time.sleep(rng.uniform(1.0, 3.0))
-            t_off = self.history.now()
+            self._cut_off(fault, t_on, group)
             self.net.heal_all()
-            fault.minority_windows.append((t_on, t_off, [n.name for n in group]))
             time.sleep(rng.uniform(0.3, 1.5))
         fault.targets = sorted(touched)
         self._healed(fault)

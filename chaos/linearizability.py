@@ -75,8 +75,13 @@ class Verdict:
     inconclusive: bool = False
 
 
+DEFAULT_BUDGET = 500_000
+
+
 def check(calls: list[Call], step: Step, initial: Hashable = None,
-          budget: int = 500_000) -> Verdict:
+          budget: int = DEFAULT_BUDGET) -> Verdict:
+    """ok=True only when a linearization was found; when the search runs out of budget
+    the verdict is ok=False, inconclusive=True (undecided is not a pass)."""
     calls = sorted(calls, key=lambda c: c.t0)
     n = len(calls)
     must = 0
@@ -95,7 +100,7 @@ def check(calls: list[Call], step: Step, initial: Hashable = None,
         seen.add((done, state))
         explored += 1
         if explored > budget:
-            return Verdict(True, explored, inconclusive=True)
+            return Verdict(False, explored, inconclusive=True)
         # The earliest return among pending ops bounds which ops may go next.
         horizon = min((calls[i].t1 for i in range(n) if not done >> i & 1), default=INF)
         for i in range(n):
