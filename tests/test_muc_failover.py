@@ -1,0 +1,107 @@
+"""Rooms survive the death of any node (issue 18): three real node processes, one
+killed with SIGKILL mid-conversation.
+
+- the node of one occupant dies: the others see that occupant leave (333) and go on
+  talking, with the room's configuration, affiliations and subject intact;
+- the node that orders the room's messages dies: another takes over, the survivors'
+  messages still reach each other, and a newcomer gets the history from before.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness import Cluster, wait_for
+from tests.test_muc_cluster import Member, account, codes, instant_room
+from tests.xmpp_client import run
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def cluster(tmp_path, ca_file):
+    extra = f'\n[tls]\ncertificate = "{ca_file / "cert.pem"}"\nkey = "{ca_file / "key.pem"}"\n'
+    c = Cluster(tmp_path, 3, extra).start()
+    c.leader()
+    wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3 for n in c.nodes), 20,
+             "every node to see the others by gossip")
+    yield c
+    c.kill_all()
+
+
+async def abandon(member: Member) -> None:
+    """A client whose node was killed: drop its dead connection."""
+    member.client.abort()
+
+
+def test_killing_an_occupants_node_leaves_the_room_going(cluster, ca_file):
+    node1, node2, node3 = cluster.nodes
+    a, b, c = account(node1, "alice"), account(node2, "bob"), account(node3, "carol")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        bob = await Member(node2, ca_file, b).start()
+        carol = await Member(node3, ca_file, c).start()
+        room = await instant_room(alice, "Alice", persistentroom=True, roomname="Survivors")
+        await alice.muc.set_affiliation(room, "admin", jid=b, timeout=20)
+        await bob.join(room, "Bob")
+        await carol.join(room, "Carol")
+        alice.muc.set_subject(room, "before the crash")
+        await alice.presence_of("Carol")
+        await bob.presence_of("Carol")
+        node3.kill()
+        for member in (alice, bob):
+            gone = await member.presence_of("Carol", "unavailable", timeout=30)
+            assert 333 in codes(gone)
+        bob.client.send_message(mto=room, mbody="still here", mtype="groupchat")
+        for member in (alice, bob):
+            assert await member.next_body() == ("Bob", "still here")
+        info = node2.admin("muc.info", room=room)
+        assert info["config"]["roomname"] == "Survivors" and info["config"]["persistentroom"]
+        assert info["affiliations"] == {a: "owner", b: "admin"}
+        assert info["subject"]["text"] == "before the crash"
+        assert sorted(o["nick"] for o in info["occupants"]) == ["Alice", "Bob"]
+        await abandon(carol)
+        await alice.client.stop()
+        await bob.client.stop()
+
+    run(scenario(), 150)
+
+
+def test_killing_the_ordering_node_hands_the_room_over(cluster, ca_file):
+    node1 = cluster.nodes[0]
+    owner = account(node1, "alice")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, owner).start()
+        room = await instant_room(alice, "Alice")
+        orderer = node1.admin("muc.info", room=room)["orderer"]
+        survivors = [n for n in cluster.nodes if n.name != orderer]
+        doomed = next(n for n in cluster.nodes if n.name == orderer)
+        members = []
+        for i, node in enumerate(survivors):
+            member = await Member(node, ca_file, account(node, f"user{i}")).start()
+            await member.join(room, f"User{i}")
+            members.append(member)
+        speaker, listener = members
+        speaker.client.send_message(mto=room, mbody="before", mtype="groupchat")
+        assert await listener.next_body() == ("User0", "before")
+        doomed.kill()
+        wait_for(lambda: survivors[0].admin("muc.info", room=room)["orderer"] != orderer, 30,
+                 "another node to order the room")
+        wait_for(lambda: survivors[1].admin("muc.info", room=room)["orderer"] != orderer, 30,
+                 "both survivors to agree")
+        speaker.client.send_message(mto=room, mbody="after", mtype="groupchat")
+        assert await listener.next_body(30) == ("User0", "after")
+        newcomer = await Member(survivors[1], ca_file, account(survivors[1], "dave")).start()
+        await newcomer.join(room, "Dave")
+        history = [m["body"] for m in newcomer.joined[3]]
+        assert history[-2:] == ["before", "after"]
+        for member in (*members, newcomer):
+            await member.client.stop()
+        if doomed is node1:
+            await abandon(alice)
+        else:
+            await alice.client.stop()
+
+    run(scenario(), 150)
