@@ -204,3 +204,15 @@ def test_logins_are_counted_by_outcome(cluster):
     for outcome, grew in (("failure", 1), ("success", 1), ("refused", 0)):
         assert (after("raftxmpp_c2s_logins_total", outcome=outcome)
                 - before("raftxmpp_c2s_logins_total", outcome=outcome)) == grew, outcome
+
+
+def test_every_node_times_its_raft_fsyncs(cluster):
+    """A durable write is synced on the leader and on each follower before it is acked."""
+    before = [scrape(node)("raftxmpp_raft_fsync_seconds_count") for node in cluster.nodes]
+    cluster.leader().admin("user.add", jid="synced@localhost", password=PASSWORD)
+
+    def synced() -> bool:
+        after = [scrape(node)("raftxmpp_raft_fsync_seconds_count") for node in cluster.nodes]
+        return all(a > b for a, b in zip(after, before, strict=True))
+
+    wait_for(synced, 30, "an fsync timed on every node")

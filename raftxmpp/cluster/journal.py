@@ -28,7 +28,9 @@ import gzip
 import logging
 import os
 import struct
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,8 @@ import pysyncobj.journal as pysyncobj_journal
 import pysyncobj.serializer as pysyncobj_serializer
 import pysyncobj.syncobj as pysyncobj_syncobj
 from pysyncobj.pickle import dumps, loads, to_bytes
+
+from raftxmpp import metrics
 
 log = logging.getLogger("raftxmpp.raft")
 
@@ -59,11 +63,19 @@ class DurablePath(str):
     """A journal path that asks for DurableJournal instead of pysyncobj's FileJournal."""
 
 
+def timed_sync(sync: Callable[[int], None], fd: int) -> None:
+    """os.fsync or os.fdatasync, its duration in raftxmpp_raft_fsync_seconds (an operator's
+    first look when commits slow down: is it the disk?)."""
+    started = time.perf_counter()
+    sync(fd)
+    metrics.observe_fsync(time.perf_counter() - started)
+
+
 def fsync_dir(path: Path) -> None:
     """A created or renamed file's directory entry is only durable once its dir is synced."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        timed_sync(os.fsync, fd)
     finally:
         os.close(fd)
 
@@ -74,7 +86,7 @@ def durable_write(path: Path, data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        timed_sync(os.fsync, fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
@@ -86,7 +98,7 @@ def durable_replace(tmp: str, final: str) -> None:
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fchmod(fd, 0o600)
-        os.fsync(fd)
+        timed_sync(os.fsync, fd)
     finally:
         os.close(fd)
     os.replace(tmp, final)
@@ -224,7 +236,7 @@ class DurableJournal(pysyncobj_journal.Journal):
         """Makes every entry added so far durable: one fdatasync however many there are."""
         if not self.dirty:
             return False
-        os.fdatasync(self._fd)
+        timed_sync(os.fdatasync, self._fd)
         self.dirty = False
         self.syncs += 1
         return True
