@@ -118,6 +118,14 @@ ROWS: list[tuple[str, list[tuple[str, str, list[dict], str]]]] = [
     ("Stream management", [
         ("Stream resumptions", "ops", rate_by("raftxmpp_sm_resumptions_total", "outcome"),
          "XEP-0198 <resume/> answered on these nodes."),
+        ("Stream-management sessions", "ops", rate_by("raftxmpp_sm_sessions_total", "event"),
+         "Enabled, detached (connection lost), resumed here or moved between nodes, expired."),
+        ("Detached sessions waiting", "short",
+         [q(f"sum by (instance) (raftxmpp_sm_detached_sessions{{{SEL}}})")],
+         "Sessions whose connection was lost, held for their client to resume."),
+        ("Unacknowledged stanzas at session end", "ops",
+         rate_by("raftxmpp_sm_unacked_stanzas_total", "outcome"),
+         "Rerouted (another resource or offline), bounced with an error, or dropped."),
     ]),
     ("Publish-subscribe and PEP", [
         ("Pubsub requests", "ops", rate_by("raftxmpp_pubsub_requests_total", "request"), ""),
@@ -127,7 +135,8 @@ ROWS: list[tuple[str, list[tuple[str, str, list[dict], str]]]] = [
         ("Stored items", "bytes",
          [q(f"max(raftxmpp_pubsub_bytes{{{SEL}}})", "bytes"),
           q(f"max(raftxmpp_pubsub_items{{{SEL}}})", "items"),
-          q(f"max(raftxmpp_pubsub_nodes{{{SEL}}})", "nodes")],
+          q(f"max(raftxmpp_pubsub_nodes{{{SEL}}})", "nodes"),
+          q(f"max(raftxmpp_pubsub_owners{{{SEL}}})", "owners")],
          "From the replicated state (the same on every node)."),
     ]),
     ("Federation (s2s)", [
