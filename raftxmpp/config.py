@@ -298,6 +298,20 @@ class StreamManagementSection:
 
 
 @dataclass(frozen=True)
+class ArchiveSection:
+    # Message archive (XEP-0313, raftxmpp.modules.mam): one-to-one messages of every
+    # account, in each node's archive.sqlite3 (raftxmpp.cluster.archive).
+    enabled: bool = True
+    default: str = "always"  # an account's default until it sets its own: always, never, roster
+    max_per_account: int = 0  # messages kept per account, the oldest dropped first; 0: no limit
+    retention_days: float = 0.0  # messages older than this are deleted; 0: kept for ever
+    page_size: int = 50  # results a query returns without <max/> …
+    max_page_size: int = 250  # … and at most
+    batch_rows: int = 500  # rows of one Raft entry at most …
+    flush_interval: float = 0.05  # … and seconds a row waits for the entry at most
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
@@ -314,6 +328,7 @@ class Config:
     muc: MucSection = field(default_factory=MucSection)
     upload: UploadSection = field(default_factory=UploadSection)
     stream_management: StreamManagementSection = field(default_factory=StreamManagementSection)
+    archive: ArchiveSection = field(default_factory=ArchiveSection)
     source: str = "<embedded default>"
 
     @property
@@ -390,6 +405,7 @@ _SECTION_TYPES = {
     "muc": MucSection,
     "upload": UploadSection,
     "stream_management": StreamManagementSection,
+    "archive": ArchiveSection,
 }
 
 
@@ -477,6 +493,7 @@ def _check(config: Config, read_files: bool = True) -> None:
     _check_pubsub(config)
     _check_muc(config)
     _check_web(config)
+    _check_archive(config)
     lo, hi = config.cluster.election_timeout_min, config.cluster.election_timeout_max
     if not 3 * config.cluster.heartbeat_period < lo < hi:
         raise ConfigError(
@@ -661,6 +678,22 @@ def _check_muc(config: Config) -> None:
     if muc.history_length < 0 or muc.max_message_rate <= 0:
         raise ConfigError(f"{source}: [muc] history_length must be at least 0 and "
                           "max_message_rate above 0")
+
+
+def _check_archive(config: Config) -> None:
+    """[archive]: a known default, sizes that fit a Raft entry, times not negative."""
+    source, archive = config.source, config.archive
+    if archive.default not in ("always", "never", "roster"):
+        raise ConfigError(f"{source}: [archive] default must be always, never or roster")
+    if not 1 <= archive.page_size <= archive.max_page_size:
+        raise ConfigError(f"{source}: [archive] page_size must be from 1 to max_page_size")
+    if not 1 <= archive.batch_rows <= 2000:
+        raise ConfigError(f"{source}: [archive] batch_rows must be from 1 to 2000")
+    for key in ("max_per_account", "retention_days"):
+        if getattr(archive, key) < 0:
+            raise ConfigError(f"{source}: [archive] {key} must not be negative")
+    if archive.flush_interval <= 0:
+        raise ConfigError(f"{source}: [archive] flush_interval must be positive")
 
 
 def _check_web(config: Config) -> None:

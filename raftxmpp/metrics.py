@@ -262,10 +262,22 @@ SM_DETACHED = HotFamily(
     "raftxmpp_sm_detached_sessions", "Detached stream-management sessions held on this node.",
     "state", ("detached",), kind="gauge")
 
+# -- message archive (raftxmpp.modules.mam) ---------------------------------------------------------
+
+ARCHIVE_ROWS = HotFamily(
+    "raftxmpp_archive_rows",
+    "Archive rows this node queued (one per archiving account and message), committed in a "
+    "batch, retried after a failed commit, or dropped (queue overflow, refused batch).",
+    "outcome", ("queued", "committed", "retried", "dropped"))
+ARCHIVE_QUERIES = HotFamily(
+    "raftxmpp_archive_queries", "MAM queries answered on this node, by kind.", "kind",
+    ("query", "form", "metadata", "prefs"))
+
 HOT_FAMILIES = (CONNECTIONS, STANZAS_IN_TOTAL, STANZAS_OUT_TOTAL, ROUTED,
                 S2S_FORWARDED_TOTAL, S2S_STREAM_FAILURES_TOTAL, S2S_BOUNCED,
                 PUBSUB_REQUESTS, PUBSUB_NOTIFICATIONS, PUBSUB_CAPS, LOGINS, SM_RESUMPTIONS,
-                SM_SESSIONS, SM_UNACKED, SM_DETACHED)
+                SM_SESSIONS, SM_UNACKED, SM_DETACHED,
+                ARCHIVE_ROWS, ARCHIVE_QUERIES)
 
 
 class _HotCollector(Collector):

@@ -140,6 +140,8 @@ class Node:
                 if component_socket is not None:
                     nursery.start_soon(component_listener.serve, self, component_socket)
                 nursery.start_soon(self._register_hosts)
+                for task in self.router.background:
+                    nursery.start_soon(task)
                 if cfg.s2s.enabled:
                     edge = s2s_edge.build(self.router.s2s, cfg, secret, self.certificate_files)
                     await nursery.start(edge.run, s2s_listeners)

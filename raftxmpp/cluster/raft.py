@@ -28,6 +28,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replic
 
 from raftxmpp import metrics
 from raftxmpp.cluster import raft_port
+from raftxmpp.cluster.archive import ArchiveStore
 from raftxmpp.cluster.journal import DurablePath, check_data_dir
 from raftxmpp.cluster.replication import DurableSyncObj
 from raftxmpp.cluster.state import VERSION, ClusterState, Command, Result
@@ -126,6 +127,8 @@ class RaftNode:
     ) -> None:
         self.self_address = str(cluster.raft)
         self.state = ClusterState()
+        # The message archive lives beside the Raft files, written by apply only.
+        self.state.archive = ArchiveStore(data_dir / "archive.sqlite3")
         self.consumer = StateConsumer(self.state, on_applied)
         self.node_tag = uuid.uuid4().hex[:12]
         self._sequence = 0

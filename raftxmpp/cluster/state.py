@@ -24,7 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 from raftxmpp import credentials
-from raftxmpp.cluster import muc_state, pubsub_state, quotas, roster_states
+from raftxmpp.cluster import archive_state, muc_state, pubsub_state, quotas, roster_states
+from raftxmpp.cluster.archive import ArchiveStore
 
 VERSION = 1
 DEDUP_CAPACITY = 100_000
@@ -81,6 +82,10 @@ class ClusterState:
         # or stored per account. The file bytes live on the nodes' disks, never here.
         self.uploads: dict[str, dict] = {}
         self.upload_usage: dict[str, int] = {}
+        # The message archive (XEP-0313) is on disk, outside the pickle (archive.py);
+        # in memory only each account's archiving preferences.
+        self.archive = ArchiveStore(":memory:")
+        self.archive_prefs: dict[str, dict] = {}
         self.dedup: OrderedDict[str, Result] = OrderedDict()
         self.applied = 0
 
@@ -134,6 +139,8 @@ class ClusterState:
             "motd": self.motd,
             "uploads": self.uploads,
             "upload_usage": self.upload_usage,
+            "archive_prefs": self.archive_prefs,
+            "archive": self.archive.image(),
             "dedup": self.dedup,
             "applied": self.applied,
         }
@@ -142,7 +149,10 @@ class ClusterState:
         if data.get("version") != VERSION:
             raise ValueError(f"snapshot version {data.get('version')!r} is not {VERSION}")
         for key, value in data.items():
-            if key != "version":
+            if key == "archive":
+                if value is not None and value.data is not None:
+                    self.archive.load_image(value.data)
+            elif key != "version":
                 setattr(self, key, value)
         for key in (*pubsub_state.TABLES, *muc_state.TABLES):  # older snapshots lack them
             if key not in data:
@@ -151,7 +161,8 @@ class ClusterState:
     def digest(self) -> str:
         """A hash of the user-visible state, equal on every node that applied the same log."""
         canonical = json.dumps(
-            {k: v for k, v in self.snapshot().items() if k not in ("dedup", "applied")},
+            {k: v for k, v in self.snapshot().items()
+             if k not in ("dedup", "applied", "archive")},
             sort_keys=True,
             default=_canonical,
         )
@@ -317,6 +328,7 @@ def op_unregister(state: ClusterState, command: Command) -> bool:
                   state.blocklists):
         table.pop(jid, None)
     pubsub_state.forget_account(state, jid)
+    archive_state.forget_account(state, jid)
     return True
 
 
@@ -725,3 +737,16 @@ def _muc_op(fn: Callable[[ClusterState, Command], Any]) -> Callable[[ClusterStat
 
 
 OPS.update({name: _muc_op(fn) for name, fn in muc_state.OPS.items()})
+
+
+def _archive_op(fn: Callable[[ClusterState, Command], Any]) -> Callable[[ClusterState, Command], Any]:
+    def op(state: ClusterState, command: Command) -> Any:
+        try:
+            return fn(state, command)
+        except archive_state.Refused as exc:
+            raise Rejected(exc.condition, exc.text) from None
+
+    return op
+
+
+OPS.update({name: _archive_op(fn) for name, fn in archive_state.OPS.items()})

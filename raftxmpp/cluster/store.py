@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from raftxmpp import credentials
+from raftxmpp.cluster.archive_store import ArchiveStoreOps
 from raftxmpp.cluster.muc_store import MucStore
 from raftxmpp.cluster.pubsub_store import PubsubStore
 from raftxmpp.cluster.quotas import Quotas
@@ -33,7 +34,7 @@ class StoreError(Exception):
         self.text = text
 
 
-class Store(PubsubStore, MucStore):  # raftxmpp.cluster.pubsub_store, muc_store
+class Store(PubsubStore, MucStore, ArchiveStoreOps):  # pubsub_store, muc_store, archive_store
     # Per-account quotas stamped on every command that grows an account's data; the
     # state machine enforces them (raftxmpp.cluster.quotas). The node sets its [limits].
     quotas = Quotas()

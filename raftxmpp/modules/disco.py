@@ -79,6 +79,8 @@ async def account_info(request: IqRequest) -> etree._Element:
     etree.SubElement(query, f"{{{ns.DISCO_INFO}}}identity", category="account", type="registered")
     etree.SubElement(query, f"{{{ns.DISCO_INFO}}}feature", var=ns.DISCO_INFO)
     etree.SubElement(query, f"{{{ns.DISCO_INFO}}}feature", var=ns.DISCO_ITEMS)
+    for feature in sorted(request.router.account_features):
+        etree.SubElement(query, f"{{{ns.DISCO_INFO}}}feature", var=feature)
     return query
 
 

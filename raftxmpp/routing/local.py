@@ -31,6 +31,9 @@ MESSAGE_TYPES = frozenset({"normal", "chat", "groupchat", "headline", "error"})
 PresenceHandler = Callable[[etree._Element, "JID | None", "LocalSession | None"], Awaitable[None]]
 OfflineHandler = Callable[[etree._Element, JID], Awaitable[bool]]
 CarbonHook = Callable[[etree._Element, "list[LocalSession]"], None]
+# Called with (message, recipient account, sender) before a chat or normal message is
+# delivered to an account here (or stored offline): the archive stamps its stanza-id.
+ArchiveHook = Callable[[etree._Element, str, JID], None]
 
 
 class LocalRouter:
@@ -40,6 +43,7 @@ class LocalRouter:
         self.presence_handler: PresenceHandler | None = None
         self.offline_handler: OfflineHandler | None = None
         self.carbon_hook: CarbonHook | None = None
+        self.archive_hook: ArchiveHook | None = None
 
     async def route(self, stanza: etree._Element, target: JID | None,
                     sender: LocalSession | None) -> None:
@@ -129,6 +133,8 @@ class LocalRouter:
         if target.resource is not None:
             session = self.sessions.session(target)
             if session is not None and not self.is_blocked(session.bare_jid, from_jid):
+                if self.archive_hook is not None and msg_type in ("chat", "normal"):
+                    self.archive_hook(stanza, session.bare_jid, from_jid)
                 session.send_stanza(stanza)
                 if self.carbon_hook is not None and msg_type == "chat":
                     self.carbon_hook(stanza, [session])
@@ -160,6 +166,8 @@ class LocalRouter:
                 if session.priority >= 0:
                     session.send_stanza(stanza)
             return
+        if self.archive_hook is not None:  # chat or normal, from here on
+            self.archive_hook(stanza, bare, from_jid)
         targets = self.sessions.highest_priority(bare)
         if targets:
             for session in targets:

@@ -58,6 +58,7 @@ MODULES = (
     "pubsub",
     "muc",
     "stream_management",
+    "mam",
 )
 
 
@@ -92,6 +93,11 @@ class Router:
         self.iq_handlers: dict[tuple[str, str, str], IqHandler] = {}
         self.hooks: dict[str, list[Hook]] = {}
         self.server_features: set[str] = set()
+        # Features of every account's disco#info (XEP-0030 to a bare JID: MAM's).
+        self.account_features: set[str] = set()
+        # Long-running tasks of modules (the archive's batch writer), started in the
+        # node's nursery once it runs, cancelled with it.
+        self.background: list[Callable[[], Awaitable[None]]] = []
         # Run on every stanza a client sends, before it is routed; one may raise StanzaError
         # to refuse it (XEP-0191 §3.3: nothing goes to a JID the sender blocks).
         self.outbound_checks: list[Callable[[etree._Element, LocalSession], None]] = []
