@@ -437,6 +437,12 @@ class C2SConnection:
             elif state is None:
                 raise StreamError("unsupported-stanza-type", "stream management is not enabled")
             elif element.tag == sm.REQUEST:
+                # Modules whose writes trail the routing (the archive's batches) finish
+                # them first: an ack promises they are committed (XEP-0313 + XEP-0198).
+                try:
+                    await self.router.run_hooks("sm-before-ack", session)
+                except RaftUnavailable:
+                    return  # not answered now: the client asks again
                 session.send_nonza(state.answer())
             elif element.tag == sm.ANSWER:
                 state.acknowledged(sm.parse_h(element))

@@ -66,6 +66,7 @@ def setup(router: Router) -> None:
     router.outbound_checks.append(archive.on_client_message)
     router.local.archive_hook = archive.on_delivery
     router.background.append(archive.writer.run)
+    router.add_hook("sm-before-ack", archive.before_ack)
     router.background.append(archive.expire_old)
     router.register_iq("account", "set", MAM, partial(query, archive))
     router.register_iq("account", "get", MAM, partial(metadata_or_form, archive))
@@ -230,6 +231,11 @@ class Archive:
         self.writer.add((account, sid, time.time(), str(from_jid), False,
                          etree.tostring(stanza)))
 
+    async def before_ack(self, session: LocalSession) -> None:
+        """A stream-management ack covers the archive rows of what it acknowledges."""
+        if self.writer.done < self.writer.queued:
+            await self.writer.drain()
+
     # -- retention ------------------------------------------------------------------------------
 
     async def expire_old(self) -> None:
@@ -250,9 +256,9 @@ class Archive:
 
 
 def _stamp(stanza: etree._Element, by: str, sid: str) -> None:
-    element = etree.SubElement(stanza, STANZA_ID, nsmap={None: SID})
-    element.set("by", by)
-    element.set("id", sid)
+    # First child: whatever else the message carries keeps its place at the end.
+    element = etree.Element(STANZA_ID, nsmap={None: SID}, by=by, id=sid)
+    stanza.insert(0, element)
 
 
 # -- queries (XEP-0313 §4) -------------------------------------------------------------------------
