@@ -147,6 +147,23 @@ def _median(values: list[float]) -> str:
     return "-" if p50 is None else f"{p50:.2f}"
 
 
+def draw_run(artifacts: Path) -> str:
+    """timeline.png (and .json) beside a finished run's summary; what happened, in a line.
+
+    The runner calls this last: a picture that cannot be drawn (no matplotlib, a history
+    cut short) is reported, never a reason for the run to fail."""
+    out = artifacts / "timeline.png"
+    try:
+        data = timeline(artifacts / "history.jsonl", artifacts / "summary.json")
+        out.with_suffix(".json").write_text(json.dumps(data, separators=(",", ":")) + "\n")
+        draw(data, out)
+    except ImportError:
+        return f"no {out.name}: matplotlib is missing (pip install 'raftxmpp[plots]')"
+    except (OSError, ValueError, KeyError) as exc:
+        return f"no {out.name}: {exc!r}"
+    return f"timeline picture in {out}"
+
+
 def main(argv: list[str] | None = None) -> int:
     here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser(prog="python -m chaos.plot", description=__doc__.splitlines()[0])

@@ -73,6 +73,9 @@ class Run:
             self.network.destroy()
             signal.signal(signal.SIGTERM, previous)
             self._artifacts(passed)
+            from chaos.plot import draw_run  # matplotlib is optional: draw_run says if missing
+
+            log(draw_run(self.artifacts))
         return 0 if passed else 1
 
     async def _main(self) -> bool:

@@ -89,3 +89,10 @@ def test_the_kept_timeline_of_the_latest_picture_is_a_run_that_passed():
     data = json.loads((ROOT / "chaos" / "figure-timeline.json").read_text())
     assert data["passed"] is True and data["faults"] and data["failovers"]
     assert len(data["ops_per_second"]["ok"]) == data["seconds"]
+
+
+def test_a_run_whose_history_is_missing_gets_a_reason_instead_of_a_picture(tmp_path):
+    from chaos.plot import draw_run
+
+    assert draw_run(tmp_path).startswith("no timeline.png: FileNotFoundError")
+    assert not (tmp_path / "timeline.png").exists()
