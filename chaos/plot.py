@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from chaos.checker import percentile
+from chaos.faults import FAULTS, OPT_IN
 
 LEADER_FAULTS = ("kill_leader", "isolate_leader", "pause_leader")
 UNAVAILABLE_AFTER = 1.0
@@ -100,7 +101,9 @@ def draw(data: dict, out: Path) -> Path:
     fig, (ops, avail) = plt.subplots(2, 1, figsize=(15, 6.5), sharex=True,
                                      gridspec_kw={"height_ratios": [3, 1.3]})
     kinds = sorted({f["kind"] for f in data["faults"]})
-    colour = {k: FAULT_COLOURS[i % len(FAULT_COLOURS)] for i, k in enumerate(kinds)}
+    order = [*FAULTS, *OPT_IN]  # the same colour for a fault kind in every run's picture
+    colour = {k: FAULT_COLOURS[(order.index(k) if k in order else len(order)) % 10]
+              for k in kinds}
     for fault in data["faults"]:
         heal = fault["heal"] if fault["heal"] is not None else fault["start"]
         for ax in (ops, avail):
