@@ -224,6 +224,21 @@ PUBSUB_CAPS = HotFamily(
     "(unverified), or no answer (failed).", "outcome",
     ("cached", "queried", "verified", "unverified", "failed"))
 
+# -- multi-user chat (raftxmpp.modules.muc) -----------------------------------------------------
+
+MUC_MESSAGES = HotFamily(
+    "raftxmpp_muc_messages",
+    "Room messages: ordered by this node (it is the room's ordering node), delivered by this "
+    "node to an occupant here (one per recipient), refused (not an occupant, no voice, too "
+    "fast).", "step", ("ordered", "delivered", "refused"))
+MUC_ORDERED = MUC_MESSAGES.labels("ordered")
+MUC_DELIVERED = MUC_MESSAGES.labels("delivered")
+MUC_REFUSED = MUC_MESSAGES.labels("refused")
+MUC_OCCUPANTS = HotFamily(
+    "raftxmpp_muc_occupants",
+    "Room occupants whose sessions are on this node (local), and in the whole cluster as this "
+    "node knows them (cluster).", "where", ("local", "cluster"), kind="gauge")
+
 # -- logins (raftxmpp.c2s.login, for every client transport) -----------------------------------
 
 LOGINS = HotFamily(
@@ -277,7 +292,7 @@ HOT_FAMILIES = (CONNECTIONS, STANZAS_IN_TOTAL, STANZAS_OUT_TOTAL, ROUTED,
                 S2S_FORWARDED_TOTAL, S2S_STREAM_FAILURES_TOTAL, S2S_BOUNCED,
                 PUBSUB_REQUESTS, PUBSUB_NOTIFICATIONS, PUBSUB_CAPS, LOGINS, SM_RESUMPTIONS,
                 SM_SESSIONS, SM_UNACKED, SM_DETACHED,
-                ARCHIVE_ROWS, ARCHIVE_QUERIES)
+                ARCHIVE_ROWS, ARCHIVE_QUERIES, MUC_MESSAGES, MUC_OCCUPANTS)
 
 
 class _HotCollector(Collector):
@@ -366,6 +381,10 @@ class NodeCollector(Collector):
             yield from raft_families(node.raft.status())
         if node.store is not None:
             yield from pubsub_families(node.store.pubsub_totals())
+            rooms = GaugeMetricFamily("raftxmpp_muc_rooms", "Rooms in the replicated state "
+                                      "(every MUC service of the cluster).")
+            rooms.add_metric([], node.store.muc_room_count())
+            yield rooms
         cluster = getattr(node, "cluster", None)
         if cluster is not None:
             yield from link_families(cluster.links)

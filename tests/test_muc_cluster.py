@@ -9,9 +9,10 @@ travels over node links, which keep order per link: a test that must show someth
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from slixmpp.exceptions import PresenceError
+from slixmpp.exceptions import IqError, PresenceError
 from slixmpp.plugins.xep_0004.stanza import Form
 
 from tests.harness import Cluster, wait_for
@@ -446,6 +447,108 @@ def test_nick_change_is_seen_as_303_then_the_new_nick(cluster, ca_file):
         await alice.presence_of("Robert")
         bob.client.send_message(mto=room, mbody="renamed", mtype="groupchat")
         assert await alice.next_body() == ("Robert", "renamed")
+        await stop_all(alice, bob)
+
+    run(scenario(), 120)
+
+
+# -- stage 4: history and self-ping ------------------------------------------------------------------
+
+
+def test_history_on_join_follows_maxstanzas_seconds_and_since(cluster, ca_file):
+    """§7.2.14: the last messages with <delay/> from the room; maxstanzas, seconds and
+    since limit them; maxstanzas='0' sends none. The history was ordered on one node and
+    is served by another."""
+    node1, node2, node3 = cluster.nodes
+    a = account(node1, "alice")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        room = await instant_room(alice, "Alice")
+        for i in range(5):
+            alice.client.send_message(mto=room, mbody=f"m{i}", mtype="groupchat")
+            assert await alice.next_body() == ("Alice", f"m{i}")
+        cases = [({}, ["m0", "m1", "m2", "m3", "m4"]), ({"maxstanzas": 2}, ["m3", "m4"]),
+                 ({"maxstanzas": 0}, []), ({"seconds": 3600}, ["m0", "m1", "m2", "m3", "m4"]),
+                 ({"since": datetime.now(UTC) + timedelta(minutes=1)}, [])]
+        for n, (limits, expected) in enumerate(cases):
+            node = (node2, node3)[n % 2]
+            reader = await Member(node, ca_file, account(node, "reader")).start()
+            await reader.join(room, f"Reader{n}", **limits)
+            history = reader.joined[3]
+            assert [m["body"] for m in history] == expected, limits
+            for message in history:
+                delay = message.xml.find("{urn:xmpp:delay}delay")
+                assert delay is not None and delay.get("from") == room
+            await reader.client.stop()
+        await alice.client.stop()
+
+    run(scenario(), 150)
+
+
+def test_self_ping_is_answered_on_every_node(cluster, ca_file):
+    """XEP-0410: pinging one's own occupant JID is answered by the service (a result
+    while joined); once the occupant left, or for another nick, <not-acceptable/>."""
+    node1, node2 = cluster.nodes[:2]
+    a, b = account(node1, "alice"), account(node2, "bob")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        bob = await Member(node2, ca_file, b).start()
+        room = await instant_room(alice, "Alice")
+        await bob.join(room, "Bob")
+        ping = bob.client.plugin["xep_0199"]
+        await ping.send_ping(f"{room}/Bob", timeout=20)
+        with pytest.raises(IqError) as err:
+            await ping.send_ping(f"{room}/Alice", timeout=20)
+        assert err.value.condition == "not-acceptable"
+        bob.muc.leave_muc(room, "Bob")
+        await bob.presence_of("Bob", "unavailable")
+        with pytest.raises(IqError) as err:
+            await ping.send_ping(f"{room}/Bob", timeout=20)
+        assert err.value.condition == "not-acceptable"
+        info = await alice.client.plugin["xep_0030"].get_info(jid=SERVICE, timeout=20)
+        assert "http://jabber.org/protocol/muc#self-ping-optimization" in \
+            info["disco_info"]["features"]
+        await stop_all(alice, bob)
+
+    run(scenario(), 120)
+
+
+def test_corner_cases_answer_with_the_xeps_errors(cluster, ca_file):
+    """Raw stanzas: a join without a nick is <jid-malformed/> (§7.2.1); groupchat from a
+    non-occupant is <not-acceptable/> (§7.4); groupchat to an occupant JID is
+    <bad-request/>; a private message to a missing nick is <item-not-found/>; an IQ to
+    a room that does not exist is <item-not-found/>."""
+    node1 = cluster.nodes[0]
+    a, b = account(node1, "alice"), account(node1, "bob")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        bob = await Member(node1, ca_file, b).start()
+        room = await instant_room(alice, "Alice")
+        errors: asyncio.Queue = asyncio.Queue()
+        bob.client.add_event_handler("presence_error", errors.put_nowait)
+        bob.client.add_event_handler("message_error", errors.put_nowait)
+        bob.client.send_presence(pto=room)
+        assert (await asyncio.wait_for(errors.get(), 20))["error"]["condition"] == \
+            "jid-malformed"
+        bob.client.send_message(mto=room, mbody="hi", mtype="groupchat")
+        assert (await asyncio.wait_for(errors.get(), 20))["error"]["condition"] == \
+            "not-acceptable"
+        await bob.join(room, "Bob")
+        bob.client.send_message(mto=f"{room}/Alice", mbody="hi", mtype="groupchat")
+        assert (await asyncio.wait_for(errors.get(), 20))["error"]["condition"] == \
+            "bad-request"
+        bob.client.send_message(mto=f"{room}/Nobody", mbody="hi", mtype="chat")
+        assert (await asyncio.wait_for(errors.get(), 20))["error"]["condition"] == \
+            "item-not-found"
+        with pytest.raises(IqError) as err:
+            await bob.client.plugin["xep_0030"].get_info(jid=f"nowhere@{SERVICE}", timeout=20)
+        assert err.value.condition == "item-not-found"
+        with pytest.raises(IqError) as err:
+            await bob.muc.get_room_config(room, timeout=20)
+        assert err.value.condition == "forbidden"
         await stop_all(alice, bob)
 
     run(scenario(), 120)

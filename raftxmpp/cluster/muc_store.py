@@ -62,3 +62,6 @@ class MucStore:
                     if domain is None or room.rpartition("@")[2] == domain}
 
         return self._read(query)
+
+    def muc_room_count(self) -> int:
+        return self._read(lambda s: len(s.muc_rooms))

@@ -70,10 +70,11 @@ async def _owner(ctx: Muc, kind: str, payload: etree._Element, room: str, record
     old = record["config"]
     new = await ctx.store.muc_configure(room, sender.bare_jid,
                                         room_config.apply_form(old, form))
-    if new["membersonly"] and not old["membersonly"]:
-        ctx.to_all({"t": AFFILIATION, "room": room, "changes": {}, "sweep": True})
-    if new["whois"] != old["whois"] or new["moderatedroom"] != old["moderatedroom"]:
-        ctx.to_all({"t": AFFILIATION, "room": room, "changes": {}, "sweep": False})
+    if (new["membersonly"] and not old["membersonly"]) or \
+            new["moderatedroom"] != old["moderatedroom"]:
+        # The message carries what changed: a node may not have applied it yet.
+        ctx.to_all({"t": AFFILIATION, "room": room, "changes": {},
+                    "config": {k: v for k, v in new.items() if k != "secret"}})
     return None
 
 
@@ -228,19 +229,22 @@ def on_affiliation(ctx: Muc, peer: str, message: dict) -> None:
     record = ctx.store.muc_room(room)
     if record is None:
         return
+    # What changed travels in the message: this node may not have applied it yet.
     changes = message.get("changes") or {}
+    config = {**record["config"], **(message.get("config") or {})}
     reasons = message.get("re") or {}
     for occupant in ctx.occupants.local_of_room(room):
         if changes and occupant.bare_jid not in changes:
             continue
-        affiliation = record["affiliations"].get(occupant.bare_jid, "none")
+        affiliation = changes.get(occupant.bare_jid) or \
+            record["affiliations"].get(occupant.bare_jid, "none")
         why = {"ac": message.get("ac", ""), "re": reasons.get(occupant.bare_jid, "")}
         if affiliation == "outcast":
             leave(ctx, occupant, {"c": [301], **why})
-        elif record["config"]["membersonly"] and affiliation == "none":
+        elif config["membersonly"] and affiliation == "none":
             leave(ctx, occupant, {"c": [321], **why})
         else:
-            role = role_for(record["config"], affiliation)
+            role = role_for(config, affiliation)
             if occupant.role == "moderator" and affiliation not in ("owner", "admin") \
                     and occupant.affiliation not in ("owner", "admin"):
                 role = "moderator"  # a moderator by role keeps it (§9.6)

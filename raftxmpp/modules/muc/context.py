@@ -38,7 +38,6 @@ class Muc:
     history: dict[str, deque[HistoryEntry]] = field(default_factory=dict)
     # (room, real JID) → (tokens, last refill) of the occupant's message rate.
     buckets: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
-    messages: int = 0  # groupchat messages this node ordered (metrics)
 
     @property
     def store(self):

@@ -20,7 +20,7 @@ import time
 
 from lxml import etree
 
-from raftxmpp import metrics  # noqa: F401  (kept for the room metrics beside the others)
+from raftxmpp import metrics
 from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.modules.muc import history, ns
 from raftxmpp.modules.muc.context import Muc
@@ -56,14 +56,17 @@ async def handle(ctx: Muc, stanza: etree._Element, room: str, nick: str | None,
     if kind != "groupchat":
         raise StanzaError("bad-request", text="a message to a room is groupchat")
     if occupant is None:
+        metrics.MUC_REFUSED.inc()
         raise StanzaError("not-acceptable", text="join the room before you speak in it")
     subject = stanza.find(f"{{{ns.CLIENT}}}subject")
     if subject is not None and stanza.find(f"{{{ns.CLIENT}}}body") is None:
         await set_subject(ctx, room, occupant, subject.text or "")
         return
     if occupant.role == "visitor":
+        metrics.MUC_REFUSED.inc()
         raise StanzaError("forbidden", text="visitors have no voice in this moderated room")
     if not _within_rate(ctx, occupant):
+        metrics.MUC_REFUSED.inc()
         raise StanzaError("resource-constraint", type="wait",
                           text="you are sending messages too fast")
     submit(ctx, room, occupant.nick, stanza)
@@ -110,7 +113,7 @@ def on_order(ctx: Muc, peer: str, message: dict) -> None:
     if stanza.find(f"{{{ns.CLIENT}}}body") is not None:
         etree.SubElement(stanza, f"{{{ns.STANZA_ID}}}stanza-id", nsmap={None: ns.STANZA_ID},
                          id=secrets.token_urlsafe(12), by=room)
-    ctx.messages += 1
+    metrics.MUC_ORDERED.inc()
     ctx.to_all({"t": DELIVER, "room": room, "x": etree.tostring(stanza).decode(),
                 "ts": time.time(), "h": stanza.find(f"{{{ns.CLIENT}}}body") is not None})
 
@@ -126,6 +129,7 @@ def on_deliver(ctx: Muc, peer: str, message: dict) -> None:
     stanza = etree.fromstring(xml, _PARSER)
     for occupant in recipients:
         ctx.send_to(occupant.real_jid, stanza)
+    metrics.MUC_DELIVERED.inc(len(recipients))
 
 
 async def set_subject(ctx: Muc, room: str, occupant: Occupant, text: str) -> None:

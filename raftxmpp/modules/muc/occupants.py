@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from raftxmpp import metrics
+
 log = logging.getLogger("raftxmpp.muc")
 
 PREFIX = "u:"
@@ -101,6 +103,13 @@ class OccupantTable:
         """(rooms with occupants, occupants) cluster-wide, for metrics."""
         return len(self.rooms), sum(len(o) for o in self.rooms.values())
 
+    def _count(self) -> None:
+        every = sum(len(o) for o in self.rooms.values())
+        local = sum(1 for occupants in self.rooms.values() for o in occupants.values()
+                    if o.node == self.node_name)
+        metrics.MUC_OCCUPANTS.labels("cluster").value = every
+        metrics.MUC_OCCUPANTS.labels("local").value = local
+
     # -- our own occupants ------------------------------------------------------------------
 
     def put(self, occupant: Occupant) -> None:
@@ -154,6 +163,8 @@ class OccupantTable:
         self._changed(before, occupant)
 
     def _changed(self, old: Occupant | None, new: Occupant | None) -> None:
+        if old is None or new is None or new.leaving is not None:
+            self._count()  # a join or a leave: O(occupants), never per message
         for handler in self.on_change:
             try:
                 handler(old, new)
