@@ -51,6 +51,8 @@ async def handle(ctx: Muc, stanza: etree._Element, room: str, nick: str | None,
         raise StanzaError("jid-malformed", text="join a room as room@service/nick")
     if current is None:
         await join(ctx, stanza, room, nick, sender)
+    elif stanza.find(f"{{{ns.MUC}}}x") is not None and current.nick == nick:
+        rejoin(ctx, stanza, current, sender)
     elif current.nick != nick:
         change_nick(ctx, current, nick)
     else:
@@ -88,6 +90,24 @@ async def join(ctx: Muc, stanza: etree._Element, room: str, nick: str,
     sender.send_stanza(_self_presence(ctx, record["config"], occupant, [201] if created else []))
     history.send_on_join(ctx, room, sender, muc_x)
     sender.send_stanza(subject_message(room, record["subject"]))
+
+
+def rejoin(ctx: Muc, stanza: etree._Element, current: Occupant, sender: LocalSession) -> None:
+    """A join from a session already in the room (a client that lost track, after a
+    failed self-ping, XEP-0410 §4): it gets the room again as on a first join."""
+    record = ctx.store.muc_room(current.room)
+    if record is None:
+        raise StanzaError("item-not-found", text="no such room")
+    for other in ctx.occupants.of_room(current.room):
+        if other.real_jid != current.real_jid:
+            sender.send_stanza(presence_of(ctx, record["config"], other, current.role,
+                                           sender.full_jid))
+    occupant = replace(current, presence=_children(stanza))
+    if occupant != current:
+        ctx.occupants.put(occupant)
+    sender.send_stanza(_self_presence(ctx, record["config"], occupant, []))
+    history.send_on_join(ctx, current.room, sender, stanza.find(f"{{{ns.MUC}}}x"))
+    sender.send_stanza(subject_message(current.room, record["subject"]))
 
 
 async def _room_to_enter(ctx: Muc, room: str, bare: str, locked: bool) -> tuple[dict, bool]:
