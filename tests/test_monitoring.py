@@ -18,13 +18,16 @@ import re
 import runpy
 import shutil
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests import browser_setup
-from tests.harness import Cluster, wait_for
+from tests.harness import Cluster, free_ports, wait_for
 from tests.test_cli import ROOT
 from tests.test_ops import HEADER, PASSWORD, PLAINTEXT, Metrics, XMPPClient, scrape
 
@@ -39,7 +42,7 @@ SELECTOR = re.compile(r"\b(raftxmpp_[a-z0-9_]+)\b(?:\s*\{([^}]*)\})?")
 MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 # The dashboard's template variables, as Grafana expands them for one cluster.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$job": "raftxmpp", "$instance": ".*"}
+GRAFANA_VARIABLES = {"$__rate_interval": "10s", "$job": "raftxmpp", "$instance": ".*"}
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +66,23 @@ def alert_rules() -> list[dict]:
     return [rule for group in groups for rule in group["rules"]]
 
 
-def dashboard_queries() -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every panel, with the template variables expanded."""
-    queries = []
+def dashboard_rows() -> dict[str, list[tuple[str, str]]]:
+    """{row title: [(panel title, PromQL)]}, with the template variables expanded."""
+    rows: dict[str, list[tuple[str, str]]] = {}
     for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        if panel["type"] == "row":
+            row = rows.setdefault(panel["title"], [])
+            continue
         for target in panel.get("targets", []):
             expr = target["expr"]
             for variable, value in GRAFANA_VARIABLES.items():
                 expr = expr.replace(variable, value)
-            queries.append((panel["title"], expr))
-    return queries
+            row.append((panel["title"], expr))
+    return rows
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    return [query for row in dashboard_rows().values() for query in row]
 
 
 # -- alert rules -----------------------------------------------------------------------------------
@@ -89,6 +99,11 @@ def test_every_alert_fires_and_stays_quiet_in_its_unit_tests(promtool):
     untested = {rule["alert"] for rule in alert_rules()} - tested
     assert not untested, f"alerts without a promtool test: {sorted(untested)}"
     run_promtool(promtool, "test", "rules", RULE_TESTS.name)
+
+
+def test_the_shipped_prometheus_config_loads_the_rules(promtool):
+    out = run_promtool(promtool, "check", "config", "prometheus.yml")
+    assert "SUCCESS: 1 rule files found" in out
 
 
 def test_every_alert_pages_or_warns_with_a_summary():
@@ -216,3 +231,90 @@ def test_every_node_times_its_raft_fsyncs(cluster):
         return all(a > b for a, b in zip(after, before, strict=True))
 
     wait_for(synced, 30, "an fsync timed on every node")
+
+
+# -- a real Prometheus server scraping the cluster ------------------------------------------------
+
+
+class Prometheus:
+    """Debian's prometheus (the package that brings promtool) scraping `targets` every
+    second and evaluating our rules every second, in its own data directory."""
+
+    def __init__(self, base: Path, targets: list[str]) -> None:
+        self.port = free_ports(1)[0]
+        config = base / "prometheus.yml"
+        config.write_text(json.dumps({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(RULES)],
+            "scrape_configs": [{"job_name": "raftxmpp",
+                                "static_configs": [{"targets": targets}]}]}))
+        self.log = open(base / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [shutil.which("prometheus") or "prometheus", f"--config.file={config}",
+             f"--storage.tsdb.path={base / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    def query(self, expr: str) -> list[dict]:
+        url = (f"http://127.0.0.1:{self.port}/api/v1/query?"
+               + urllib.parse.urlencode({"query": expr}))
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            answer = json.load(reply)
+        assert answer["status"] == "success", (expr, answer)
+        return answer["data"]["result"]
+
+    def ready(self) -> bool:
+        try:
+            # Three scrapes of each node at least: rate() needs two samples in its window.
+            return len(self.query('count_over_time(up{job="raftxmpp"}[1m]) >= 3 '
+                                  'and up{job="raftxmpp"} == 1')) == 3
+        except (OSError, urllib.error.URLError):
+            assert self.process.poll() is None, "prometheus exited"
+            return False
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=15)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def prometheus(promtool, cluster, tmp_path_factory):
+    server = Prometheus(tmp_path_factory.mktemp("prometheus"),
+                        [f"127.0.0.1:{node.ports['http']}" for node in cluster.nodes])
+    try:
+        wait_for(server.ready, 60, "prometheus to scrape the three nodes")
+        yield server
+    finally:
+        server.stop()
+
+
+# Panels with nothing to show on an idle test cluster, and why.
+IDLE_PANELS = {"s2s streams": "no server-to-server stream is open"}
+
+
+def test_prometheus_answers_every_dashboard_panel_with_data(prometheus, cluster):
+    cluster.leader().admin("user.add", jid="graphed@localhost", password=PASSWORD)
+    for row, queries in dashboard_rows().items():
+        for title, expr in queries:
+            result = prometheus.query(expr)
+            assert result or title in IDLE_PANELS, f"{row} / {title!r} shows nothing: {expr}"
+
+
+def test_a_killed_node_raises_the_alerts_that_page_for_it(prometheus, cluster):
+    """Real scrapes of real nodes through our rules: kill -9 one node, and Prometheus
+    has NodeDown pending for it and a link down pending on each survivor.
+    (Last in this file: the module's cluster has two nodes after it.)"""
+    victim = cluster.nodes[2]
+    victim.kill()
+
+    def pending() -> set[tuple[str, str]]:
+        return {(a["metric"]["alertname"], a["metric"].get("instance", "") + "/"
+                 + a["metric"].get("peer", ""))
+                for a in prometheus.query("ALERTS")}
+
+    down = f"127.0.0.1:{victim.ports['http']}/"
+    survivors = {f"127.0.0.1:{node.ports['http']}/node3" for node in cluster.nodes[:2]}
+    wait_for(lambda: ("RaftxmppNodeDown", down) in pending()
+             and survivors <= {i for name, i in pending() if name == "RaftxmppNodeLinkDown"},
+             60, "NodeDown and NodeLinkDown to be pending")
