@@ -458,3 +458,30 @@ def test_followers_never_truncate_acknowledged_entries_under_concurrent_writes(m
     assert len(digests) == 1
     for node in cluster.nodes:
         assert "truncating already-applied" not in node.log(), node.name
+
+
+def test_compaction_leaves_a_synced_dump_that_a_restart_accepts(tmp_path):
+    events: list = []
+    node = make_node(tmp_path, events)
+    try:
+        leader = TCPNode(LEADER)
+        node._SyncObj__onMessageReceived(leader, append(1, 0, entries(2, 30), commit=30))
+        node.doTick(0)
+        assert node.raftLastApplied == 30
+        node.forceLogCompaction()
+        node.doTick(0)  # forks the serializer: the child fsyncs and renames the dump
+        wait_for(lambda: (node.doTick(0), len(node._SyncObj__raftLog) < 29)[1], 20,
+                 "the journal to be compacted after the dump")
+    finally:
+        node._doDestroy()
+    dump = tmp_path / "node.dump"
+    assert stat.S_IMODE(dump.stat().st_mode) == 0o600
+    assert not (tmp_path / "node.dump.tmp").exists()
+    check_data_dir(tmp_path / "node.journal", dump)  # whole, and it covers the cut
+    assert DurableJournal(str(tmp_path / "node.journal"))[0][1] > 1
+    restarted = make_node(tmp_path, [])
+    try:
+        restarted.doTick(0)  # loads the dump, then replays the journal
+        assert restarted.raftLastApplied == 30
+    finally:
+        restarted._doDestroy()
