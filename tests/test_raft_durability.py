@@ -485,3 +485,22 @@ def test_compaction_leaves_a_synced_dump_that_a_restart_accepts(tmp_path):
         assert restarted.raftLastApplied == 30
     finally:
         restarted._doDestroy()
+
+
+def test_a_failed_fdatasync_stops_the_node_instead_of_acknowledging(tmp_path, monkeypatch):
+    def eio(fd):
+        raise OSError(5, "Input/output error")
+
+    exits = []
+
+    def record_exit(code):
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "fdatasync", eio)
+    monkeypatch.setattr(journal_mod, "_exit", record_exit)
+    journal = DurableJournal(str(tmp_path / "raft.journal"))
+    journal.add(b"x", 1, 1)
+    with pytest.raises(SystemExit):
+        journal.sync()
+    assert exits == [journal_mod.EXIT_STORAGE_FAILED] and journal.dirty

@@ -53,6 +53,8 @@ FIRST_RECORD = END_OFFSET + 4
 PYSYNCOBJ_FORMAT, FORMAT = 1, 2
 APP_NAME = b"RAFTXMPP"
 MAX_RECORD = 1 << 30
+EXIT_STORAGE_FAILED = 74  # EX_IOERR
+_exit = os._exit  # tests replace it
 
 
 class DataDirError(Exception):
@@ -236,7 +238,17 @@ class DurableJournal(pysyncobj_journal.Journal):
         """Makes every entry added so far durable: one fdatasync however many there are."""
         if not self.dirty:
             return False
-        timed_sync(os.fdatasync, self._fd)
+        try:
+            timed_sync(os.fdatasync, self._fd)
+        except OSError as exc:
+            # After a failed fdatasync Linux may have dropped the dirty pages and marked
+            # them clean: a retry would "succeed" without them (PostgreSQL's fsyncgate).
+            # Nothing written since the last good sync may be acknowledged, ever: stop
+            # the process (a service manager restarts it; the restart reads what is
+            # really on disk and the leader sends the rest again).
+            log.critical("fdatasync of %s failed (%s): exiting rather than acknowledging "
+                         "entries that may not be on disk", self.path, exc)
+            _exit(EXIT_STORAGE_FAILED)
         self.dirty = False
         self.syncs += 1
         return True
