@@ -124,7 +124,8 @@ def test_dashboard_has_one_row_per_plane_with_unique_panel_ids():
     panels = json.loads(DASHBOARD.read_text())["panels"]
     rows = [p["title"] for p in panels if p["type"] == "row"]
     assert rows[:3] == ["Raft", "Gossip and node links", "Client traffic"]
-    assert {"Stream management", "Federation (s2s)", "Storage"} <= set(rows)
+    assert {"Stream management", "Group chat (MUC)", "Message archive (MAM)",
+            "Federation (s2s)", "Storage"} <= set(rows)
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids))
     assert all(p.get("targets") for p in panels if p["type"] != "row")

@@ -127,6 +127,21 @@ ROWS: list[tuple[str, list[tuple[str, str, list[dict], str]]]] = [
          rate_by("raftxmpp_sm_unacked_stanzas_total", "outcome"),
          "Rerouted (another resource or offline), bounced with an error, or dropped."),
     ]),
+    ("Group chat (MUC)", [
+        ("Rooms and occupants", "short",
+         [q(f"max(raftxmpp_muc_rooms{{{SEL}}})", "rooms"),
+          q(f'max(raftxmpp_muc_occupants{{{SEL}, where="cluster"}})', "occupants, cluster"),
+          q(f'raftxmpp_muc_occupants{{{SEL}, where="local"}}', "occupants on {{instance}}")],
+         "Rooms live in the replicated state; occupants are gossiped."),
+        ("Room messages", "ops", rate_by("raftxmpp_muc_messages_total", "step"),
+         "Ordered by a room's ordering node, delivered (one per recipient), refused."),
+    ]),
+    ("Message archive (MAM)", [
+        ("Archive rows", "ops", rate_by("raftxmpp_archive_rows_total", "outcome"),
+         "Queued per archiving account and message, committed in batches; dropped is "
+         "history lost."),
+        ("Archive queries", "ops", rate_by("raftxmpp_archive_queries_total", "kind"), ""),
+    ]),
     ("Publish-subscribe and PEP", [
         ("Pubsub requests", "ops", rate_by("raftxmpp_pubsub_requests_total", "request"), ""),
         ("Event notifications", "ops",
