@@ -82,9 +82,13 @@ def read_results(path: Path) -> list[dict]:
     return rows
 
 
-def spread(rows: list[dict], tag: str, key: str) -> tuple[float, float, float] | None:
-    """(median, min, max) of `key` over the rows with `tag`."""
-    values = [v for r in rows if r.get("tag") == tag and (v := number(r.get(key))) is not None]
+def spread(rows: list[dict], tag: str | dict[str, str], key: str
+           ) -> tuple[float, float, float] | None:
+    """(median, min, max) of `key` over the rows with `tag` (or with every field of a dict,
+    for scripts whose lines have no tag=)."""
+    fields = tag if isinstance(tag, dict) else {"tag": tag}
+    values = [v for r in rows if all(r.get(f) == want for f, want in fields.items())
+              and (v := number(r.get(key))) is not None]
     if not values:
         return None
     return statistics.median(values), min(values), max(values)
@@ -126,7 +130,15 @@ def history(results: Path) -> dict[str, dict[str, list[tuple[str, float]]]]:
                  ("via_link_p20_w10", "s2s_msgs_per_s", "raftxmpp via node link"),
                  ("p2p_p20_w10", "s2s_msgs_per_s", "Prosody ↔ Prosody"))),
                ("pubsub", "pubsub notifications/s (100 subscribers)",
-                (("pubsub_throughput", "notifications_per_s", "raftxmpp, 3 nodes"),)))
+                (("pubsub_throughput", "notifications_per_s", "raftxmpp, 3 nodes"),)),
+               ("web", "messages/s, 50 pairs × 10: c2s (TCP) and WebSocket",
+                (({"transport": "tcp", "pairs": "50", "window": "10"}, "rate", "c2s over TCP"),
+                 ({"transport": "ws", "pairs": "50", "window": "10"}, "rate", "WebSocket"))),
+               ("web", "HTTP upload, 16 MiB files, 3 nodes, MB/s",
+                (({"setup": "three_nodes", "figure": "put_seq", "size_mib": "16"}, "mb_s",
+                  "PUT, one at a time"),
+                 ({"setup": "three_nodes", "figure": "get_node2", "size_mib": "16"}, "mb_s",
+                  "GET from another node"))))
     for name, title, series in cluster:
         for sitting, rows in by_sitting(read_results(results / f"{name}.txt")).items():
             for tag, key, label in series:
@@ -184,16 +196,17 @@ def draw_history(results: Path, out: Path) -> Path:
     fig, axes = plt.subplots(rows, columns, figsize=(13, 3.4 * rows), squeeze=False)
     for ax, (title, series) in zip(axes.flat, figures.items(), strict=False):
         stamps = sorted({_when(s) for points in series.values() for s, _ in points})
-        if len(stamps) <= 2:  # too few for a date locator: tick the sittings themselves
-            ax.set_xticks(stamps)
-            ax.set_xlim(stamps[0] - timedelta(hours=1), stamps[-1] + timedelta(hours=1))
+        pad = max((stamps[-1] - stamps[0]) / 10, timedelta(minutes=10))
+        ax.set_xlim(stamps[0] - pad, stamps[-1] + pad)  # one sitting still gets an axis
+        locator = dates.AutoDateLocator(maxticks=6)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(dates.ConciseDateFormatter(locator))
         for label, points in series.items():
             xs = [_when(s) for s, _ in points]
             colour = next((COLOURS[k] for k, v in LABELS.items() if v == label), None)
             ax.plot(xs, [v for _, v in points], marker="o", label=label, color=colour)
         ax.set_title(title, fontsize=9)
-        ax.xaxis.set_major_formatter(dates.DateFormatter("%m-%d %H:%M"))
-        ax.tick_params(axis="x", labelsize=7, rotation=30)
+        ax.tick_params(axis="x", labelsize=7)
         ax.tick_params(axis="y", labelsize=8)
         ax.legend(fontsize=7)
         ax.set_ylim(bottom=0)
@@ -201,7 +214,7 @@ def draw_history(results: Path, out: Path) -> Path:
         ax.set_visible(False)
     fig.suptitle("Each figure at every sitting (median of its reps; x: the sitting's UTC start)",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     return _save(fig, out / "figure-history.png")
 
 
