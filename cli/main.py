@@ -198,6 +198,18 @@ def user_remove(jid, config_file, data_dir) -> None:
     click.echo(f"removed {admin(config_file, data_dir, 'user.remove', jid=jid)}")
 
 
+@user.command("archive-purge")
+@click.argument("jid")
+@click.option("--before", metavar="DATE",
+              help="Only messages older than this (2026-01-31 or 2026-01-31T12:00:00Z, UTC "
+                   "unless a zone is given); else every archived message of JID.")
+@node_options
+def user_archive_purge(jid, before, config_file, data_dir) -> None:
+    """Delete archived messages (XEP-0313) of the account JID on every node."""
+    removed = admin(config_file, data_dir, "archive.purge", jid=jid, before=before)
+    click.echo(f"deleted {removed} archived messages of {jid}")
+
+
 @user.command("list")
 @click.option("--host", help="Only accounts of this domain.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -8,6 +8,7 @@ straight into SCRAM key derivation; they are never logged.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from lxml import etree
 from raftxmpp.admin import accounts
 from raftxmpp.admin.accounts import AdminError
 from raftxmpp.cluster import secrets
+from raftxmpp.cluster.archive import Query
 from raftxmpp.cluster.raft import RaftUnavailable
 from raftxmpp.cluster.state import BALANCING
 from raftxmpp.cluster.store import StoreError
@@ -464,7 +466,63 @@ async def muc_destroy(node: Node, args: dict) -> str:
     return room
 
 
+# -- message archive (XEP-0313) --------------------------------------------------------------------
+
+
+async def archive_purge(node: Node, args: dict) -> int:
+    """Deletes an account's archived messages (all, or those before a XEP-0082 time);
+    through the log, so every node deletes the same rows."""
+    jid = str(_account_jid(node, args["jid"]))
+    before = args.get("before")
+    if before is not None:
+        try:
+            moment = datetime.datetime.fromisoformat(before)
+        except ValueError:
+            raise AdminError(f"{before!r} is not a date (like 2026-01-31 or "
+                             "2026-01-31T12:00:00Z)") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.UTC)
+        before = moment.timestamp()
+    removed = await node.store.archive_purge(jid, before)
+    log.info("archive of %s purged by admin (%d messages)", jid, removed)
+    return removed
+
+
+async def archive_stats(node: Node, args: dict) -> dict:
+    """This node's archive as it holds it now (no barrier: tests compare nodes with it)."""
+    rows, owners = node.store.archive_totals()
+    facts = {"rows": rows, "accounts": owners,
+             "position": node.raft.state.archive.position()}
+    if args.get("jid"):
+        jid = args["jid"]
+        page = node.store.archive_query(Query(jid, max=100_000))
+        facts["ids"] = [row.sid for row in page.rows]
+    return facts
+
+
+def _account_jid(node: Node, text: str) -> JID:
+    try:
+        jid = JID.parse(text)
+    except InvalidJID as exc:
+        raise AdminError(f"{text!r} is not a JID: {exc}") from None
+    if jid.local is None or jid.resource is not None:
+        raise AdminError(f"{text!r} is not an account (user@domain)")
+    if not node.store.account_exists(str(jid)):
+        raise AdminError(f"no account {jid}")
+    return jid
+
+
+async def raft_snapshot(node: Node, args: dict) -> bool:
+    """Asks this node's Raft to write a snapshot and compact its log now (operators before
+    a backup; tests of catching up from a snapshot)."""
+    node.raft.syncobj.forceLogCompaction()
+    return True
+
+
 HANDLERS: dict[str, Handler] = {
+    "archive.purge": archive_purge,
+    "archive.stats": archive_stats,
+    "raft.snapshot": raft_snapshot,
     "muc.list": muc_list,
     "muc.info": muc_info,
     "muc.destroy": muc_destroy,

@@ -148,7 +148,7 @@ class RaftNode:
             connectionRetryTime=0.5,
             leaderFallbackTimeout=max(1.0, cluster.election_timeout_max * 2),
             logCompactionMinEntries=20_000,
-            logCompactionMinTime=60,
+            logCompactionMinTime=cluster.snapshot_interval,
             logCompactionSplit=True,
             commandsQueueSize=20_000,
             maxBindRetries=3,
