@@ -142,6 +142,7 @@ class Node:
                 nursery.start_soon(self._register_hosts)
                 for task in self.router.background:
                     nursery.start_soon(task)
+                nursery.start_soon(self.raft.run_clock)  # the clock that expires commands
                 if cfg.s2s.enabled:
                     edge = s2s_edge.build(self.router.s2s, cfg, secret, self.certificate_files)
                     await nursery.start(edge.run, s2s_listeners)

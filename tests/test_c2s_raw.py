@@ -246,6 +246,37 @@ async def test_a_roster_change_is_not_acknowledged_when_raft_cannot_commit(node,
     assert node.store.roster_item("alice@localhost", "carol@localhost") is None
 
 
+async def test_an_unknown_outcome_is_a_wait_error_and_the_retry_with_the_same_id_settles_it(
+        node, monkeypatch):
+    """Issue 12: a write whose commit was not confirmed in time may still apply; the
+    client gets remote-server-timeout (type wait), and resending the same IQ reuses the
+    command id, so it gets the first result instead of a second change."""
+    from raftxmpp.cluster.raft import RaftOutcomeUnknown
+
+    real_submit = node.raft.submit
+    submitted: list[str] = []
+
+    async def answer_lost_once(command, timeout=5.0):
+        result = await real_submit(command, timeout)
+        submitted.append(command["id"])
+        if len(submitted) == 1:
+            raise RaftOutcomeUnknown("applied, but the answer came too late")
+        return result
+
+    raw = await authenticated(node)
+    monkeypatch.setattr(node.raft, "submit", answer_lost_once)
+    request = (b"<iq type='set' id='r3'><query xmlns='jabber:iq:roster'>"
+               b"<item jid='dave@localhost' name='Dave'/></query></iq>")
+    await raw.send(request)
+    reply = await raw.until(b"</iq>")
+    assert b"remote-server-timeout" in reply and b"type=\"wait\"" in reply
+    version = node.store.roster("alice@localhost")["ver"]
+    await raw.send(request)
+    reply = await raw.until(b'type="result" id="r3"')
+    assert submitted[0] == submitted[1]
+    assert node.store.roster("alice@localhost")["ver"] == version  # not applied twice
+
+
 async def test_session_iq_after_bind_gets_a_result(node):
     """RFC 3921 §3 session establishment, still sent by older clients after bind."""
     raw = await authenticated(node)

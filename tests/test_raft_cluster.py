@@ -125,3 +125,36 @@ def test_rolling_restart_of_every_node_loses_nothing(make_cluster):
     for node in cluster.nodes:
         wait_for(lambda n=node: set(acknowledged) <= set(accounts(n)), 20,
                  f"{node.name} to hold every acknowledged account")
+
+
+def test_a_write_that_failed_without_a_leader_never_applies_after_the_heal(make_cluster):
+    """Issue 12, problem 1: on a node cut off from the others a write failed, yet it
+    stayed queued in pysyncobj (commandsWaitLeader) and applied once a leader was back,
+    overwriting what the client had been told was not written. Now a node without a
+    leader refuses at once, and the refusal is definite."""
+    import signal
+    import time
+
+    cluster = make_cluster(3).start()
+    cluster.leader()
+    node1, node2, node3 = cluster.nodes
+    node1.admin("motd.set", text="before")
+    for node in (node2, node3):
+        node.kill(signal.SIGSTOP)
+    try:
+        wait_for(lambda: node1.status()["leader"] is None, 20, "node1 to lose its leader")
+        try:
+            node1.admin("motd.set", text="failed")
+        except AdminClientError:
+            pass  # says "no leader" (definitely not applied) now
+        else:
+            raise AssertionError("a write was acknowledged without a majority")
+    finally:
+        for node in (node2, node3):
+            node.kill(signal.SIGCONT)
+    cluster.leader()
+    assert accounts(node1) is not None  # a barrier through the healed cluster
+    deadline = time.monotonic() + 3  # what used to happen came within a second of the heal
+    while time.monotonic() < deadline:
+        assert {n.admin("motd.show") for n in cluster.nodes} == {"before"}
+        time.sleep(0.2)

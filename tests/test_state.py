@@ -88,11 +88,76 @@ def test_retry_of_a_conflicting_register_returns_the_first_outcome(state):
     assert state.apply(command) == ("ok", True)  # not "conflict": it is the same command
 
 
-def test_dedup_table_is_bounded(monkeypatch, state):
+def test_dedup_table_is_bounded_while_no_clock_runs(monkeypatch, state):
     monkeypatch.setattr(sm, "DEDUP_CAPACITY", 10)
     for _ in range(50):
         state.apply(cmd("barrier"))
     assert len(state.dedup) == 10
+
+
+def _at(command: dict, ts: float) -> dict:
+    return {**command, "ts": ts}
+
+
+T0 = 1700000000.0
+
+
+def test_a_command_older_than_the_expiry_window_never_applies(state):
+    """Issue 12, problem 1: a write reported as failed must not apply later. Its time
+    is behind the replicated clock by more than the window: rejected, on every node."""
+    late = cmd("vcard_set", jid="alice@example.com", vcard="<vCard>failed</vCard>")
+    ok(state.apply(_at(cmd("tick"), T0 + sm.EXPIRY_SECONDS + 1)))
+    result = state.apply(_at(late, T0))
+    assert err(result) == "remote-server-timeout" and result[2].startswith(sm.EXPIRED)
+    assert "alice@example.com" not in state.vcards
+    assert late["id"] not in state.dedup  # rejected copies are not remembered
+
+
+def test_a_command_within_the_window_applies_and_a_duplicate_does_not(state):
+    ok(state.apply(_at(cmd("tick"), T0 + 5)))
+    command = _at(cmd("offline_store", jid="alice@example.com", message_id="m",
+                      stanza=b"<m/>"), T0)
+    assert ok(state.apply(command)) == 1
+    ok(state.apply(_at(cmd("tick"), T0 + sm.EXPIRY_SECONDS - 1)))
+    assert ok(state.apply(command)) == 1  # the first result, nothing stored twice
+    assert len(state.offline["alice@example.com"]) == 1
+
+
+def test_dedup_forgets_by_the_clock_only_after_the_expiry_window(state):
+    command = _at(cmd("barrier"), T0)
+    ok(state.apply(_at(cmd("tick"), T0)))
+    ok(state.apply(command))
+    ok(state.apply(_at(cmd("tick"), T0 + sm.EXPIRY_SECONDS + 1)))
+    assert command["id"] in state.dedup  # a duplicate now is rejected or recognised
+    ok(state.apply(_at(cmd("tick"), T0 + sm.DEDUP_SECONDS + 1)))
+    assert command["id"] not in state.dedup
+    assert len(state.dedup) <= 2
+
+
+def test_a_command_far_ahead_of_the_clock_is_rejected_until_the_clock_catches_up(state):
+    ok(state.apply(_at(cmd("tick"), T0)))
+    command = _at(cmd("vcard_set", jid="alice@example.com", vcard="<vCard/>"),
+                  T0 + sm.EXPIRY_SECONDS + 5)
+    assert err(state.apply(command)) == "remote-server-timeout"
+    ok(state.apply(_at(cmd("tick"), T0 + sm.EXPIRY_SECONDS)))
+    assert ok(state.apply(command)) is True
+
+
+def test_the_clock_never_goes_back(state):
+    ok(state.apply(_at(cmd("tick"), T0 + 10)))
+    ok(state.apply(_at(cmd("tick"), T0)))
+    assert state.clock == T0 + 10
+
+
+def test_a_snapshot_from_before_the_clock_restores_with_its_dedup_entries():
+    old = ClusterState()
+    data = old.snapshot()
+    del data["clock"]
+    data["dedup"] = {"x:1": ("ok", True)}
+    restored = ClusterState()
+    restored.restore(data)
+    assert restored.clock == 0.0
+    assert restored.apply({"v": sm.VERSION, "id": "x:1", "ts": T0, "op": "barrier"}) == ("ok", True)
 
 
 @pytest.mark.parametrize("command", [

@@ -4,7 +4,12 @@ pysyncobj runs one tick thread that does its socket I/O, journal writes, apply a
 every callback. The rules that keep the two worlds apart (../shared/notes/pysyncobj.md):
 - submissions are non-blocking calls with a callback; the callback only hands the
   result to trio with `TrioToken.run_sync_soon`, never blocks the Raft thread;
-- every submission has a trio deadline, because queued commands never time out;
+- definite outcomes (issue 12): pysyncobj fails a command at once when no leader is
+  known (commandsWaitLeader=False: nothing waits in its queue for a future leader),
+  and the state machine rejects a command older than its replicated clock's expiry
+  window. So a write ends as committed, RaftUnavailable (surely never applies) or
+  RaftOutcomeUnknown (may still apply, but only until the window passes); the leader
+  ticks that clock (`run_clock`);
 - an ambiguous outcome (leader changed, unknown) is retried with the *same* command
   id, and the state machine's dedup table makes it apply once;
 - reads from trio take the same lock apply holds, so they never see half a command.
@@ -31,23 +36,28 @@ from raftxmpp.cluster import raft_port
 from raftxmpp.cluster.archive import ArchiveStore
 from raftxmpp.cluster.journal import DurablePath, check_data_dir
 from raftxmpp.cluster.replication import DurableSyncObj
-from raftxmpp.cluster.state import VERSION, ClusterState, Command, Result
+from raftxmpp.cluster.state import EXPIRED, EXPIRY_SECONDS, VERSION, ClusterState, Command, Result
 from raftxmpp.config import ClusterSection
 
 log = logging.getLogger("raftxmpp.raft")
 
 T = TypeVar("T")
 
-# Outcomes after which the command may or may not have been applied, or surely was
-# not: all safe to retry with the same id.
-RETRYABLE = {
+# pysyncobj outcomes after which the command surely was not appended anywhere (or was
+# overwritten), and those after which it may have been: all safe to retry with the
+# same id, but only the first kind lets us tell the caller "not applied".
+NOT_APPLIED = {
     FAIL_REASON.QUEUE_FULL,
     FAIL_REASON.MISSING_LEADER,
     FAIL_REASON.DISCARDED,
     FAIL_REASON.NOT_LEADER,
-    FAIL_REASON.LEADER_CHANGED,
-    FAIL_REASON.UNKNOWN_OUTCOME,
 }
+AMBIGUOUS = {FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME}
+RETRYABLE = NOT_APPLIED | AMBIGUOUS
+# A submit deadline must end well inside the state machine's expiry window.
+MAX_SUBMIT_SECONDS = EXPIRY_SECONDS - 10.0
+TICK_SECONDS = 1.0
+ANSWER_GRACE = 0.5
 
 
 # Bounds on what a stranger can make the Raft port buffer (issue 13, finding 5).
@@ -55,7 +65,27 @@ raft_port.install()
 
 
 class RaftUnavailable(Exception):
-    """No commit within the deadline: no quorum, or the cluster is electing a leader."""
+    """The write did not commit; as raised for this class itself, it never will.
+
+    Its subclass RaftOutcomeUnknown is the one case where it still may: catch that
+    first where the difference matters. Both mean "try again" to a client (a stanza
+    error of type wait)."""
+
+
+class RaftOutcomeUnknown(RaftUnavailable):
+    """No answer within the deadline after the command may have reached the log: it
+    may still apply, until the cluster clock passes its time + EXPIRY_SECONDS. A retry
+    with the same command id settles it (applied once, or rejected as expired)."""
+
+
+def write_failure(exc: RaftUnavailable) -> tuple[str, str]:
+    """(stanza error condition, text) for a write that did not commit; the error type
+    is always "wait": the client should try again, with the same request id."""
+    if isinstance(exc, RaftOutcomeUnknown):
+        return ("remote-server-timeout", "the cluster did not confirm this in time; send the "
+                "same request again to learn whether it was done")
+    return ("resource-constraint", "the cluster cannot commit now; nothing was changed; "
+            "try again")
 
 
 class StateConsumer(SyncObjConsumer):
@@ -86,6 +116,11 @@ class StateConsumer(SyncObjConsumer):
     def _deserialize(self, data: dict) -> None:
         with self.lock:
             self.state.restore(data)
+
+
+def _clock_rejected(result: Result) -> bool:
+    return (isinstance(result, tuple) and len(result) == 3 and result[0] == "error"
+            and isinstance(result[2], str) and result[2].startswith(EXPIRED + ":"))
 
 
 class _Handoff:
@@ -151,6 +186,8 @@ class RaftNode:
             logCompactionMinTime=cluster.snapshot_interval,
             logCompactionSplit=True,
             commandsQueueSize=20_000,
+            # Fail at once without a leader instead of queueing for whichever comes next.
+            commandsWaitLeader=False,
             maxBindRetries=3,
             onReady=on_ready,
         )
@@ -199,26 +236,74 @@ class RaftNode:
                 "op": op, **args}
 
     async def submit(self, command: Command, timeout: float = 5.0) -> Result:
-        """Commits a command and returns its result; raises RaftUnavailable on timeout."""
+        """Commits a command and returns its result.
+
+        Raises RaftUnavailable when it surely never applies (no leader, refused, or
+        rejected as expired), RaftOutcomeUnknown when it may still apply."""
+        if timeout > MAX_SUBMIT_SECONDS:
+            raise ValueError(f"a submit deadline above {MAX_SUBMIT_SECONDS:g}s could outlive "
+                             "the expiry window")
         started = time.perf_counter()
-        with trio.move_on_after(timeout):
-            delay = 0.02
-            while True:
-                result, reason = await self._submit_once(command)
-                if reason == FAIL_REASON.SUCCESS:
+        deadline = trio.current_time() + timeout
+        ambiguous: list[bool] = []  # set once an attempt may have reached a log
+        delay = 0.02
+        while True:
+            # The last attempt gets a moment past the deadline: pysyncobj answers "no
+            # leader" within a tick, and that answer is worth a definite outcome.
+            answer = await self._submit_once(command, deadline + ANSWER_GRACE, ambiguous)
+            if answer is not None:
+                result, reason = answer
+                if reason == FAIL_REASON.SUCCESS and not _clock_rejected(result):
                     metrics.RAFT_COMMIT_SECONDS.observe(time.perf_counter() - started)
                     return result
-                if reason not in RETRYABLE:
+                if reason == FAIL_REASON.SUCCESS and "behind" in result[2]:
+                    # Every copy carries the same time: none of them can apply any more.
+                    metrics.RAFT_WRITE_FAILURES.labels("unavailable").inc()
+                    raise RaftUnavailable(result[2])
+                if reason != FAIL_REASON.SUCCESS and reason not in RETRYABLE:
+                    metrics.RAFT_WRITE_FAILURES.labels("unavailable").inc()
                     raise RaftUnavailable(f"command refused by raft (reason {reason})")
-                await trio.sleep(delay)
-                delay = min(delay * 2, 0.25)
-        raise RaftUnavailable(f"no commit within {timeout:g}s: the cluster has no quorum")
+            # Not applied (no leader yet, a clock not yet ticked after a restart) or
+            # ambiguous: the same id again, so it applies at most once.
+            if answer is None or trio.current_time() + delay >= deadline:
+                break
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        if ambiguous:
+            metrics.RAFT_WRITE_FAILURES.labels("unknown").inc()
+            raise RaftOutcomeUnknown(
+                f"no commit within {timeout:g}s (no quorum, or a slow cluster): the write may "
+                f"still apply within {EXPIRY_SECONDS:g}s; retry to learn whether it did")
+        metrics.RAFT_WRITE_FAILURES.labels("unavailable").inc()
+        raise RaftUnavailable(f"no commit within {timeout:g}s: the cluster has no leader "
+                              "(no quorum); nothing was applied")
 
-    async def _submit_once(self, command: Command) -> tuple[Result, int]:
+    async def _submit_once(self, command: Command, until: float,
+                           ambiguous: list[bool]) -> tuple[Result, int] | None:
+        """One attempt; None when no answer came by `until` (then it may apply)."""
         handoff = _Handoff()
         self.consumer.apply(command, callback=handoff.callback)
-        await handoff.done.wait()
-        return handoff.outcome[0]
+        try:
+            with trio.move_on_at(until):
+                await handoff.done.wait()
+        finally:
+            if not handoff.outcome:
+                ambiguous.append(True)  # the command may be in some log
+        if not handoff.outcome:
+            return None
+        result, reason = handoff.outcome[0]
+        if reason in AMBIGUOUS:
+            ambiguous.append(True)
+        return result, reason
+
+    async def run_clock(self) -> None:
+        """While this node leads, ticks the state machine's clock (EXPIRY_SECONDS)."""
+        while True:
+            await trio.sleep(TICK_SECONDS)
+            if self._syncobj is None or not self._syncobj._isLeader():
+                continue
+            with contextlib.suppress(RaftUnavailable):
+                await self.submit(self.command("tick"), timeout=TICK_SECONDS * 3)
 
     async def barrier(self, timeout: float = 5.0) -> None:
         """Returns once everything committed before the call is applied here."""

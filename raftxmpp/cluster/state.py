@@ -28,7 +28,23 @@ from raftxmpp.cluster import archive_state, muc_state, pubsub_state, quotas, ros
 from raftxmpp.cluster.archive import ArchiveStore
 
 VERSION = 1
+# Definite outcomes (issue 12). The leader appends a `tick` with its wall clock about
+# every second; the state keeps `clock`, the latest tick time, the same on every node.
+# A command whose own time (`ts`, set by its submitter) is more than EXPIRY_SECONDS
+# behind the clock, or ahead of it, is rejected deterministically: a submitter that
+# gave up on a command after its deadline (at most MAX_SUBMIT_SECONDS, well inside
+# the window) knows it can apply only until the clock passes ts + EXPIRY_SECONDS.
+# Submitters' clocks must agree within a few seconds (NTP).
+EXPIRY_SECONDS = 30.0
+# The dedup table remembers a command id until the clock passes max(ts, clock) +
+# DEDUP_SECONDS: longer than the expiry window, so a duplicate is either recognised
+# or rejected as expired, and a client's retry of the same request within that time
+# gets the first result.
+DEDUP_SECONDS = 90.0
+# Only while no clock runs (a cluster whose leader does not tick yet): a bound on memory.
 DEDUP_CAPACITY = 100_000
+# The text of every clock rejection starts with this (raftxmpp.cluster.raft looks for it).
+EXPIRED = "command expired"
 # A waiting subscription request, serialised (raftxmpp.modules.presence trims it to fit).
 MAX_PENDING_REQUEST = 4096
 
@@ -86,8 +102,10 @@ class ClusterState:
         # in memory only each account's archiving preferences.
         self.archive = ArchiveStore(":memory:")
         self.archive_prefs: dict[str, dict] = {}
-        self.dedup: OrderedDict[str, Result] = OrderedDict()
+        # command id → (clock after which it is forgotten, result), in apply order.
+        self.dedup: OrderedDict[str, tuple[float, Result]] = OrderedDict()
         self.applied = 0
+        self.clock = 0.0  # the latest leader tick's time; 0 while nobody ticks
 
     # -- applying commands -------------------------------------------------------
 
@@ -96,13 +114,32 @@ class ClusterState:
         if not isinstance(command_id, str) or not command_id:
             return error("bad-request", "command without id")
         if command_id in self.dedup:
-            return self.dedup[command_id]
+            return self.dedup[command_id][1]
+        ts = command.get("ts")
+        if not isinstance(ts, int | float) or isinstance(ts, bool):
+            return error("bad-request", "command without a time")
+        if self.clock and command.get("op") != "tick" and abs(ts - self.clock) > EXPIRY_SECONDS:
+            # Not remembered: nothing applied, and a copy of it can never apply either.
+            late = "behind" if ts < self.clock else "ahead of"
+            return error("remote-server-timeout",
+                         f"{EXPIRED}: {abs(ts - self.clock):.1f}s {late} the cluster clock")
         result = self._run(command)
         self.applied += 1
-        self.dedup[command_id] = result
-        while len(self.dedup) > DEDUP_CAPACITY:
-            self.dedup.popitem(last=False)
+        self.dedup[command_id] = (max(ts, self.clock) + DEDUP_SECONDS, result)
+        self._forget_old_ids()
         return result
+
+    def _forget_old_ids(self) -> None:
+        dedup = self.dedup
+        if not self.clock:
+            while len(dedup) > DEDUP_CAPACITY:
+                dedup.popitem(last=False)
+            return
+        while dedup:
+            oldest = next(iter(dedup.values()))
+            if oldest[0] >= self.clock:
+                break
+            dedup.popitem(last=False)
 
     def _run(self, command: Command) -> Result:
         if command.get("v") != VERSION:
@@ -143,6 +180,7 @@ class ClusterState:
             "archive": self.archive.image(),
             "dedup": self.dedup,
             "applied": self.applied,
+            "clock": self.clock,
         }
 
     def restore(self, data: dict) -> None:
@@ -157,12 +195,15 @@ class ClusterState:
         for key in (*pubsub_state.TABLES, *muc_state.TABLES):  # older snapshots lack them
             if key not in data:
                 setattr(self, key, {})
+        if "clock" not in data:  # from before the clock: results alone, no expiry
+            self.clock = 0.0
+            self.dedup = OrderedDict((k, (0.0, v)) for k, v in self.dedup.items())
 
     def digest(self) -> str:
         """A hash of the user-visible state, equal on every node that applied the same log."""
         canonical = json.dumps(
             {k: v for k, v in self.snapshot().items()
-             if k not in ("dedup", "applied", "archive")},
+             if k not in ("dedup", "applied", "archive", "clock")},
             sort_keys=True,
             default=_canonical,
         )
@@ -210,6 +251,12 @@ def _roster(state: ClusterState, jid: str) -> dict:
 
 def op_barrier(state: ClusterState, command: Command) -> int:
     return state.applied
+
+
+def op_tick(state: ClusterState, command: Command) -> float:
+    """The leader's clock (EXPIRY_SECONDS above); it only moves forward."""
+    state.clock = max(state.clock, float(command["ts"]))
+    return state.clock
 
 
 def op_host_add(state: ClusterState, command: Command) -> bool:

@@ -3,13 +3,19 @@
 Writes return only after Raft committed and applied them (so a client is never told
 "done" early); reads come from this node's applied state and return copies. A
 write the state machine refused raises `StoreError` carrying an XMPP error condition;
-a write that could not commit raises `RaftUnavailable`.
+a write that could not commit raises `RaftUnavailable` (it never applies) or its
+subclass `RaftOutcomeUnknown` (it may still apply, within the state machine's expiry
+window; a retry with the same command id settles it: see `client_request`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
+import hashlib
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import trio
@@ -19,10 +25,28 @@ from raftxmpp.cluster.archive_store import ArchiveStoreOps
 from raftxmpp.cluster.muc_store import MucStore
 from raftxmpp.cluster.pubsub_store import PubsubStore
 from raftxmpp.cluster.quotas import Quotas
-from raftxmpp.cluster.raft import RaftNode, RaftUnavailable
+from raftxmpp.cluster.raft import RaftNode, RaftOutcomeUnknown, RaftUnavailable
 from raftxmpp.cluster.state import ClusterState
 
-__all__ = ["Store", "StoreError", "RaftUnavailable"]
+__all__ = ["Store", "StoreError", "RaftUnavailable", "RaftOutcomeUnknown", "client_request"]
+
+
+# The client request whose handling is under way in this task: [key, writes so far].
+_request: contextvars.ContextVar[list | None] = contextvars.ContextVar("raftxmpp_request",
+                                                                       default=None)
+
+
+@contextlib.contextmanager
+def client_request(key: str | None) -> Iterator[None]:
+    """Writes made while handling one client request get command ids derived from `key`
+    (unique per session and request id) and their order, so the client's retry of the
+    same request after a "wait" error reuses them: the state machine's dedup then
+    returns what the first attempt did, if it applied, instead of doing it twice."""
+    token = _request.set([key, 0] if key else None)
+    try:
+        yield
+    finally:
+        _request.reset(token)
 
 
 class StoreError(Exception):
@@ -49,7 +73,13 @@ class Store(PubsubStore, MucStore, ArchiveStoreOps):  # pubsub_store, muc_store,
     async def _write(self, op: str, **args: Any) -> Any:
         if self.refuse_writes():
             raise RaftUnavailable("this node was removed from the cluster")
-        result = await self.raft.submit(self.raft.command(op, **args), self.timeout)
+        command = self.raft.command(op, **args)
+        request = _request.get()
+        if request is not None:
+            request[1] += 1
+            derived = f"{request[0]}\0{request[1]}\0{op}".encode()
+            command["id"] = "q:" + hashlib.sha256(derived).hexdigest()[:32]
+        result = await self.raft.submit(command, self.timeout)
         if result[0] == "error":
             raise StoreError(result[1], result[2])
         return result[1]

@@ -18,7 +18,7 @@ import time
 
 from lxml import etree
 
-from raftxmpp.cluster.raft import RaftUnavailable
+from raftxmpp.cluster.raft import RaftUnavailable, write_failure
 from raftxmpp.cluster.secrets import node_cluster_secret
 from raftxmpp.cluster.store import StoreError
 from raftxmpp.jid import JID
@@ -138,9 +138,9 @@ class UploadService:
             if exc.condition == "not-acceptable":
                 raise _too_large(self.config.max_file_size) from None
             raise StanzaError(exc.condition, text=exc.text or None) from None
-        except RaftUnavailable:
-            raise StanzaError("resource-constraint", type="wait",
-                              text="the cluster cannot commit now; try again") from None
+        except RaftUnavailable as exc:
+            condition, text = write_failure(exc)
+            raise StanzaError(condition, type="wait", text=text) from None
         lifetime = self.config.file_lifetime
         get_expires = math.ceil(expires + lifetime) if lifetime else 0
         result = etree.Element(f"{{{ns.HTTP_UPLOAD}}}slot", nsmap={None: ns.HTTP_UPLOAD})

@@ -12,7 +12,7 @@ import logging
 
 from lxml import etree
 
-from raftxmpp.cluster.raft import RaftUnavailable
+from raftxmpp.cluster.raft import RaftUnavailable, write_failure
 from raftxmpp.cluster.store import StoreError
 from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.routing.router import IqRequest, Router
@@ -83,9 +83,9 @@ async def _register(router: Router, domain: str, query: etree._Element) -> None:
         if exc.condition == "conflict":
             raise StanzaError("conflict", text="that username is taken") from None
         raise StanzaError(exc.condition) from None
-    except RaftUnavailable:
-        raise StanzaError("resource-constraint", type="wait",
-                          text="the cluster cannot commit now; try again") from None
+    except RaftUnavailable as exc:
+        condition, text = write_failure(exc)
+        raise StanzaError(condition, type="wait", text=text) from None
     log.info("account %s registered in-band", jid)
 
 

@@ -30,7 +30,7 @@ import trio
 from lxml import etree
 
 from raftxmpp.cluster import secrets
-from raftxmpp.cluster.raft import RaftUnavailable
+from raftxmpp.cluster.raft import RaftUnavailable, write_failure
 from raftxmpp.cluster.store import StoreError
 from raftxmpp.component import balancing
 from raftxmpp.jid import JID, InvalidJID
@@ -340,10 +340,9 @@ class ComponentManager:
             self._bounce(stanza, exc, instance)
         except StoreError as exc:
             self._bounce(stanza, StanzaError(exc.condition, text=exc.text or None), instance)
-        except RaftUnavailable:
-            self._bounce(stanza, StanzaError("resource-constraint", type="wait",
-                                             text="the cluster cannot commit now; try again"),
-                         instance)
+        except RaftUnavailable as exc:
+            condition, text = write_failure(exc)
+            self._bounce(stanza, StanzaError(condition, type="wait", text=text), instance)
 
     def _bounce(self, stanza: etree._Element, error: StanzaError, instance: LocalInstance) -> None:
         if can_reply_with_error(stanza):

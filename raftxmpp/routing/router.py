@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from raftxmpp import metrics
-from raftxmpp.cluster.raft import RaftUnavailable
-from raftxmpp.cluster.store import StoreError
+from raftxmpp.cluster.raft import RaftUnavailable, write_failure
+from raftxmpp.cluster.store import StoreError, client_request
 from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.routing.components import LINK_TARGET as COMPONENT_LINK_TARGET
 from raftxmpp.routing.components import ComponentManager
-from raftxmpp.routing.local import MESSAGE, PRESENCE, LocalRouter
+from raftxmpp.routing.local import IQ, MESSAGE, PRESENCE, LocalRouter
 from raftxmpp.routing.s2s import LINK_TARGET as S2S_LINK_TARGET
 from raftxmpp.routing.s2s import S2SManager
 from raftxmpp.routing.sessions import SESSION_SEPARATOR, LocalSession, SessionManager, link_hops
@@ -177,6 +177,10 @@ class Router:
         """A stanza a bound client sent: stamp its full JID as 'from' (RFC 6120 §8.1.2.1), route."""
         stanza.set("from", session.full_jid)
         presence = stanza.tag == PRESENCE
+        request = None
+        if stanza.tag == IQ and stanza.get("type") == "set" and stanza.get("id"):
+            # A retried IQ (same id, same session) reuses its writes' command ids.
+            request = f"{session.full_jid}\0{session.created!r}\0{stanza.get('id')}"
         try:
             for check in self.outbound_checks:
                 check(stanza, session)
@@ -185,17 +189,17 @@ class Router:
             if presence:
                 for presence_filter in self.presence_filters:
                     presence_filter(stanza, session)
-            await self.route(stanza, session)
+            with client_request(request):
+                await self.route(stanza, session)
             if presence and "client-presence" in self.hooks:
                 await self.run_hooks("client-presence", stanza, session)
         except StanzaError as exc:
             self.bounce(stanza, exc, session)
         except StoreError as exc:
             self.bounce(stanza, StanzaError(exc.condition, text=exc.text or None), session)
-        except RaftUnavailable:
-            self.bounce(stanza, StanzaError("resource-constraint", type="wait",
-                                            text="the cluster cannot commit now; try again"),
-                        session)
+        except RaftUnavailable as exc:
+            condition, text = write_failure(exc)
+            self.bounce(stanza, StanzaError(condition, type="wait", text=text), session)
 
     async def route(self, stanza: etree._Element, sender: LocalSession | None) -> None:
         to = stanza.get("to")

@@ -45,7 +45,7 @@ import trio
 from lxml import etree
 
 from raftxmpp import metrics
-from raftxmpp.cluster.raft import RaftUnavailable
+from raftxmpp.cluster.raft import RaftUnavailable, write_failure
 from raftxmpp.cluster.store import StoreError
 from raftxmpp.jid import JID
 from raftxmpp.routing.sessions import MAX_HOPS, link_hops
@@ -556,9 +556,9 @@ class S2SManager:
             self._reply_error(stanza, exc)
         except StoreError as exc:
             self._reply_error(stanza, StanzaError(exc.condition, text=exc.text or None))
-        except RaftUnavailable:
-            self._reply_error(stanza, StanzaError("resource-constraint", type="wait",
-                                                  text="the cluster cannot commit now; try again"))
+        except RaftUnavailable as exc:
+            condition, text = write_failure(exc)
+            self._reply_error(stanza, StanzaError(condition, type="wait", text=text))
 
     def _reply_error(self, stanza: etree._Element, error: StanzaError) -> None:
         """An error back to the peer's user, over our outgoing stream (RFC 6120 §8.3)."""
