@@ -314,6 +314,8 @@ RAFT_WRITE_FAILURES = Counter(
     "Writes that did not commit in time: 'unavailable' surely never apply, 'unknown' may "
     "still apply until the state machine's expiry window passes.",
     ["outcome"], registry=None)
+for _outcome in ("unavailable", "unknown"):
+    RAFT_WRITE_FAILURES.labels(_outcome)  # both series from the start, so rate() sees the first
 
 OFFLINE_REDELIVERED = Counter(
     "raftxmpp_offline_redelivered",

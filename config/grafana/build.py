@@ -65,6 +65,10 @@ ROWS: list[tuple[str, list[tuple[str, str, list[dict], str]]]] = [
         ("Commits per second", "ops",
          [q(f"rate(raftxmpp_raft_commit_seconds_count{{{SEL}}}[{RATE}])")],
          "Commands submitted on each node and committed."),
+        ("Writes not committed in time", "ops",
+         rate_by("raftxmpp_raft_write_failures_total", "outcome"),
+         "unavailable: surely never applied; unknown: may still apply (the client was told "
+         "it failed)."),
         ("Commit latency", "s", quantiles("raftxmpp_raft_commit_seconds"),
          "From submitting a command on a node to its apply there, retries included."),
         ("fsync latency", "s", quantiles("raftxmpp_raft_fsync_seconds"),
