@@ -23,6 +23,7 @@ from typing import Any
 
 import trustme
 
+from chaos.lazyfs import LazyDisk
 from chaos.net import Network
 from raftxmpp.admin.client import AdminClientError, call
 
@@ -32,13 +33,16 @@ DOMAIN = "localhost"
 
 class ChaosNode:
     def __init__(self, index: int, base: Path, network: Network, secret: str, tls_dir: Path,
-                 timeouts: dict[str, float]) -> None:
+                 timeouts: dict[str, float], lazy: bool = False) -> None:
         self.index = index
         self.name = f"node{index}"
         self.network = network
         self.dir = base / self.name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.dir / "data"
+        # With power-loss faults the data dir is a lazy disk (chaos.lazyfs) over dir/disk.
+        self.disk = LazyDisk(self.dir / "disk", self.data_dir, self.dir / "lazyfs.log") \
+            if lazy else None
         self.config_path = self.dir / "node.toml"
         self.log_path = self.dir / "node.log"
         self.address = network.address(index)
@@ -142,7 +146,19 @@ listen = ""
 
     def wipe(self) -> None:
         assert not self.alive()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.disk is not None:
+            self.disk.wipe()
+        else:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def lose_power(self) -> None:
+        """The machine goes dark: the process dies and every write it had not synced is
+        gone. `power_on` mounts the disk again (then `start` as after any kill)."""
+        self.kill()
+        self.disk.lose_power()
+
+    def power_on(self) -> None:
+        self.disk.mount()
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -157,7 +173,8 @@ listen = ""
 
 
 class ChaosCluster:
-    def __init__(self, base: Path, network: Network, timeouts: dict[str, float]) -> None:
+    def __init__(self, base: Path, network: Network, timeouts: dict[str, float],
+                 lazy: bool = False) -> None:
         self.base = base
         self.network = network
         self.tls_dir = base / "tls"
@@ -168,7 +185,7 @@ class ChaosCluster:
         cert.cert_chain_pems[0].write_to_path(str(self.tls_dir / "cert.pem"))
         ca.cert_pem.write_to_path(str(self.tls_dir / "ca.pem"))
         secret = "chaos-" + os.urandom(16).hex()
-        self.nodes = [ChaosNode(i, base, network, secret, self.tls_dir, timeouts)
+        self.nodes = [ChaosNode(i, base, network, secret, self.tls_dir, timeouts, lazy)
                       for i in range(1, network.size + 1)]
         self.crashes: list[str] = []
 
@@ -184,6 +201,9 @@ class ChaosCluster:
 
     def start(self) -> None:
         for node in self.nodes:
+            if node.disk is not None:
+                node.disk.mount()
+        for node in self.nodes:
             node.start()
         for node in self.nodes:
             node.wait_up()
@@ -191,6 +211,9 @@ class ChaosCluster:
     def kill_all(self) -> None:
         for node in self.nodes:
             node.kill()
+        for node in self.nodes:
+            if node.disk is not None:
+                node.disk.unmount()
 
     def leader(self) -> ChaosNode | None:
         """The node that every running, unpaused node names as leader, if they agree."""

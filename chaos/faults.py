@@ -24,8 +24,10 @@ FAULTS = (
     "kill_leader", "kill_follower", "kill_random", "pause_leader", "isolate_leader",
     "isolate_minority", "pairwise_cut", "flapping", "restart_all", "replace_node",
 )
-# Not in the default mix; select with --faults.
-OPT_IN = ("replace_node_join",)
+# Not in the default mix; select with --faults. The power-loss faults mount every node's
+# data dir on a lazy disk (chaos.lazyfs) that forgets what was not fsynced.
+OPT_IN = ("replace_node_join", "power_loss", "power_loss_all")
+POWER_FAULTS = ("power_loss", "power_loss_all")
 
 
 class Injector:
@@ -125,6 +127,30 @@ class Injector:
         self._healed(fault)
         return fault
 
+    def _power_loss(self, kind: str, nodes: list[ChaosNode], rng: random.Random) -> Fault:
+        """Power off `nodes` at once (kill -9 and every unsynced write gone), power them
+        on again after 0.5–3 s, restart the nodes."""
+        fault = self._begin(kind, nodes)
+        for node in nodes:
+            node.lose_power()
+        t_on = self.history.now()
+        time.sleep(rng.uniform(0.5, 3.0))
+        self._cut_off(fault, t_on, nodes)
+        for node in nodes:
+            node.power_on()
+        self._restart(nodes)
+        self._healed(fault)
+        return fault
+
+    def power_loss(self, rng: random.Random) -> Fault:
+        """A minority loses power (the leader among them as often as chance has it)."""
+        return self._power_loss("power_loss", rng.sample(self.cluster.nodes,
+                                                         self._minority_size()), rng)
+
+    def power_loss_all(self, rng: random.Random) -> Fault:
+        """The whole cluster loses power at once: only what was fsynced survives."""
+        return self._power_loss("power_loss_all", list(self.cluster.nodes), rng)
+
     def pause_leader(self, rng: random.Random) -> Fault:
         leader = self._leader()
         fault = self._begin("pause_leader", [leader])
@@ -143,7 +169,9 @@ class Injector:
         others = [n.index for n in self.cluster.nodes if n not in group]
         self.net.partition([[n.index for n in group], others])
         t_on = self.history.now()
+        self.history.partitioned = frozenset(n.name for n in group)
         time.sleep(rng.uniform(3.0, 7.0))
+        self.history.partitioned = frozenset()
         self._cut_off(fault, t_on, group)
         self.net.heal_all()
         self._healed(fault)
@@ -176,7 +204,9 @@ class Injector:
             others = [n.index for n in self.cluster.nodes if n not in group]
             self.net.partition([[n.index for n in group], others])
             t_on = self.history.now()
+            self.history.partitioned = frozenset(n.name for n in group)
             time.sleep(rng.uniform(1.0, 3.0))
+            self.history.partitioned = frozenset()
             self._cut_off(fault, t_on, group)
             self.net.heal_all()
             time.sleep(rng.uniform(0.3, 1.5))
@@ -187,6 +217,7 @@ class Injector:
     # -- healing everything ------------------------------------------------------------------------------
 
     def heal_everything(self) -> None:
+        self.history.partitioned = frozenset()
         self.net.heal_all()
         dead = []
         for node in self.cluster.nodes:
@@ -194,4 +225,6 @@ class Injector:
                 node.resume()
             if not node.alive():
                 dead.append(node)
+                if node.disk is not None and node.disk.process is None:
+                    node.power_on()
         self._restart(dead)

@@ -58,6 +58,9 @@ class History:
         self.ops: list[Op] = []
         self.faults: list[Fault] = []
         self.notes: list[str] = []
+        # Nodes on the minority side of a partition right now (set by the injector's
+        # thread, read by the workload's minority writers).
+        self.partitioned: frozenset[str] = frozenset()
         self._ids = itertools.count(1)
         self._file = open(path, "w", buffering=1)  # noqa: SIM115 - closed in close()
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from chaos import faults as faults_module
+from chaos import lazyfs
 from chaos.checker import Report
 from chaos.cluster import ChaosCluster
 from chaos.faults import FAULTS, Injector
@@ -63,7 +64,11 @@ class Run:
             log(f"network slot {self.network.slot}: nodes at "
                 f"{', '.join(self.network.address(i) for i in range(1, self.nodes + 1))}, "
                 f"host {self.network.host_address}; artifacts {self.artifacts}")
-            self.cluster = ChaosCluster(self.artifacts / "nodes", self.network, self.timeouts)
+            lazy = any(f in faults_module.POWER_FAULTS for f in self.faults)
+            if lazy and (why := lazyfs.available()) is not None:
+                raise NetworkUnavailable(f"power-loss faults: {why}")
+            self.cluster = ChaosCluster(self.artifacts / "nodes", self.network, self.timeouts,
+                                        lazy=lazy)
             self.cluster.start()
             self.cluster.wait_leader()
             passed = asyncio.run(self._main())
@@ -193,7 +198,7 @@ class Run:
                                for k, v in components.items()}
         await self._final_logins(workload, final)
         final["crashes"] = self.cluster.crashes
-        for owner in workload.roster_owners:
+        for owner in [*workload.roster_owners, *workload.minority_owners]:
             for node in nodes:
                 conn = await workload.session(node, owner, workload.password, "final",
                                               read_roster=True)
@@ -260,6 +265,7 @@ class Run:
         if passed and not self.keep:
             for node_dir in (self.artifacts / "nodes").glob("node*"):
                 shutil.rmtree(node_dir / "data", ignore_errors=True)
+                shutil.rmtree(node_dir / "disk", ignore_errors=True)
             log(f"PASSED; history, node logs and summary in {self.artifacts}")
         else:
             log(f"{'FAILED' if not passed else 'done'}; history, node logs and data dirs kept in "

@@ -12,7 +12,11 @@ Workers (asyncio tasks in the runner's process, each with its own seeded Random)
   how long until every other node's session table shows it (presence convergence);
 - components: `component.add` through the admin API of a random node;
 - probes: a Raft barrier through every node every 0.2 s (admin `user.list` with
-  current=True), for failover time and unavailability windows.
+  current=True), for failover time and unavailability windows;
+- minority writers: while a partition lasts, durable writes aimed at the nodes on its
+  minority side (registrations, and roster sets and offline messages through sessions
+  opened there before the cut), so that every partition is tested for a minority that
+  acknowledges, and for a refused write that applies after the heal.
 
 Nodes are picked at random among all of them, faulted ones included: operations
 through an isolated or dead node are what the minority checker looks at.
@@ -53,6 +57,7 @@ class Workload:
         self.accounts: dict[str, AccountModel] = {}
         self.races: list[tuple[Op, Op]] = []
         self.roster_owners: list[str] = []
+        self.minority_owners: list[str] = []
         self.roster_contacts = [f"contact{i}@{DOMAIN}" for i in range(4)]
         self.senders: list[str] = []
         self.inboxes: list[str] = []
@@ -172,11 +177,13 @@ class Workload:
             self.roster_owners.append(f"owner{i}-{self.tag}@{DOMAIN}")
         for i in range(2):
             self.senders.append(f"sender{i}-{self.tag}@{DOMAIN}")
+            # "owner…" keeps them out of the password changes and the final login sample.
+            self.minority_owners.append(f"ownerm{i}-{self.tag}@{DOMAIN}")
         for i in range(3):
             self.inboxes.append(f"inbox{i}-{self.tag}@{DOMAIN}")
         self.online_pairs = [(f"talk{2 * i}-{self.tag}@{DOMAIN}", f"talk{2 * i + 1}-{self.tag}@{DOMAIN}")
                              for i in range(2)]
-        every = [*self.roster_owners, *self.senders, *self.inboxes,
+        every = [*self.roster_owners, *self.minority_owners, *self.senders, *self.inboxes,
                  *(j for pair in self.online_pairs for j in pair)]
         for jid in every:
             op = self.history.invoke("register", f"account:{jid}", node.name,
@@ -194,6 +201,7 @@ class Workload:
             self.offline_sender(0), self.offline_sender(1), self.offline_drainer(),
             self.online_worker(0), self.online_worker(1),
             self.component_worker(),
+            self.minority_writer(0), self.minority_writer(1),
             *(self.prober(node) for node in self.cluster.nodes),
         ]
 
@@ -476,6 +484,76 @@ class Workload:
             self.convergence_timeouts += 1
         else:
             self.convergence.append(self.history.now() - t0)
+
+    # -- writes through the minority side of every partition -----------------------------------
+
+    async def minority_writer(self, w: int) -> None:
+        """While `history.partitioned` names the cut-off side of a partition, writes through
+        those nodes; otherwise keeps a session of its account open on every node, so that
+        a partition finds one already logged in there (a cut-off node refuses logins)."""
+        rng = self.rng(f"minority{w}")
+        owner = self.minority_owners[w]
+        sessions: dict[str, xmpp.Connection] = {}
+        n = 0
+        try:
+            while not self.stopping:
+                cut = self.history.partitioned
+                if not cut:
+                    await self._hold_sessions(owner, sessions, w)
+                    await self.pause(rng, 0.05, 0.15)
+                    continue
+                node = self.cluster.node(rng.choice(sorted(cut)))
+                n += 1
+                conn = sessions.get(node.name)
+                if conn is not None and conn.closed.is_set():
+                    conn = sessions.pop(node.name)
+                    conn.abort()
+                    conn = None
+                if n % 3 == 0 or conn is None:
+                    await self.register(node, f"m{w}n{n}-{self.tag}",
+                                        f"pm{w}.{n}.{rng.randrange(10**6)}")
+                elif n % 3 == 1:
+                    contact = rng.choice(self.roster_contacts)
+                    op = self.history.invoke("roster_set", f"roster:{owner}:{contact}",
+                                             node.name, name=f"m{w}.{n}")
+                    await self.record(op, conn.roster_set(contact, f"m{w}.{n}"))
+                    if op.status != "ok":
+                        sessions.pop(node.name).abort()
+                else:
+                    await self._minority_offline(rng, node, conn, w, n, sessions)
+        finally:
+            for conn in sessions.values():
+                conn.abort()
+
+    async def _hold_sessions(self, owner: str, sessions: dict[str, xmpp.Connection],
+                             w: int) -> None:
+        for node in self.cluster.nodes:
+            conn = sessions.get(node.name)
+            if conn is not None and not conn.closed.is_set():
+                continue
+            if conn is not None:
+                conn.abort()
+                del sessions[node.name]
+            if node.alive() and not node.paused:
+                conn = await self.session(node, owner, self.password, f"m{w}{node.name}")
+                if conn is not None:
+                    sessions[node.name] = conn
+            return  # one (re)connection per round: the partition may start any moment
+
+    async def _minority_offline(self, rng: random.Random, node: ChaosNode,
+                                conn: xmpp.Connection, w: int, n: int,
+                                sessions: dict[str, xmpp.Connection]) -> None:
+        now = self.history.now()
+        free = [i for i in self.inboxes if i not in self.inbox_busy and self.inbox_free_at[i] <= now]
+        if not free:
+            await self.pause(rng, 0.1, 0.2)
+            return
+        body = f"offm-{self.tag}-{w}-{n}"
+        op = self.history.invoke("offline_send", f"inbox:{rng.choice(free)}", node.name, body=body)
+        self.sent[body] = op
+        await self.record(op, self._send_acknowledged(conn, op.key[6:], body))
+        if op.status != "ok":
+            sessions.pop(node.name).abort()
 
     # -- components and probes ---------------------------------------------------------------------------------
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import threading
 import time
@@ -34,7 +33,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replic
 from raftxmpp import metrics
 from raftxmpp.cluster import raft_port
 from raftxmpp.cluster.archive import ArchiveStore
-from raftxmpp.cluster.journal import DurablePath, check_data_dir
+from raftxmpp.cluster.journal import DurablePath, check_data_dir, durable_write
 from raftxmpp.cluster.replication import DurableSyncObj
 from raftxmpp.cluster.state import EXPIRED, EXPIRY_SECONDS, VERSION, ClusterState, Command, Result
 from raftxmpp.config import ClusterSection
@@ -407,9 +406,12 @@ def load_or_create_local_secret(data_dir: Path) -> str:
     """A single node still protects its Raft port: with a random secret kept in the data dir."""
     path = data_dir / "raft.secret"
     if path.exists():
-        return path.read_text().strip()
+        secret = path.read_text().strip()
+        if secret:
+            return secret
+        # Empty: created, then a power loss before its contents reached the disk (found by
+        # chaos' power_loss). Only a single node uses it, for its own Raft port: a new one.
+        log.warning("%s is empty (a power loss?); making a new one", path)
     secret = uuid.uuid4().hex + uuid.uuid4().hex
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret)
+    durable_write(path, secret.encode())  # synced, with its directory entry
     return secret
