@@ -92,6 +92,7 @@ class Report:
         self.check_linearizable()
         self.check_recovery()
         self.check_crashes()
+        self.check_logs()
         self.compute_figures()
         return self.passed
 
@@ -248,7 +249,9 @@ class Report:
         logs = self.final.get("logs")
         if logs is None:
             self.checks.append(Check("no CRITICAL line or Traceback in any node log", False,
-                                     "the run collected no node logs"))
+                                     "the run collected no node logs",
+                                     ["unchecked logs pass nothing: the runner must read "
+                                      "every node's log into final['logs']"]))
             return
         details = [f"{node}: {line}" for node, text in sorted(logs.items())
                    for line in scan_log(text)]

@@ -208,6 +208,9 @@ class Run:
             for i, inbox in enumerate(workload.inboxes):
                 await workload.drain(inbox, nodes[(i + round_) % len(nodes)], linger=1.5)
         history.close_pending()
+        # Read last: every line the nodes wrote during the faults and the final checks.
+        final["logs"] = {n.name: n.log_path.read_text(errors="replace") if n.log_path.exists()
+                         else "" for n in nodes}
 
     async def _wait_healthy_final(self, history: History) -> bool:
         start = time.monotonic()
