@@ -504,3 +504,39 @@ def test_a_failed_fdatasync_stops_the_node_instead_of_acknowledging(tmp_path, mo
     with pytest.raises(SystemExit):
         journal.sync()
     assert exits == [journal_mod.EXIT_STORAGE_FAILED] and journal.dirty
+
+
+@pytest.mark.cluster
+def test_a_follower_whose_journal_tail_was_torn_drops_it_and_catches_up(make_cluster):
+    cluster = make_cluster(3).start()
+    leader = cluster.leader()
+    follower = next(n for n in cluster.nodes if n is not leader)
+    for i in range(20):
+        leader.admin("user.add", jid=f"before{i}@localhost", password=PASSWORD)
+    wait_for(lambda: len(follower.admin("user.list", current=True)) >= 20, 20,
+             "the follower to apply every account")
+    follower.kill()
+    # What a power loss does to writes the disk had not flushed: the tail is cut mid-record.
+    journal = follower.data_dir / "raft.journal"
+    kept = DurableJournal(str(journal))
+    cut = kept._offsets[-3] + 7
+    kept._destroy()
+    with open(journal, "r+b") as f:
+        f.truncate(cut)
+    leader.admin("user.add", jid="after@localhost", password=PASSWORD)
+    follower.start()
+    wanted = {f"before{i}@localhost" for i in range(20)} | {"after@localhost"}
+    wait_for(lambda: wanted <= set(follower.admin("user.list", current=True)), 30,
+             "the follower to fetch the lost tail again")
+    assert "the tail was never synced" in follower.log()
+    wait_for(lambda: len({n.admin("state.digest")["digest"] for n in cluster.nodes}) == 1, 20,
+             "equal digests")
+
+
+def test_an_empty_journal_file_is_a_new_journal(tmp_path):
+    (tmp_path / "raft.journal").write_bytes(b"")  # created, never flushed, power lost
+    journal = DurableJournal(str(tmp_path / "raft.journal"))
+    assert len(journal) == 0
+    journal.add(b"x", 1, 1)
+    journal._destroy()
+    assert len(DurableJournal(str(tmp_path / "raft.journal"))) == 1

@@ -163,10 +163,10 @@ class DurableJournal(pysyncobj_journal.Journal):
     # -- opening -----------------------------------------------------------------------
 
     def _open(self) -> None:
-        if not self.path.exists():
+        data = self.path.read_bytes() if self.path.exists() else b""
+        if not data:  # new, or created and never flushed before a power loss
             self._rewrite([])
         else:
-            data = self.path.read_bytes()
             fmt = struct.unpack_from("<I", data, FORMAT_OFFSET)[0] if len(data) >= FIRST_RECORD else -1
             if fmt not in (PYSYNCOBJ_FORMAT, FORMAT):
                 raise DataDirError(f"{self.path}: not a Raft journal (format {fmt})")
