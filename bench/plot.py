@@ -141,9 +141,11 @@ def history(results: Path) -> dict[str, dict[str, list[tuple[str, float]]]]:
                   "GET from another node"))))
     for name, title, series in cluster:
         for sitting, rows in by_sitting(read_results(results / f"{name}.txt")).items():
-            for tag, key, label in series:
-                if (found := spread(rows, tag, key)) is not None:
-                    out[title][label].append((sitting, found[0]))
+            for tree in sorted({r.get("tree") for r in rows}, key=str):
+                same_tree = [r for r in rows if r.get("tree") == tree]
+                for tag, key, label in series:
+                    if (found := spread(same_tree, tag, key)) is not None:
+                        out[title][label + _tree_label(tree)].append((sitting, found[0]))
     return {title: dict(series) for title, series in out.items()}
 
 
@@ -220,7 +222,8 @@ def draw_history(results: Path, out: Path) -> Path:
 
 def draw_cluster(results: Path, out: Path) -> Path:
     plt = _pyplot()
-    fig, (kills, writes, cross) = plt.subplots(1, 3, figsize=(13, 4))
+    fig, (kills, writes, cross) = plt.subplots(1, 3, figsize=(15, 4.2),
+                                               gridspec_kw={"width_ratios": [1, 1.3, 1]})
     failover = _latest(read_results(results / "failover.txt"))
     times = [number(r.get("failover_s")) for r in failover if r.get("tag") == "failover"]
     kills.bar(range(1, len(times) + 1), times, color=COLOURS["raftxmpp"])
@@ -229,16 +232,20 @@ def draw_cluster(results: Path, out: Path) -> Path:
     kills.set_title(f"failover per leader kill -9 ({_short(failover[0]['sitting']) if failover else '-'})",
                     fontsize=9)
     kills.set_xlabel("kill", fontsize=8)
+    kills.set_xticks(range(1, len(times) + 1))
     kills.set_ylabel("s to a new leader", fontsize=8)
     kills.legend(fontsize=7)
-    raft = [r for r in _latest(read_results(results / "raft_writes.txt"))
+    raft = [r for r in _latest_day(read_results(results / "raft_writes.txt"))
             if number(r.get("writes_per_s")) is not None]
-    tags = [r["tag"] for r in raft]
-    values = [number(r.get("writes_per_s")) or 0 for r in raft]
-    writes.barh(range(len(tags)), values,
-                color=["#bab0ac" if t.startswith("raw_") else COLOURS["raftxmpp"] for t in tags])
-    writes.set_yticks(range(len(tags)), tags, fontsize=7)
-    writes.set_title("durable writes/s; grey: raw pysyncobj", fontsize=9)
+    keys = sorted({(r["tag"], r.get("tree")) for r in raft}, key=str)
+    values = [spread([r for r in raft if r.get("tree") == tree], tag, "writes_per_s")[0]
+              for tag, tree in keys]
+    writes.barh(range(len(keys)), values, color=["#bab0ac" if t.startswith("raw_")
+                                                 else COLOURS["raftxmpp"] for t, _ in keys])
+    writes.set_yticks(range(len(keys)), [t.removeprefix("raft_") + "\n" + _tree_label(tree)
+                                         for t, tree in keys], fontsize=6)
+    day = raft[0]["sitting"][:10] if raft else "-"
+    writes.set_title(f"durable writes/s, medians of {day}; grey: raw pysyncobj", fontsize=9)
     rows = _latest(read_results(results / "cross_node.txt"))
     shapes = ("p50_w10", "p500_w1")
     for offset, (kind, colour) in enumerate((("same_node", "#bab0ac"),
@@ -251,6 +258,20 @@ def draw_cluster(results: Path, out: Path) -> Path:
     cross.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, out / "figure-cluster.png")
+
+
+def _tree_label(tree: str | None) -> str:
+    """' (name)' for rows that say which code they measured (tree=hash(name)), else ''."""
+    if tree is None:
+        return ""
+    name = tree[tree.find("(") + 1:tree.rfind(")")] if "(" in tree else tree
+    return f" ({name})"
+
+
+def _latest_day(rows: list[dict]) -> list[dict]:
+    """Every sitting of the last day: runs that alternate two trees belong together."""
+    days = {r["sitting"][:10] for r in rows if STAMP.fullmatch(r["sitting"])}
+    return [r for r in rows if r["sitting"].startswith(max(days))] if days else []
 
 
 def _latest(rows: list[dict]) -> list[dict]:
