@@ -225,11 +225,12 @@ def user_list(host, as_json, config_file, data_dir) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @node_options
 def user_sessions(jid, as_json, config_file, data_dir) -> None:
-    """List the sessions of the account JID: full JID, priority, availability, node."""
+    """List the sessions of the account JID: full JID, priority, availability, node, and
+    stream management (resumable, or detached: waiting for its client to resume it)."""
     sessions = admin(config_file, data_dir, "user.sessions", jid=jid)
     emit(sessions, as_json, lambda rows: render_table(
         rows, [("FULL JID", "full_jid"), ("PRIORITY", "priority"),
-               ("AVAILABILITY", "availability"), ("NODE", "node")],
+               ("AVAILABILITY", "availability"), ("NODE", "node"), ("STREAM", "stream")],
         empty=f"{jid} has no session"))
 
 

@@ -165,14 +165,15 @@ def test_user_sessions_lists_full_jid_priority_availability_and_node(node):
     try:
         expected = [
             {"full_jid": "carol@localhost/desk", "priority": 5, "availability": "away",
-             "node": "ops"},
+             "node": "ops", "stream": ""},
             {"full_jid": "carol@localhost/phone", "priority": 0, "availability": "unavailable",
-             "node": "ops"},
+             "node": "ops", "stream": ""},
         ]
         assert wait_for(lambda: sessions_of(node, "carol@localhost") == expected, 10,
                         "both sessions with desk's presence")
         table = ok(cli(node, "user", "sessions", "carol@localhost")).splitlines()
-        assert table[0].split() == ["FULL", "JID", "PRIORITY", "AVAILABILITY", "NODE"]
+        assert table[0].split() == ["FULL", "JID", "PRIORITY", "AVAILABILITY", "NODE",
+                                     "STREAM"]
         assert table[1].split() == ["carol@localhost/desk", "5", "away", "ops"]
         assert table[2].split() == ["carol@localhost/phone", "0", "unavailable", "ops"]
     finally:

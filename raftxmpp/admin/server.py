@@ -194,7 +194,16 @@ def _session_facts(node: Node, session: Any) -> dict:
         "priority": session.priority,
         "availability": (show or "available") if session.available else "unavailable",
         "node": node.config.node.name if local else session.node,
+        # Stream management (XEP-0198): "detached" while the connection is lost and the
+        # session waits for its client to resume it; "" for a session without it.
+        "stream": ("detached" if getattr(session, "detached", False)
+                   else "resumable" if _resumable(session) else ""),
     }
+
+
+def _resumable(session: Any) -> bool:
+    state = getattr(session, "sm", None)
+    return bool(getattr(session, "sm_id", "")) or bool(state is not None and state.resumable)
 
 
 def _presence_show(presence: bytes | None) -> str | None:

@@ -467,6 +467,7 @@ class C2SConnection:
         session.send_nonza(sm.enabled(state, int(state.timeout), cfg.location))
         if state.resumable:
             self.router.sessions.publish(session)
+            self.router.resumption.serve(self._rpc())
         metrics.SM_SESSIONS.labels("enabled").inc()
 
     async def _resume(self, element) -> None:
@@ -477,15 +478,33 @@ class C2SConnection:
             return
         previd = element.get("previd", "")
         bare = f"{self.core.username}@{self.core.domain}"
-        session = self.router.resumption.find(previd, bare)
-        if session is None or not session.is_local or session.closing is not None:
+        resumption = self.router.resumption
+        found = resumption.find(previd, bare)
+        remembered = resumption.remembered_h(previd)
+        moved = found is not None and not found.is_local
+        if moved:
+            # Held on another node (the gossiped table says which): it hands it over.
+            found = await resumption.take_from(found, previd, bare, self._rpc())
+            if isinstance(found, int):
+                found, remembered = None, found
+        if found is None or found.closing is not None:
             metrics.SM_RESUME_FAILED.inc()
-            known = self.router.resumption.remembered_h(previd)
-            await self.transport.send_stream(sm.failed("item-not-found", known))
+            await self.transport.send_stream(sm.failed("item-not-found", remembered))
             return
-        await self._adopt(session, previd, h)
+        try:
+            await self._adopt(found, previd, h)
+        except ConnectionClosed:
+            if moved:
+                await self._end_session(found)  # moved here, then refused: it ends here
+            raise
+        resumption.serve(self._rpc())
         metrics.SM_RESUMED.inc()
-        metrics.SM_SESSIONS.labels("resumed_local").inc()
+        if not moved:
+            metrics.SM_SESSIONS.labels("resumed_local").inc()
+
+    def _rpc(self):
+        cluster = self.node.cluster
+        return cluster.rpc if cluster is not None else None
 
     async def _adopt(self, session: LocalSession, previd: str, h: int) -> None:
         """§5: this connection takes the session over; what the client's `h` does not

@@ -29,21 +29,27 @@ from lxml import etree
 from raftxmpp import metrics
 from raftxmpp.c2s import sm
 from raftxmpp.cluster.raft import RaftUnavailable
+from raftxmpp.cluster.rpc import RpcError
 from raftxmpp.cluster.store import StoreError
 from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.routing.local import IQ, MESSAGE
+from raftxmpp.routing.sessions import LocalSession, RemoteSession
 from raftxmpp.xml import ns
 from raftxmpp.xml.errors import StanzaError, can_reply_with_error, error_reply
 
 if TYPE_CHECKING:
+    from raftxmpp.cluster.rpc import Rpc
     from raftxmpp.routing.router import Router
-    from raftxmpp.routing.sessions import LocalSession, Session
+    from raftxmpp.routing.sessions import Session
 
 log = logging.getLogger("raftxmpp.sm")
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 _CARBON_TAGS = (f"{{{ns.CARBONS}}}sent", f"{{{ns.CARBONS}}}received")
 MAX_REMEMBERED = 100_000  # ended sessions' handled counts kept at most (oldest go first)
+HANDOVER = "sm.handover"  # the node-link call that moves a session to the resuming node
+HANDOVER_TIMEOUT = 10.0
+HANDED_OVER = "handed over"  # LocalSession.owner of a session that moved to another node
 
 
 def setup(router: Router) -> None:
@@ -60,6 +66,13 @@ class Resumption:
         self.config = router.config.stream_management
         # resumption id → (handled count, when it may be forgotten), for ended sessions.
         self._ended: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._rpc: Rpc | None = None
+
+    def serve(self, rpc: Rpc | None) -> None:
+        """Answers other nodes' handover calls (from the first resumable session on)."""
+        if rpc is not None and self._rpc is None:
+            self._rpc = rpc
+            rpc.register(HANDOVER, self._hand_over)
 
     # -- ids --------------------------------------------------------------------------------
 
@@ -115,6 +128,64 @@ class Resumption:
             if until > now:
                 return
             del self._ended[previd]
+
+    # -- moving a session between nodes (§5 on any node) --------------------------------------------
+
+    async def take_from(self, remote: RemoteSession, previd: str, bare_jid: str,
+                        rpc: Rpc | None) -> LocalSession | int | None:
+        """Asks the holder to hand the session over; returns it, held in this node's table
+        (unpublished) for the connection to adopt, or the holder's handled count if it
+        knows the session ended, or None (holder dead, unreachable, session gone)."""
+        if rpc is None:
+            return None
+        arrival = LocalSession(remote.jid, created=time.time())
+        arrival.detached_at = time.time()  # no connection yet: stanzas queue meanwhile
+        displaced = self.router.sessions.hold(arrival)
+        args = {"previd": previd, "bare": bare_jid, "created": arrival.created}
+        try:
+            result, body = await rpc.call(remote.node, HANDOVER, args, timeout=HANDOVER_TIMEOUT)
+        except RpcError as exc:
+            log.info("resumption of %s from %s failed: %s", remote.full_jid, remote.node, exc)
+            self.router.sessions.release(arrival, displaced)
+            for data in arrival.outbox:  # arrived for a session that is not coming
+                await self.reroute(arrival, data, arrival.detached_at)
+            return None
+        if not result.get("found"):
+            self.router.sessions.release(arrival, displaced)
+            for data in arrival.outbox:
+                await self.reroute(arrival, data, arrival.detached_at)
+            return result.get("h")
+        _restore(arrival, result, body)
+        arrival.sm.id = previd
+        metrics.SM_SESSIONS.labels("resumed_remote").inc()
+        log.info("session %s moved here from %s", arrival.full_jid, remote.node)
+        return arrival
+
+    async def _hand_over(self, peer: str, args: dict, body: bytes) -> tuple[dict, bytes]:
+        """The holder's side: the session leaves this node in one step (no await), so a
+        stanza is either in what we send or arrives after, and is forwarded to `peer`."""
+        previd, bare = str(args.get("previd", "")), str(args.get("bare", ""))
+        session = self.find(previd, bare)
+        if session is None or not session.is_local or session.closing is not None:
+            return {"found": False, "h": self.remembered_h(previd)}, b""
+        old, session.owner = session.owner, HANDED_OVER
+        if session.detach_changed is not None:
+            session.detach_changed.set()
+        if old is not None:
+            old.taken_over()  # a half-open connection here: the client went elsewhere
+        result, out = _export(session)
+        sessions = self.router.sessions
+        remote = RemoteSession(session.jid, peer, sessions.links, sessions.gossip)
+        remote.update({"p": session.priority, "a": session.available,
+                       "pr": session.presence.decode() if session.presence else None,
+                       "r": session.roster_requested, "b": session.blocklist_requested,
+                       "c": session.carbons, "t": float(args.get("created", time.time()))})
+        sessions.moved(session, remote)
+        session.sm.unacked.clear()
+        session.outbox = []
+        metrics.SM_SESSIONS.labels("handed_over").inc()
+        log.info("session %s handed over to %s", session.full_jid, peer)
+        return result, out
 
     # -- the end of a session -------------------------------------------------------------------
 
@@ -204,6 +275,46 @@ def _add_delay(stanza: etree._Element, domain: str, since: float) -> None:
     moment = datetime.datetime.fromtimestamp(since, datetime.UTC)
     delay.set("stamp", moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z")
     delay.text = "Resent: the session it was sent to ended"
+
+
+def _export(session: LocalSession) -> tuple[dict, bytes]:
+    """A session's state for the node it moves to; stanzas as lengths + bytes."""
+    state = session.sm
+    unacked, queued = list(state.unacked), list(session.outbox)
+    result = {
+        "found": True, "priority": session.priority, "available": session.available,
+        "presence": session.presence.decode() if session.presence else None,
+        "unavailable_status": session.unavailable_status,
+        "roster": session.roster_requested, "blocklist": session.blocklist_requested,
+        "carbons": session.carbons, "directed": sorted(session.directed),
+        "handled": state.handled, "sent": state.sent, "timeout": state.timeout,
+        "unacked": [len(c) for c in unacked], "queued": [len(c) for c in queued],
+    }
+    return result, b"".join(unacked + queued)
+
+
+def _restore(session: LocalSession, result: dict, body: bytes) -> None:
+    session.priority = int(result["priority"])
+    session.available = bool(result["available"])
+    presence = result.get("presence")
+    session.presence = presence.encode() if presence else None
+    session.unavailable_status = str(result.get("unavailable_status") or "")
+    session.roster_requested = bool(result["roster"])
+    session.blocklist_requested = bool(result["blocklist"])
+    session.carbons = bool(result["carbons"])
+    session.directed = set(result["directed"])
+    chunks, offset = [], 0
+    for length in [*result["unacked"], *result["queued"]]:
+        chunks.append(body[offset:offset + length])
+        offset += length
+    unacked_count = len(result["unacked"])
+    state = sm.StreamManagement(resumable=True, handled=int(result["handled"]),
+                                sent=int(result["sent"]), timeout=float(result["timeout"]))
+    state.unacked.extend(chunks[:unacked_count])
+    session.sm = state
+    # What arrived here while the call was out comes after what the holder had queued.
+    session.outbox[:0] = chunks[unacked_count:]
+    session.outbox_bytes = sum(map(len, session.outbox))
 
 
 def _parse(data: bytes) -> etree._Element:

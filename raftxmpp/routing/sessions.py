@@ -253,6 +253,36 @@ class SessionManager:
         if self.gossip is not None and (current is None or not current.is_local):
             self.gossip.delete(SESSION_KEY + session.full_jid)
 
+    def hold(self, session: LocalSession) -> Session | None:
+        """Puts a session into this node's table without telling the cluster yet: a
+        stream-management resumption moving a session here (raftxmpp.modules.
+        stream_management) queues what arrives meanwhile. Returns the entry it displaced."""
+        resources = self._by_bare.setdefault(session.bare_jid, {})
+        previous = resources.get(session.jid.resource)
+        resources[session.jid.resource] = session
+        return previous
+
+    def release(self, session: LocalSession, previous: Session | None) -> None:
+        """Undoes `hold` (the move failed): the displaced entry comes back."""
+        resources = self._by_bare.get(session.bare_jid, {})
+        if resources.get(session.jid.resource) is not session:
+            return
+        if previous is not None:
+            resources[session.jid.resource] = previous
+        else:
+            del resources[session.jid.resource]
+            if not resources:
+                del self._by_bare[session.bare_jid]
+
+    def moved(self, session: LocalSession, remote: RemoteSession) -> None:
+        """Our session now lives on another node: stanzas that still reach us for it go
+        there, and our gossip entry goes (the new holder publishes its own)."""
+        resources = self._by_bare.get(session.bare_jid, {})
+        if resources.get(session.jid.resource) is session:
+            resources[session.jid.resource] = remote
+        if self.gossip is not None:
+            self.gossip.delete(SESSION_KEY + session.full_jid)
+
     def publish(self, session: LocalSession) -> None:
         """Tells the cluster about a change of one of our sessions."""
         if self.gossip is not None:
