@@ -271,8 +271,10 @@ SM_UNACKED = HotFamily(
     "raftxmpp_sm_unacked_stanzas",
     "Stanzas a client never acknowledged when its session ended, by what became of them: "
     "rerouted (to another resource or offline storage), bounced (an error to the sender), "
-    "dropped (presence and other traffic nobody would miss).", "outcome",
-    ("rerouted", "bounced", "dropped"))
+    "dropped (presence and other traffic nobody would miss); parked: messages for a detached "
+    "session committed to offline storage; duplicated: parked messages a resumed client may "
+    "get twice (their removal failed).", "outcome",
+    ("rerouted", "bounced", "dropped", "parked", "duplicated"))
 SM_DETACHED = HotFamily(
     "raftxmpp_sm_detached_sessions", "Detached stream-management sessions held on this node.",
     "state", ("detached",), kind="gauge")

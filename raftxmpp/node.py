@@ -205,7 +205,10 @@ class Node:
         self._served_hosts = None  # on the trio thread, after the apply: recomputed fresh
 
     def _offline_stored(self, jid: str) -> None:
-        targets = [s for s in self.router.sessions.available_local(jid) if s.priority >= 0]
+        # Not to a detached stream-management session: what is stored for it waits
+        # there until it is resumed (raftxmpp.modules.stream_management).
+        targets = [s for s in self.router.sessions.available_local(jid)
+                   if s.priority >= 0 and not s.detached]
         if targets and self._nursery is not None:
             offline = self.router.modules["offline"]
             self._nursery.start_soon(offline.deliver_queue, self.router, targets[0])

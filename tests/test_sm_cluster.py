@@ -5,6 +5,7 @@ acknowledged. Three real node processes; kill -9 for the failures."""
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 
 import pytest
 
@@ -65,8 +66,8 @@ def test_a_session_resumes_on_another_node_with_what_was_sent_meanwhile(cluster,
         got = [(await alice.next_message())["body"] for _ in range(2)]
         assert got == ["during1", "during2"]
         await alice.expect_no_message(within=1.5)  # exactly once
-        wait_for(lambda: holder(node3, f"{alice_jid}/phone") == "node2", 15,
-                 "the cluster to see the session on node2")
+        await poll(lambda: holder(node3, f"{alice_jid}/phone") == "node2", 15,
+                   "the cluster to see the session on node2")
         bob.send_message(f"{alice_jid}/phone", "after", mtype="chat")
         assert (await alice.next_message())["body"] == "after"
         alice.send_message(f"{bob_jid}/desk", "back", mtype="chat")
@@ -75,3 +76,87 @@ def test_a_session_resumes_on_another_node_with_what_was_sent_meanwhile(cluster,
         await bob.stop()
 
     run(scenario(), timeout=120)
+
+
+async def poll(predicate, timeout: float, what: str) -> None:
+    """wait_for for a scenario: the event loop (the clients' writes) keeps running."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await asyncio.to_thread(predicate):
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+def metric(node, name: str, label: str) -> float:
+    """One sample of the node's /metrics, 0 if absent."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.ports['http']}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + "{") and label in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def all_acked(c, timeout: float = TIMEOUT) -> None:
+    """Until the server acknowledged every stanza the client sent (its unacked queue is empty)."""
+    sm = c.plugin["xep_0198"]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while sm.unacked_queue:
+        assert asyncio.get_running_loop().time() < deadline, "the server did not ack in time"
+        sm.request_ack()
+        await asyncio.sleep(0.2)
+
+
+def test_killing_the_holder_of_a_detached_session_loses_nothing_acknowledged(tmp_path, tls):
+    """alice's phone (on node1) sends with stream management and is acknowledged, loses its
+    connection, and bob writes to it while it is detached; node1 is killed -9. alice's
+    resumption on node2 fails cleanly, and her new session finds every message: what she
+    sent reached bob, what bob sent her (parked in offline storage) reaches her, once."""
+    cluster = Cluster(tmp_path, 3, tls_extra(tls)).start()
+    try:
+        cluster.leader()
+        node1, node2, node3 = cluster.nodes
+        wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3 for n in cluster.nodes),
+                 20, "gossip")
+        alice_jid, bob_jid = account(node2, "smk-alice"), account(node3, "smk-bob")
+
+        async def scenario():
+            alice = sm_client(node1, tls, alice_jid, "phone")
+            bob = client(node3, tls, bob_jid, "desk")
+            assert await alice.start() and await bob.start()
+            await asyncio.wait_for(alice.events["sm_enabled"].get(), TIMEOUT)
+            sent = [f"a{i}" for i in range(5)]
+            for body in sent:
+                alice.send_message(f"{bob_jid}/desk", body, mtype="chat")
+            await all_acked(alice)
+            await lose_connection(alice)
+            await poll(lambda: holder_stream(node1, f"{alice_jid}/phone") == "detached", 15,
+                       "node1 to see the session detached")
+            for body in ("b1", "b2"):
+                bob.send_message(f"{alice_jid}/phone", body, mtype="chat")
+            await poll(lambda: metric(node1, "raftxmpp_sm_unacked_stanzas_total",
+                                      'outcome="parked"') >= 2, 15, "node1 to park bob's messages")
+            node1.kill()
+            started = asyncio.get_running_loop().create_future()
+            alice.add_event_handler("session_start", lambda _: started.done()
+                                    or started.set_result(True))
+            assert await reconnect(alice, node2.c2s_port) == "failed"
+            await asyncio.wait_for(started, TIMEOUT * 2)  # a new session on node2
+            alice.send_presence()
+            got = sorted([(await alice.next_message(timeout=20))["body"] for _ in range(2)])
+            assert got == ["b1", "b2"]
+            await alice.expect_no_message(within=1.5)
+            received = [(await bob.next_message())["body"] for _ in sent]
+            assert received == sent
+            await alice.stop()
+            await bob.stop()
+
+        run(scenario(), timeout=150)
+    finally:
+        cluster.kill_all()
+
+
+def holder_stream(node, full_jid: str) -> str | None:
+    for entry in node.admin("user.sessions", jid=full_jid.split("/")[0]):
+        if entry["full_jid"] == full_jid:
+            return entry["stream"]
+    return None

@@ -59,7 +59,7 @@ def test_rewind_sends_again_what_the_client_missed_and_counts_from_its_h():
     state = sm.StreamManagement()
     state.wrote([b"1", b"2", b"3", b"4"])
     state.acknowledged(1)
-    assert state.rewind(2) == [b"3", b"4"]
+    assert state.rewind(2) == ([b"3", b"4"], [])
     assert state.sent == 2 and not state.unacked
     state.wrote([b"3", b"4"])
     assert state.sent == 4
@@ -89,3 +89,12 @@ def test_enabled_names_id_max_and_location_only_when_resumable():
 def test_failed_carries_the_condition_and_the_handled_count_when_known():
     assert b'h="7"' in sm.failed("item-not-found", 7)
     assert b" h=" not in sm.failed("item-not-found")
+
+
+def test_rewind_leaves_parked_stanzas_to_offline_storage_and_names_those_delivered():
+    state = sm.StreamManagement(sent=sm.WRAP - 1)
+    state.wrote([b"a", b"b", b"c"])  # the 2^32nd stanza is number 0: a=0, b=1, c=2
+    state.parked = {0: "id-a", 2: "id-c"}
+    again, delivered = state.rewind(0)  # the client got 'a' only
+    assert again == [b"b"] and delivered == ["id-a"]
+    assert state.sent == 0 and not state.parked

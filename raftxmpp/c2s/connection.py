@@ -385,7 +385,6 @@ class C2SConnection:
         out or is ended (a conflict, a kick, a full queue, the node stopping)."""
         session.owner = None
         session.detached_at = time.time()
-        changed = session.detach_changed = trio.Event()
         self.router.sessions.publish(session)
         metrics.SM_SESSIONS.labels("detached").inc()
         metrics.SM_DETACHED.labels("detached").inc()
@@ -393,7 +392,7 @@ class C2SConnection:
                  session.sm.timeout)
         try:
             with trio.move_on_after(session.sm.timeout):
-                await changed.wait()
+                await self.router.resumption.hold_detached(session)
         finally:
             metrics.SM_DETACHED.labels("detached").dec()
         if session.owner is not None:
@@ -511,15 +510,12 @@ class C2SConnection:
         cover is sent again, after <resumed/>."""
         state = session.sm
         try:
-            again = state.rewind(h)
+            again, delivered_ids = state.rewind(h)
         except sm.HandledCountTooHigh as exc:
             await self._perform(self.core.fail(exc))
             return
         old, session.owner = session.owner, self
         session.detached_at = None
-        if session.detach_changed is not None:
-            session.detach_changed.set()
-            session.detach_changed = None
         if old is not None:
             old.taken_over()  # a half-open connection the client gave up on
         session.nonzas = [sm.resumed(previd, state.handled)]
@@ -529,6 +525,9 @@ class C2SConnection:
         self.core.resumed()
         self.session = session
         self.router.sessions.publish(session)
+        # Parked messages (committed while detached) come from offline storage, once.
+        self._nursery.start_soon(self.router.resumption.after_resumption, session,
+                                 delivered_ids)
         log.info("session %s resumed from %s (%d stanzas sent again)", session.full_jid,
                  self.peer, len(again))
 

@@ -69,6 +69,9 @@ class StreamManagement:
     unacked: deque[bytes] = field(default_factory=deque)
     since_request: int = 0  # stanzas sent since we last asked for an ack
     request_pending: bool = False  # an <r/> is out and its <a/> has not come
+    # While detached, unacked messages are also committed to offline storage (so a dead
+    # holder loses none): their sequence numbers → offline message ids.
+    parked: dict[int, str] = field(default_factory=dict)
 
     # -- inbound -----------------------------------------------------------------------------
 
@@ -108,16 +111,30 @@ class StreamManagement:
         self.since_request = 0
         return R_BYTES
 
-    def rewind(self, h: int) -> list[bytes]:
-        """A resumption with the client's `h` (§5): what it has not got, to send again.
-        They count as new stanzas from `h` on, as the client counts them."""
-        self.acknowledged(h)
-        again = list(self.unacked)
+    def seq_of_unacked(self) -> list[int]:
+        """The sequence number of each unacked stanza, oldest first."""
+        first = (self.sent - len(self.unacked) + 1) % WRAP
+        return [(first + i) % WRAP for i in range(len(self.unacked))]
+
+    def rewind(self, h: int) -> tuple[list[bytes], list[str]]:
+        """A resumption with the client's `h` (§5): what it has not got, to send again
+        (they count as new stanzas from `h` on, as the client counts them), and the
+        offline ids of parked stanzas it did get (to delete). Parked stanzas it did not
+        get are left to offline storage, which delivers them once."""
+        seqs = self.seq_of_unacked()
+        outstanding = (self.sent - h) % WRAP
+        if outstanding > len(self.unacked):
+            raise HandledCountTooHigh(h, self.sent)
+        covered = len(self.unacked) - outstanding
+        got = [self.parked[seq] for seq in seqs[:covered] if seq in self.parked]
+        again = [data for seq, data in zip(seqs[covered:], list(self.unacked)[covered:],
+                                           strict=True) if seq not in self.parked]
         self.unacked.clear()
+        self.parked.clear()
         self.sent = h
         self.since_request = 0
         self.request_pending = False
-        return again
+        return again, got
 
 
 # -- the nonzas ---------------------------------------------------------------------------------

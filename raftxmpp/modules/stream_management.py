@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+import trio
 from lxml import etree
 
 from raftxmpp import metrics
@@ -129,13 +130,94 @@ class Resumption:
                 return
             del self._ended[previd]
 
+    # -- while detached: what a dead holder must not lose ---------------------------------------------
+
+    async def hold_detached(self, session: LocalSession) -> None:
+        """Runs while the session waits for its client (the caller bounds the wait):
+        messages a person would miss, unacked or arriving, are committed to offline
+        storage, so the holder's death loses none of them; a resumption gets them from
+        there, exactly once (claim, deliver, remove by id). Other stanzas wait here."""
+        await self._park_unacked(session)
+        examined = 0  # the outbox's first chunks were looked at already and stay
+        while session.owner is None and session.closing is None:
+            fresh = session.outbox[examined:]
+            if not fresh:
+                session.wakeup = trio.Event()
+                await session.wakeup.wait()
+                continue
+            del session.outbox[examined:]
+            session.outbox_bytes -= sum(map(len, fresh))
+            kept = await self._park(session, fresh)
+            if session.owner is not None:  # resumed or moved during the commits
+                self._send_again(session, kept)
+                return
+            session.outbox[examined:examined] = kept
+            session.outbox_bytes += sum(map(len, kept))
+            examined += len(kept)
+
+    async def _park_unacked(self, session: LocalSession) -> None:
+        state = session.sm
+        pairs = list(zip(state.seq_of_unacked(), list(state.unacked), strict=True))
+        for seq, data in pairs:
+            message_id = f"sm-{state.id[-16:]}-{seq}"
+            if await self._park_one(session, data, message_id) and session.owner is None:
+                state.parked[seq] = message_id
+
+    async def _park(self, session: LocalSession, chunks: list[bytes]) -> list[bytes]:
+        """Commits the messages among `chunks`; returns the rest, in order."""
+        return [data for data in chunks if not await self._park_one(session, data)]
+
+    async def _park_one(self, session: LocalSession, data: bytes,
+                        message_id: str | None = None) -> bool:
+        try:
+            stanza = _parse(data)
+        except etree.XMLSyntaxError:
+            return False
+        if stanza.tag != MESSAGE or not _worth_rerouting(stanza):
+            return False
+        try:
+            await self.router.store.offline_store(
+                session.bare_jid, etree.tostring(stanza),
+                self.router.config.limits.offline_queue, message_id=message_id)
+        except (StoreError, RaftUnavailable) as exc:
+            log.info("stanza for detached %s stays in memory: %s", session.full_jid, exc)
+            return False
+        metrics.SM_UNACKED.labels("parked").inc()
+        return True
+
+    def _send_again(self, session: LocalSession, chunks: list[bytes]) -> None:
+        """Stanzas taken for parking, not parked, after the session was resumed: to
+        wherever it is now (this connection's queue, or the node it moved to)."""
+        current = self.router.sessions.session(session.jid)
+        for data in chunks:
+            (current if current is not None else session).send(data)
+
+    async def after_resumption(self, session: LocalSession, delivered_ids: list[str]) -> None:
+        """Parked stanzas the client had got go from offline storage; the rest, and
+        whatever was parked since, come to it from there (exactly once)."""
+        store = self.router.store
+        if delivered_ids:
+            try:
+                await store.offline_remove(session.bare_jid, delivered_ids)
+            except (StoreError, RaftUnavailable) as exc:
+                # Not removed: the client gets them again (a counted duplicate, never a loss).
+                log.warning("parked stanzas of %s not removed: %s", session.full_jid, exc)
+                metrics.SM_UNACKED.labels("duplicated").inc(len(delivered_ids))
+        if session.available and store.offline_count(session.bare_jid):
+            offline = self.router.modules["offline"]
+            try:
+                await offline.deliver_queue(self.router, session)
+            except (StoreError, RaftUnavailable) as exc:
+                log.warning("offline queue of resumed %s not delivered: %s", session.full_jid, exc)
+
     # -- moving a session between nodes (§5 on any node) --------------------------------------------
 
     async def take_from(self, remote: RemoteSession, previd: str, bare_jid: str,
                         rpc: Rpc | None) -> LocalSession | int | None:
         """Asks the holder to hand the session over; returns it, held in this node's table
-        (unpublished) for the connection to adopt, or the holder's handled count if it
-        knows the session ended, or None (holder dead, unreachable, session gone)."""
+        (unpublished) for the connection to adopt; else the session's handled count if
+        known (the holder remembers the ended session, or gossiped it when the session
+        detached and is now dead or unreachable), else None."""
         if rpc is None:
             return None
         arrival = LocalSession(remote.jid, created=time.time())
@@ -149,7 +231,7 @@ class Resumption:
             self.router.sessions.release(arrival, displaced)
             for data in arrival.outbox:  # arrived for a session that is not coming
                 await self.reroute(arrival, data, arrival.detached_at)
-            return None
+            return remote.sm_handled
         if not result.get("found"):
             self.router.sessions.release(arrival, displaced)
             for data in arrival.outbox:
@@ -169,8 +251,7 @@ class Resumption:
         if session is None or not session.is_local or session.closing is not None:
             return {"found": False, "h": self.remembered_h(previd)}, b""
         old, session.owner = session.owner, HANDED_OVER
-        if session.detach_changed is not None:
-            session.detach_changed.set()
+        session.wakeup.set()  # a detached session's waiter lets go
         if old is not None:
             old.taken_over()  # a half-open connection here: the client went elsewhere
         result, out = _export(session)
@@ -288,6 +369,7 @@ def _export(session: LocalSession) -> tuple[dict, bytes]:
         "roster": session.roster_requested, "blocklist": session.blocklist_requested,
         "carbons": session.carbons, "directed": sorted(session.directed),
         "handled": state.handled, "sent": state.sent, "timeout": state.timeout,
+        "parked": {str(seq): message_id for seq, message_id in state.parked.items()},
         "unacked": [len(c) for c in unacked], "queued": [len(c) for c in queued],
     }
     return result, b"".join(unacked + queued)
@@ -311,6 +393,7 @@ def _restore(session: LocalSession, result: dict, body: bytes) -> None:
     state = sm.StreamManagement(resumable=True, handled=int(result["handled"]),
                                 sent=int(result["sent"]), timeout=float(result["timeout"]))
     state.unacked.extend(chunks[:unacked_count])
+    state.parked = {int(seq): str(message_id) for seq, message_id in result["parked"].items()}
     session.sm = state
     # What arrived here while the call was out comes after what the holder had queued.
     session.outbox[:0] = chunks[unacked_count:]

@@ -79,12 +79,11 @@ class LocalSession:
     # Stream management (XEP-0198): the counters and unacked queue, once enabled; the
     # connection serving the session (None while detached, waiting for a resumption);
     # elements that are not stanzas (<a/>, <r/>, <enabled/>), written before the outbox
-    # and never counted; and the event a detached session's waiter watches.
+    # and never counted; and since when it is detached (its waiter watches `wakeup`).
     sm: StreamManagement | None = None
     owner: object | None = None
     nonzas: list[bytes] = field(default_factory=list)
     detached_at: float | None = None
-    detach_changed: trio.Event | None = None
     is_local = True
 
     def __post_init__(self) -> None:
@@ -135,8 +134,6 @@ class LocalSession:
         if self.closing is None:
             self.closing = error or StreamError("undefined-condition")
             self.wakeup.set()
-            if self.detach_changed is not None:
-                self.detach_changed.set()
 
 
 @dataclass(eq=False)
@@ -156,6 +153,7 @@ class RemoteSession:
     created: float = 0.0
     directed: set[str] = field(default_factory=set)
     sm_id: str = ""  # its stream-management resumption id, if resumable
+    sm_handled: int | None = None  # its handled count, gossiped while detached
     detached_at: float | None = None
     is_local = False
 
@@ -173,6 +171,8 @@ class RemoteSession:
         self.carbons = bool(entry.get("c"))
         self.created = float(entry.get("t", 0.0))
         self.sm_id = str(entry.get("sm") or "")
+        handled = entry.get("h")
+        self.sm_handled = int(handled) if handled is not None else None
         detached = entry.get("d")
         self.detached_at = float(detached) if detached is not None else None
 
@@ -210,6 +210,10 @@ def _entry(session: LocalSession) -> dict[str, Any]:
         # id here; "d" marks it detached (raftxmpp user sessions shows it).
         entry["sm"] = sm.id
         entry["d"] = session.detached_at
+        if session.detached_at is not None:
+            # Final while detached: a resumption elsewhere that finds this node dead
+            # still tells the client which of its stanzas arrived (<failed h='…'/>).
+            entry["h"] = sm.handled
     return entry
 
 
