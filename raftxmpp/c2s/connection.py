@@ -491,11 +491,15 @@ class C2SConnection:
             await self.transport.send_stream(sm.failed("item-not-found", remembered))
             return
         try:
-            await self._adopt(found, previd, h)
+            adopted = await self._adopt(found, previd, h)
         except ConnectionClosed:
             if moved:
                 await self._end_session(found)  # moved here, then refused: it ends here
             raise
+        if not adopted:
+            metrics.SM_RESUME_FAILED.inc()
+            await self.transport.send_stream(sm.failed("item-not-found"))
+            return
         resumption.serve(self._rpc())
         metrics.SM_RESUMED.inc()
         if not moved:
@@ -505,15 +509,18 @@ class C2SConnection:
         cluster = self.node.cluster
         return cluster.rpc if cluster is not None else None
 
-    async def _adopt(self, session: LocalSession, previd: str, h: int) -> None:
+    async def _adopt(self, session: LocalSession, previd: str, h: int) -> bool:
         """§5: this connection takes the session over; what the client's `h` does not
         cover is sent again, after <resumed/>."""
         state = session.sm
+        await self.router.resumption.settle(session)  # no park under way: none sent twice
+        if session.closing is not None or session.owner == sm.HANDED_OVER:
+            return False  # ended or moved elsewhere while we waited
         try:
             again, delivered_ids = state.rewind(h)
         except sm.HandledCountTooHigh as exc:
             await self._perform(self.core.fail(exc))
-            return
+            return False
         old, session.owner = session.owner, self
         session.detached_at = None
         if old is not None:
@@ -530,6 +537,7 @@ class C2SConnection:
                                  delivered_ids)
         log.info("session %s resumed from %s (%d stanzas sent again)", session.full_jid,
                  self.peer, len(again))
+        return True
 
 
 # The peer went away under us.

@@ -31,6 +31,8 @@ REQUEST = f"{{{ns.SM}}}r"
 ANSWER = f"{{{ns.SM}}}a"
 
 R_BYTES = b"<r xmlns='urn:xmpp:sm:3'/>"
+# The owner of a LocalSession that moved to another node (raftxmpp.modules.stream_management).
+HANDED_OVER = "handed over"
 
 
 class HandledCountTooHigh(StreamError):

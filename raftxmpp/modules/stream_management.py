@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime
 import logging
 import secrets
@@ -50,7 +51,7 @@ _CARBON_TAGS = (f"{{{ns.CARBONS}}}sent", f"{{{ns.CARBONS}}}received")
 MAX_REMEMBERED = 100_000  # ended sessions' handled counts kept at most (oldest go first)
 HANDOVER = "sm.handover"  # the node-link call that moves a session to the resuming node
 HANDOVER_TIMEOUT = 10.0
-HANDED_OVER = "handed over"  # LocalSession.owner of a session that moved to another node
+HANDED_OVER = sm.HANDED_OVER
 
 
 def setup(router: Router) -> None:
@@ -137,7 +138,8 @@ class Resumption:
         messages a person would miss, unacked or arriving, are committed to offline
         storage, so the holder's death loses none of them; a resumption gets them from
         there, exactly once (claim, deliver, remove by id). Other stanzas wait here."""
-        await self._park_unacked(session)
+        async with self._parking(session):
+            await self._park_unacked(session)
         examined = 0  # the outbox's first chunks were looked at already and stay
         while session.owner is None and session.closing is None:
             fresh = session.outbox[examined:]
@@ -147,20 +149,36 @@ class Resumption:
                 continue
             del session.outbox[examined:]
             session.outbox_bytes -= sum(map(len, fresh))
-            kept = await self._park(session, fresh)
-            if session.owner is not None:  # resumed or moved during the commits
-                self._send_again(session, kept)
-                return
-            session.outbox[examined:examined] = kept
-            session.outbox_bytes += sum(map(len, kept))
+            async with self._parking(session):
+                kept = await self._park(session, fresh)
+                session.outbox[examined:examined] = kept
+                session.outbox_bytes += sum(map(len, kept))
             examined += len(kept)
+
+    @contextlib.asynccontextmanager
+    async def _parking(self, session: LocalSession):
+        """Marks commits under way; a resumption or handover waits for them (`settle`),
+        so a parked stanza is never also sent again from memory."""
+        session.parking = trio.Event()
+        try:
+            yield
+        finally:
+            session.parking.set()
+            session.parking = None
+
+    async def settle(self, session: LocalSession) -> None:
+        """Waits (bounded) until no commit to offline storage is under way for the
+        session; the caller takes it over without another checkpoint in between."""
+        with trio.move_on_after(HANDOVER_TIMEOUT):
+            while session.parking is not None:
+                await session.parking.wait()
 
     async def _park_unacked(self, session: LocalSession) -> None:
         state = session.sm
         pairs = list(zip(state.seq_of_unacked(), list(state.unacked), strict=True))
         for seq, data in pairs:
             message_id = f"sm-{state.id[-16:]}-{seq}"
-            if await self._park_one(session, data, message_id) and session.owner is None:
+            if await self._park_one(session, data, message_id):
                 state.parked[seq] = message_id
 
     async def _park(self, session: LocalSession, chunks: list[bytes]) -> list[bytes]:
@@ -184,13 +202,6 @@ class Resumption:
             return False
         metrics.SM_UNACKED.labels("parked").inc()
         return True
-
-    def _send_again(self, session: LocalSession, chunks: list[bytes]) -> None:
-        """Stanzas taken for parking, not parked, after the session was resumed: to
-        wherever it is now (this connection's queue, or the node it moved to)."""
-        current = self.router.sessions.session(session.jid)
-        for data in chunks:
-            (current if current is not None else session).send(data)
 
     async def after_resumption(self, session: LocalSession, delivered_ids: list[str]) -> None:
         """Parked stanzas the client had got go from offline storage; the rest, and
@@ -248,7 +259,11 @@ class Resumption:
         stanza is either in what we send or arrives after, and is forwarded to `peer`."""
         previd, bare = str(args.get("previd", "")), str(args.get("bare", ""))
         session = self.find(previd, bare)
-        if session is None or not session.is_local or session.closing is not None:
+        if session is not None and session.is_local:
+            await self.settle(session)
+            session = self.find(previd, bare)  # still ours after the wait?
+        if session is None or not session.is_local or session.closing is not None \
+                or session.owner == HANDED_OVER:
             return {"found": False, "h": self.remembered_h(previd)}, b""
         old, session.owner = session.owner, HANDED_OVER
         session.wakeup.set()  # a detached session's waiter lets go

@@ -84,6 +84,7 @@ class LocalSession:
     owner: object | None = None
     nonzas: list[bytes] = field(default_factory=list)
     detached_at: float | None = None
+    parking: trio.Event | None = None  # set when the commits to offline storage under way end
     is_local = True
 
     def __post_init__(self) -> None:
