@@ -160,6 +160,9 @@ class Node:
                 nursery.cancel_scope.cancel()
         finally:
             await trio.to_thread.run_sync(self.raft.stop)
+            if self._lock_fd is not None:  # the data dir is free for the next node
+                os.close(self._lock_fd)
+                self._lock_fd = None
             log.info("node %s stopped", cfg.node.name)
 
     async def _initial_peers(self, data_dir: Path) -> list[str] | None:
