@@ -156,6 +156,10 @@ class LimitsSection:
     private_bytes_per_account: int = 262144  # … and their bytes together
     blocklist_size: int = 1000  # JIDs on one block list (XEP-0191)
     vcard_size: int = 262144  # bytes of one vCard (XEP-0054), photo included
+    # Presence broadcasts a second per session, with this burst; past it the latest
+    # presence waits and replaces any waiting one (raftxmpp.modules.presence_pacing).
+    presence_rate: float = 2.0
+    presence_burst: int = 10
 
 
 @dataclass(frozen=True)
@@ -523,6 +527,8 @@ def _check_limits(config: Config) -> None:
             raise ConfigError(f"{source}: [components] {key} must be positive")
     if limits.connection_rate_per_ip > 0 and limits.connection_burst_per_ip < 1:
         raise ConfigError(f"{source}: [limits] connection_burst_per_ip must be at least 1")
+    if limits.presence_rate > 0 and limits.presence_burst < 1:
+        raise ConfigError(f"{source}: [limits] presence_burst must be at least 1")
     if limits.c2s_read_rate > 0 and limits.c2s_read_burst < 1:
         raise ConfigError(f"{source}: [limits] c2s_read_burst must be at least 1")
     for key in ("auth_failure_window", "registration_window"):
@@ -549,7 +555,7 @@ def _check_abuse_limits(config: Config) -> None:
                           "[c2s] pre_auth_timeout (a login would be cut off while it waits)")
     for key in ("auth_failure_delay_max", "trusted_source_ttl", "roster_size", "offline_queue",
                 "pending_subscriptions", "private_keys_per_account",
-                "private_bytes_per_account", "blocklist_size", "vcard_size"):
+                "private_bytes_per_account", "blocklist_size", "vcard_size", "presence_rate"):
         if getattr(limits, key) < 0:
             raise ConfigError(f"{source}: [limits] {key} must not be negative")
 

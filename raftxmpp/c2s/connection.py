@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("raftxmpp.c2s")
 
 SASL_AUTH = f"{{{ns.SASL}}}auth"
+# Stanzas of one client handled between two yields to the event loop.
+STANZAS_PER_TURN = 16
 
 __all__ = ["C2SConnection", "ConnectionClosed", "framer_for", "tcp_connection"]
 
@@ -186,6 +188,7 @@ class C2SConnection:
         self._nursery.start_soon(self._write_loop, session)
         route = self.router.route_from_client
         events, self._leftover = self._leftover, []
+        handled = 0
         while True:
             for event in events:
                 for action in self.core.receive(event):
@@ -195,6 +198,11 @@ class C2SConnection:
                         if session.sm is not None:
                             # Routed (or committed, or answered): what an ack promises.
                             session.sm.handled_one()
+                        handled += 1
+                        if handled % STANZAS_PER_TURN == 0:
+                            # One read may hold thousands of stanzas: every other client
+                            # gets a turn between them (issue 13, finding 1).
+                            await trio.lowlevel.checkpoint()
                     elif isinstance(action, SmRequest):
                         await self._sm_bound(action.element)
                     elif isinstance(action, Close):

@@ -23,6 +23,7 @@ import trio
 from raftxmpp import credentials
 from raftxmpp.cluster.archive_store import ArchiveStoreOps
 from raftxmpp.cluster.muc_store import MucStore
+from raftxmpp.cluster.presence_index import SubscriberIndex
 from raftxmpp.cluster.pubsub_store import PubsubStore
 from raftxmpp.cluster.quotas import Quotas
 from raftxmpp.cluster.raft import RaftNode, RaftOutcomeUnknown, RaftUnavailable
@@ -129,6 +130,12 @@ class Store(PubsubStore, MucStore, ArchiveStoreOps):  # pubsub_store, muc_store,
         stored by older versions, only its status text)."""
         empty = {"ver": 0, "items": {}, "pending_in": {}}
         return self._read(lambda s: copy.deepcopy(s.rosters.get(jid, empty)))
+
+    def subscribers(self, jid: str) -> frozenset[str]:
+        """The contacts entitled to the account's presence (subscription from or both);
+        no copy of the roster (raftxmpp.cluster.presence_index)."""
+        index = self.__dict__.setdefault("_subscriber_index", SubscriberIndex())
+        return self._read(lambda s: index.subscribers(s.rosters, jid))
 
     def roster_item(self, jid: str, contact: str) -> dict | None:
         return self._read(

@@ -22,11 +22,13 @@ import copy
 from collections.abc import Iterable
 from functools import partial
 
+import trio
 from lxml import etree
 
 from raftxmpp.cluster import roster_states
 from raftxmpp.cluster.state import MAX_PENDING_REQUEST, MAX_STATUS
 from raftxmpp.jid import JID
+from raftxmpp.modules.presence_pacing import PresencePacer, pacer_for
 from raftxmpp.routing.local import block_candidates
 from raftxmpp.routing.router import Router
 from raftxmpp.routing.sessions import LocalSession, RemoteSession, Session
@@ -34,6 +36,8 @@ from raftxmpp.xml import ns
 from raftxmpp.xml.errors import StanzaError
 from raftxmpp.xml.stanza import make, serialize
 
+# Recipients served between two yields to the event loop in a large broadcast.
+FAN_OUT_CHUNK = 64
 SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 PRESENCE = f"{{{ns.CLIENT}}}presence"
@@ -45,16 +49,17 @@ _KEPT_FIRST = (STATUS, "{http://jabber.org/protocol/nick}nick", "{urn:xmpp:pars:
 
 
 def setup(router: Router) -> None:
-    router.local.presence_handler = partial(handle, router)
-    router.add_hook("session-closed", partial(on_session_closed, router))
+    pacer = pacer_for(router, partial(_broadcast_reflected, router))
+    router.local.presence_handler = partial(handle, router, pacer)
+    router.add_hook("session-closed", partial(on_session_closed, router, pacer))
     router.sessions.on_remote_change.append(partial(on_remote_change, router))
     # RFC 6121 §3.4.1: subscription pre-approval is supported, so it is announced.
     router.stream_features.append(
         lambda: etree.Element(f"{{{ns.PREAPPROVAL}}}sub", nsmap={None: ns.PREAPPROVAL}))
 
 
-async def handle(router: Router, stanza: etree._Element, target: JID | None,
-                 sender: LocalSession | None) -> None:
+async def handle(router: Router, pacer: PresencePacer, stanza: etree._Element,
+                 target: JID | None, sender: LocalSession | None) -> None:
     ptype = stanza.get("type")
     if ptype in SUBSCRIPTION_TYPES:
         if target is not None and sender is None and _from_remote(router, stanza):
@@ -66,7 +71,9 @@ async def handle(router: Router, stanza: etree._Element, target: JID | None,
     elif ptype in (None, "unavailable"):
         if target is None:
             if sender is not None:
-                await broadcast(router, sender, stanza, reflect=True)
+                if ptype is None:
+                    _priority(stanza)  # a bad one is refused now, not when paced out
+                await pacer.broadcast(sender, stanza)
         else:
             directed(router, stanza, target, sender)
     elif ptype == "error":
@@ -310,13 +317,18 @@ async def broadcast(router: Router, sender: LocalSession, stanza: etree._Element
         _fan_out_remote(router, sender, stanza, initial)  # contacts on other servers
     if reflect:
         sender.send_stanza(stanza)
-    _fan_out(router, sender, stanza)
+    await _fan_out_yielding(router, sender, stanza)
     if not available:
         _directed_unavailable(router, sender, stanza)
     if initial:
         _probe_contacts(router, sender)
         _deliver_pending_requests(router, sender)
         await router.run_hooks("initial-presence", sender)
+
+
+async def _broadcast_reflected(router: Router, sender: LocalSession,
+                               stanza: etree._Element) -> None:
+    await broadcast(router, sender, stanza, reflect=True)
 
 
 def on_remote_change(router: Router, session: RemoteSession, was_available: bool) -> None:
@@ -333,27 +345,54 @@ def on_remote_change(router: Router, session: RemoteSession, was_available: bool
 
 def _fan_out(router: Router, sender: Session, stanza: etree._Element) -> None:
     """To this node's clients entitled to the presence: subscribed contacts, own resources."""
-    user = sender.bare_jid
-    for contact, item in router.store.roster(user)["items"].items():
-        if not roster_states.has_from(item["subscription"]):
-            continue
-        if _blocked_either_way(router, user, sender.jid, contact, JID.parse(contact)):
-            continue
-        _deliver_to_account(router, stanza, contact)
-    for session in router.sessions.available_local(user):
+    _deliver_to_accounts(router, stanza, _local_recipients(router, sender))
+    _to_own_resources(router, sender, stanza)
+
+
+async def _fan_out_yielding(router: Router, sender: Session, stanza: etree._Element) -> None:
+    """_fan_out for the sender's own task: a large fan-out lets every other client have a
+    turn between chunks (the sender's next stanza waits, so its order is kept)."""
+    recipients = _local_recipients(router, sender)
+    for start in range(0, len(recipients), FAN_OUT_CHUNK):
+        if start:
+            await trio.sleep(0)
+        _deliver_to_accounts(router, stanza, recipients[start:start + FAN_OUT_CHUNK])
+    _to_own_resources(router, sender, stanza)
+
+
+def _to_own_resources(router: Router, sender: Session, stanza: etree._Element) -> None:
+    for session in router.sessions.available_local(sender.bare_jid):
         if session is not sender:
             session.send_stanza(stanza)
 
 
-def _deliver_to_account(router: Router, stanza: etree._Element, bare: str) -> None:
-    sessions = router.sessions.available_local(bare)
-    if not sessions:
-        return
-    element = copy.copy(stanza)
-    element.set("to", bare)
-    data = serialize(element)
-    for session in sessions:
-        session.send(data)
+def _local_recipients(router: Router, sender: Session) -> list[str]:
+    """The subscribed contacts (the roster's index, never a copy of it) with a session
+    known here, in O(min(subscribers, accounts with sessions)); blocks both ways are
+    checked for those only."""
+    user = sender.bare_jid
+    subscribers = router.store.subscribers(user)
+    with_sessions = router.sessions.accounts_with_sessions()
+    if len(subscribers) <= len(with_sessions):
+        candidates = [c for c in subscribers if c in with_sessions]
+    else:
+        candidates = [c for c in with_sessions if c in subscribers]
+    if router.store.has_blocklist(user):
+        return [c for c in candidates
+                if not _blocked_either_way(router, user, sender.jid, c, JID.parse(c))]
+    return [c for c in candidates if not router.local.is_blocked(c, sender.jid)]
+
+
+def _deliver_to_accounts(router: Router, stanza: etree._Element, accounts: list[str]) -> None:
+    for bare in accounts:
+        sessions = router.sessions.available_local(bare)
+        if not sessions:
+            continue
+        element = copy.copy(stanza)
+        element.set("to", bare)
+        data = serialize(element)
+        for session in sessions:
+            session.send(data)
 
 
 def _directed_unavailable(router: Router, sender: LocalSession, stanza: etree._Element) -> None:
@@ -364,8 +403,7 @@ def _directed_unavailable(router: Router, sender: LocalSession, stanza: etree._E
 
 def _subscribers(router: Router, user: str) -> list[str]:
     """The contacts entitled to the user's presence (subscription from or both)."""
-    return [contact for contact, item in router.store.roster(user)["items"].items()
-            if roster_states.has_from(item["subscription"])]
+    return sorted(router.store.subscribers(user))
 
 
 def _probe_contacts(router: Router, sender: LocalSession) -> None:
@@ -481,14 +519,16 @@ def _unavailable_from(router: Router, user: str, targets: list[Session]) -> None
                                                  "to": target.bare_jid}))
 
 
-async def on_session_closed(router: Router, session: LocalSession) -> None:
+async def on_session_closed(router: Router, pacer: PresencePacer,
+                            session: LocalSession) -> None:
     """A connection ended without unavailable presence: send it for the client (§4.5.2)."""
-    if session.available or session.directed:
-        unavailable = make("presence", {"type": "unavailable", "from": session.full_jid})
-        if session.available:
-            await broadcast(router, session, unavailable)
-        else:
-            _directed_unavailable(router, session, unavailable)
+    async with pacer.closing(session):  # a presence still waiting is dropped
+        if session.available or session.directed:
+            unavailable = make("presence", {"type": "unavailable", "from": session.full_jid})
+            if session.available:
+                await broadcast(router, session, unavailable)
+            else:
+                _directed_unavailable(router, session, unavailable)
 
 
 def _priority(stanza: etree._Element) -> int:
@@ -533,17 +573,31 @@ def _fan_out_remote(router: Router, sender: Session, stanza: etree._Element,
     """Broadcast (§4.2.2, §4.4.2) to subscribed contacts elsewhere; an initial presence
     also probes the contacts we are subscribed to (§4.2.1)."""
     user = sender.bare_jid
-    for contact, item in router.store.roster(user)["items"].items():
-        if not _is_remote(router, contact):
-            continue
-        subscription = item["subscription"]
-        if roster_states.has_from(subscription) and \
-                not router.local.is_blocked(user, JID.parse(contact)):
+    for contact in _remote_subscribers(router, user):
+        if not router.local.is_blocked(user, JID.parse(contact)):
             element = copy.copy(stanza)
             element.set("to", contact)
             router.s2s.send_stanza(element)
-        if initial and roster_states.has_to(subscription):
+    if not initial:
+        return
+    for contact, item in router.store.roster(user)["items"].items():  # once per session
+        if _is_remote(router, contact) and roster_states.has_to(item["subscription"]):
             _probe(router, user, contact)
+
+
+def _remote_subscribers(router: Router, user: str) -> list[str]:
+    """The subscribed contacts on other servers, from the roster's index; each domain is
+    looked up once (roster keys are bare JIDs already normalised: the domain follows '@')."""
+    remote_domain: dict[str, bool] = {}
+    found = []
+    for contact in router.store.subscribers(user):
+        domain = contact.rpartition("@")[2]
+        remote = remote_domain.get(domain)
+        if remote is None:
+            remote = remote_domain[domain] = _is_remote(router, contact)
+        if remote:
+            found.append(contact)
+    return found
 
 
 def _probe(router: Router, user: str, contact: str) -> None:

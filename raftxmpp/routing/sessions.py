@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -308,6 +308,10 @@ class SessionManager:
 
     def available_local(self, bare_jid: str) -> list[LocalSession]:
         return [s for s in self._by_bare.get(bare_jid, {}).values() if s.available and s.is_local]
+
+    def accounts_with_sessions(self) -> Collection[str]:
+        """Bare JIDs with at least one session anywhere in the cluster (a live view)."""
+        return self._by_bare.keys()
 
     def resource_count(self, bare_jid: str) -> int:
         return len(self._by_bare.get(bare_jid, ()))
