@@ -10,6 +10,7 @@ import trio
 
 from raftxmpp import credentials
 from raftxmpp.cluster.raft import RaftNode, RaftOutcomeUnknown, RaftUnavailable
+from raftxmpp.cluster.state import MAX_VERSION
 from raftxmpp.cluster.store import Store, StoreError, client_request
 from raftxmpp.config import Address, ClusterSection
 from tests.harness import free_ports
@@ -60,7 +61,12 @@ async def test_a_node_without_a_leader_refuses_definitely_within_the_deadline(tm
         await trio.to_thread.run_sync(node.stop)
 
 
+async def _advertise(node: RaftNode, version: int = MAX_VERSION) -> None:
+    await Store(node).member_set("solo", node.self_address, "127.0.0.1:1", version)
+
+
 async def test_the_leader_ticks_the_clock(solo):
+    await _advertise(solo)
     nursery_clock = time.time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(solo.run_clock)
@@ -73,3 +79,28 @@ async def test_the_leader_ticks_the_clock(solo):
 async def test_a_submit_deadline_longer_than_the_expiry_window_is_refused(solo):
     with pytest.raises(ValueError):
         await solo.submit(solo.command("barrier"), timeout=60)
+
+
+async def test_a_newer_op_waits_until_every_member_advertises_a_version_that_knows_it(solo):
+    """Rolling upgrades: a node running older code rejects an op it does not know while
+    newer nodes apply it, so the state would split; submitters hold it back instead."""
+    store = Store(solo, timeout=0.5)
+    await _advertise(solo, version=1)  # as if this member still ran older code
+    assert not solo.supports("offline_claim") and solo.supports("register")
+    with pytest.raises(RaftUnavailable, match="version"):
+        await store.offline_claim("alice@localhost", "session")
+    await _advertise(solo)
+    assert solo.supports("offline_claim")
+    assert await store.offline_claim("alice@localhost", "session") == ([], 0)
+
+
+async def test_an_apply_that_raises_gives_an_error_result_instead_of_retrying_forever(
+        solo, monkeypatch):
+    def broken(command):
+        raise RuntimeError("a bug below the ops")
+
+    monkeypatch.setattr(solo.state, "apply", broken)
+    result = await solo.submit(solo.command("barrier"), timeout=5)
+    assert result[:2] == ("error", "internal-server-error")
+    monkeypatch.undo()
+    assert (await solo.submit(solo.command("barrier"), timeout=5))[0] == "ok"

@@ -411,3 +411,42 @@ def test_an_expired_membership_lock_can_be_taken_over(state):
     ok(state.apply({**cmd("membership_lock", owner="node1:a", ttl=10), "ts": 100.0}))
     ok(state.apply({**cmd("membership_lock", owner="node2:b", ttl=10), "ts": 111.0}))
     assert state.membership_lock["owner"] == "node2:b"
+
+
+# -- any exception is an error result; command versions (rolling upgrades) ----------------
+
+
+def test_an_op_that_raises_any_exception_gives_an_error_result_not_a_wedged_log(state, monkeypatch):
+    """Issue 12, problem 6: only some exception types became error results; any other
+    would make pysyncobj retry the entry forever on every node."""
+    def broken(state, command):
+        raise RuntimeError("a bug in an op")
+
+    monkeypatch.setitem(sm.OPS, "broken", broken)
+    result = state.apply(cmd("broken"))
+    assert err(result) == "internal-server-error" and "a bug in an op" in result[2]
+    assert ok(state.apply(cmd("barrier"))) is not None  # the next entry applies
+
+
+def test_a_command_of_a_version_this_code_does_not_know_is_rejected_and_older_ones_apply(state):
+    newer = {**cmd("barrier"), "v": sm.MAX_VERSION + 1}
+    assert err(state.apply(newer)) == "bad-request"
+    assert ok(state.apply({**cmd("barrier"), "v": 1})) is not None
+    assert ok(state.apply({**cmd("barrier"), "v": sm.MAX_VERSION})) is not None
+
+
+def test_the_cluster_version_is_the_oldest_any_raft_member_advertised(state):
+    members = {"10.0.0.1:7001", "10.0.0.2:7001"}
+    assert sm.cluster_version(state, members) == 1
+    ok(state.apply(cmd("member_set", name="n1", raft="10.0.0.1:7001", link="l:1", version=2)))
+    assert sm.cluster_version(state, members) == 1  # n2 has not advertised (older code)
+    ok(state.apply(cmd("member_set", name="n2", raft="10.0.0.2:7001", link="l:2", version=3)))
+    assert sm.cluster_version(state, members) == 2
+    assert sm.cluster_version(state, members | {"10.0.0.3:7001"}) == 1  # not registered yet
+
+
+def test_ops_added_after_version_1_are_marked_with_their_version():
+    assert sm.OP_VERSIONS["tick"] == 2 and sm.OP_VERSIONS["offline_claim"] == 2
+    assert "register" not in sm.OP_VERSIONS
+    with pytest.raises(ValueError):
+        sm.register_ops({"barrier": lambda s, c: None})  # a name is taken once

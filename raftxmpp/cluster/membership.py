@@ -27,6 +27,7 @@ from raftxmpp.cluster.gossip import Gossip
 from raftxmpp.cluster.links import GOSSIP, STANZA, LinkError, Links
 from raftxmpp.cluster.raft import RaftUnavailable
 from raftxmpp.cluster.rpc import ANSWER, REQUEST, Rpc
+from raftxmpp.cluster.state import MAX_VERSION
 from raftxmpp.cluster.store import StoreError
 from raftxmpp.config import Address
 
@@ -80,7 +81,9 @@ class ClusterMembership:
 
     async def _track_members(self) -> None:
         cfg = self.node.config
-        own = {"raft": str(cfg.cluster.raft), "link": str(cfg.cluster.link)}
+        # The version tells submitters which commands every member can apply.
+        own = {"raft": str(cfg.cluster.raft), "link": str(cfg.cluster.link),
+               "version": MAX_VERSION}
         while True:
             members = self.node.raft.read(lambda s: dict(s.members))
             self.links.set_peers({name: Address.parse(m["link"]) for name, m in members.items()})

@@ -35,7 +35,16 @@ from raftxmpp.cluster import raft_port
 from raftxmpp.cluster.archive import ArchiveStore
 from raftxmpp.cluster.journal import DurablePath, check_data_dir, durable_write
 from raftxmpp.cluster.replication import DurableSyncObj
-from raftxmpp.cluster.state import EXPIRED, EXPIRY_SECONDS, VERSION, ClusterState, Command, Result
+from raftxmpp.cluster.state import (
+    EXPIRED,
+    EXPIRY_SECONDS,
+    OP_VERSIONS,
+    VERSION,
+    ClusterState,
+    Command,
+    Result,
+    cluster_version,
+)
 from raftxmpp.config import ClusterSection
 
 log = logging.getLogger("raftxmpp.raft")
@@ -100,7 +109,11 @@ class StateConsumer(SyncObjConsumer):
     @replicated
     def apply(self, command: Command) -> Result:
         with self.lock:
-            result = self.state.apply(command)
+            try:
+                result = self.state.apply(command)
+            except Exception as exc:  # pysyncobj would retry the entry forever
+                log.exception("apply failed for a command")
+                result = ("error", "internal-server-error", f"apply failed: {exc!r}")
         if self.on_applied is not None:
             try:
                 self.on_applied(command, result)
@@ -231,8 +244,17 @@ class RaftNode:
     def command(self, op: str, **args: Any) -> Command:
         """A new command with a cluster-unique id and the wall-clock time it was made."""
         self._sequence += 1
-        return {"v": VERSION, "id": f"{self.node_tag}:{self._sequence}", "ts": time.time(),
-                "op": op, **args}
+        return {"v": OP_VERSIONS.get(op, VERSION), "id": f"{self.node_tag}:{self._sequence}",
+                "ts": time.time(), "op": op, **args}
+
+    def supports(self, op: str) -> bool:
+        """Whether every member runs code that applies `op` (rolling upgrades: a newer
+        op waits until the last member has been upgraded)."""
+        wanted = OP_VERSIONS.get(op, VERSION)
+        if wanted == VERSION:
+            return True
+        members = self.members()
+        return self.read(lambda s: cluster_version(s, members)) >= wanted
 
     async def submit(self, command: Command, timeout: float = 5.0) -> Result:
         """Commits a command and returns its result.
@@ -299,7 +321,7 @@ class RaftNode:
         """While this node leads, ticks the state machine's clock (EXPIRY_SECONDS)."""
         while True:
             await trio.sleep(TICK_SECONDS)
-            if self._syncobj is None or not self._syncobj._isLeader():
+            if self._syncobj is None or not self._syncobj._isLeader() or not self.supports("tick"):
                 continue
             with contextlib.suppress(RaftUnavailable):
                 await self.submit(self.command("tick"), timeout=TICK_SECONDS * 3)

@@ -9,7 +9,20 @@ Rules (../shared/DESIGN.md, "Raft rules"):
 - Every command touches one account (keyed by bare JID) or the cluster's own data,
   never two accounts.
 - A bad command is rejected with an error result and leaves the state unchanged; it
-  never raises (an exception in apply would make pysyncobj retry the entry forever).
+  never raises (an exception in apply would make pysyncobj retry the entry forever):
+  any exception an op raises becomes an error result, the same on every node.
+
+Adding a command (a new op)
+- Write `op_<name>(state, command) -> value` (here, or in a module of its own with a
+  dict of ops passed to `register_ops`): validate first, raise `Rejected(condition,
+  text)` to refuse, then mutate; return plain, small values (results are remembered
+  for retries and land in snapshots: return ids, never bodies).
+- Give it `since=MAX_VERSION` (bump MAX_VERSION once per release that adds commands):
+  during a rolling upgrade a node running older code would reject it while newer
+  nodes apply it, so submitters hold such a command back until every member has
+  advertised (in the replicated member table) a version that knows it. Ops of an older
+  version keep applying exactly as they did: change an op's meaning only under a new
+  name or version.
 - No password ever arrives here: accounts hold SCRAM keys (raftxmpp.credentials).
 
 This module knows nothing about pysyncobj or trio; `raftxmpp.cluster.raft` wraps it.
@@ -19,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +41,13 @@ from raftxmpp import credentials
 from raftxmpp.cluster import archive_state, muc_state, pubsub_state, quotas, roster_states
 from raftxmpp.cluster.archive import ArchiveStore
 
-VERSION = 1
+log = logging.getLogger("raftxmpp.state")
+
+VERSION = 1  # the snapshot format, and the version of every op that predates gating
+# The newest command version this code applies; members advertise it (op_member_set).
+MAX_VERSION = 2
+# Ops introduced after version 1: op name → the version that introduced it.
+OP_VERSIONS: dict[str, int] = {}
 # Definite outcomes (issue 12). The leader appends a `tick` with its wall clock about
 # every second; the state keeps `clock`, the latest tick time, the same on every node.
 # A command whose own time (`ts`, set by its submitter) is more than EXPIRY_SECONDS
@@ -142,8 +162,10 @@ class ClusterState:
             dedup.popitem(last=False)
 
     def _run(self, command: Command) -> Result:
-        if command.get("v") != VERSION:
-            return error("bad-request", f"unsupported command version {command.get('v')!r}")
+        version = command.get("v")
+        if isinstance(version, bool) or not isinstance(version, int) \
+                or not VERSION <= version <= MAX_VERSION:
+            return error("bad-request", f"unsupported command version {version!r}")
         op = OPS.get(str(command.get("op")))
         if op is None:
             return error("bad-request", f"unknown op {command.get('op')!r}")
@@ -154,6 +176,9 @@ class ClusterState:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             # Ops validate before they mutate, so a malformed command changed nothing.
             return error("bad-request", f"malformed {command.get('op')}: {exc!r}")
+        except Exception as exc:  # a bug in an op: never wedge every node on this entry
+            log.exception("op %s failed", command.get("op"))
+            return error("internal-server-error", f"{command.get('op')} failed: {exc!r}")
 
     # -- snapshots ---------------------------------------------------------------
 
@@ -304,14 +329,28 @@ def op_component_remove(state: ClusterState, command: Command) -> bool:
 
 
 def op_member_set(state: ClusterState, command: Command) -> bool:
-    """Records a node's addresses; a name is bound to one Raft address."""
+    """Records a node's addresses and the newest command version its code applies; a
+    name is bound to one Raft address."""
     name = _text(command, "name", 256)
     raft, link = _text(command, "raft", 300), _text(command, "link", 300)
+    version = command.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)
+                                or not 1 <= version <= 1_000_000):
+        raise Rejected("bad-request", "version must be a positive integer")
     for other, member in state.members.items():
         if other != name and member["raft"] == raft:
             raise Rejected("conflict", f"{raft} already belongs to node {other}")
     state.members[name] = {"raft": raft, "link": link}
+    if version is not None:
+        state.members[name]["version"] = version
     return True
+
+
+def cluster_version(state: ClusterState, raft_members: set[str]) -> int:
+    """The newest command version every Raft member advertised (1 for a member that
+    advertised none, or is not in the table yet): what a submitter may send."""
+    advertised = {m["raft"]: m.get("version", 1) for m in state.members.values()}
+    return min((advertised.get(address, 1) for address in raft_members), default=1)
 
 
 def op_member_remove(state: ClusterState, command: Command) -> str | None:
@@ -754,6 +793,24 @@ OPS: dict[str, Callable[[ClusterState, Command], Any]] = {
 }
 
 
+def register_ops(ops: dict[str, Callable[[ClusterState, Command], Any]],
+                 since: int = VERSION) -> None:
+    """Adds state-machine commands (see "Adding a command" above)."""
+    if not VERSION <= since <= MAX_VERSION:
+        raise ValueError(f"since must be from {VERSION} to {MAX_VERSION}")
+    for name, fn in ops.items():
+        if name in OPS and OPS[name] is not fn:
+            raise ValueError(f"op {name} is registered twice")
+        OPS[name] = fn
+        if since > VERSION:
+            OP_VERSIONS[name] = since
+
+
+# Version 2: the replicated clock and offline claims (issue 12).
+register_ops({"tick": op_tick, "offline_claim": op_offline_claim,
+              "offline_remove": op_offline_remove}, since=2)
+
+
 # -- publish-subscribe (XEP-0060, XEP-0163): ops in raftxmpp.cluster.pubsub_state ---------------
 
 
@@ -767,7 +824,7 @@ def _pubsub_op(fn: Callable[[ClusterState, Command], Any]) -> Callable[[ClusterS
     return op
 
 
-OPS.update({name: _pubsub_op(fn) for name, fn in pubsub_state.OPS.items()})
+register_ops({name: _pubsub_op(fn) for name, fn in pubsub_state.OPS.items()})
 
 
 # -- multi-user chat (XEP-0045): ops in raftxmpp.cluster.muc_state -------------------------------
@@ -783,7 +840,7 @@ def _muc_op(fn: Callable[[ClusterState, Command], Any]) -> Callable[[ClusterStat
     return op
 
 
-OPS.update({name: _muc_op(fn) for name, fn in muc_state.OPS.items()})
+register_ops({name: _muc_op(fn) for name, fn in muc_state.OPS.items()})
 
 
 def _archive_op(fn: Callable[[ClusterState, Command], Any]) -> Callable[[ClusterState, Command], Any]:
@@ -796,4 +853,4 @@ def _archive_op(fn: Callable[[ClusterState, Command], Any]) -> Callable[[Cluster
     return op
 
 
-OPS.update({name: _archive_op(fn) for name, fn in archive_state.OPS.items()})
+register_ops({name: _archive_op(fn) for name, fn in archive_state.OPS.items()})

@@ -74,6 +74,7 @@ class Store(PubsubStore, MucStore, ArchiveStoreOps):  # pubsub_store, muc_store,
     async def _write(self, op: str, **args: Any) -> Any:
         if self.refuse_writes():
             raise RaftUnavailable("this node was removed from the cluster")
+        await self._until_supported(op)
         command = self.raft.command(op, **args)
         request = _request.get()
         if request is not None:
@@ -84,6 +85,20 @@ class Store(PubsubStore, MucStore, ArchiveStoreOps):  # pubsub_store, muc_store,
         if result[0] == "error":
             raise StoreError(result[1], result[2])
         return result[1]
+
+    async def _until_supported(self, op: str) -> None:
+        if not await self.supports(op):
+            raise RaftUnavailable(f"not every cluster member runs a version that knows {op} yet")
+
+    async def supports(self, op: str) -> bool:
+        """Whether every member runs code that knows `op`, waiting a little for it (the
+        members advertise their version right after start). A newer op sent earlier
+        would be rejected by older nodes and applied by newer ones: a split state."""
+        with trio.move_on_after(self.timeout):
+            while not self.raft.supports(op):
+                await trio.sleep(0.1)
+            return True
+        return False
 
     def _read(self, query):
         return self.raft.read(query)
@@ -304,8 +319,8 @@ class Store(PubsubStore, MucStore, ArchiveStoreOps):  # pubsub_store, muc_store,
 
     # -- cluster membership ---------------------------------------------------------------------
 
-    async def member_set(self, name: str, raft: str, link: str) -> None:
-        await self._write("member_set", name=name, raft=raft, link=link)
+    async def member_set(self, name: str, raft: str, link: str, version: int) -> None:
+        await self._write("member_set", name=name, raft=raft, link=link, version=version)
 
     async def member_remove(self, raft: str) -> str | None:
         return await self._write("member_remove", raft=raft)

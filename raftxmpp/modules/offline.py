@@ -61,6 +61,8 @@ async def deliver_queue(router: Router, session: LocalSession) -> None:
     leave the claimed messages to the first."""
     if session.priority < 0:
         return
+    if not await router.store.supports("offline_claim"):
+        return  # mid-upgrade: the queue waits for a login once every member knows claims
     await router.store.raft.fresh()  # a stale count would miss messages stored elsewhere
     if router.store.offline_count(session.bare_jid) == 0:
         return
