@@ -531,6 +531,47 @@ def pubsub_delete(owner, node_name, config_file, data_dir) -> None:
     click.echo(f"deleted {result['node']} of {result['owner']}")
 
 
+# -- multi-user chat -----------------------------------------------------------------------------
+
+
+@main.group()
+def muc() -> None:
+    """Inspect and destroy chat rooms (XEP-0045) of the cluster's conference services."""
+
+
+@muc.command("list")
+@click.argument("service", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@node_options
+def muc_list(service, as_json, config_file, data_dir) -> None:
+    """List the rooms (of SERVICE, e.g. conference.example.com, or of every service)."""
+    rows = admin(config_file, data_dir, "muc.list", domain=service)
+    emit(rows, as_json, lambda r: render_table(
+        r, [("ROOM", "room"), ("OCCUPANTS", "occupants"), ("PERSISTENT", "persistent"),
+            ("LOCKED", "locked"), ("NAME", "name")], empty="no room"))
+
+
+@muc.command("info")
+@click.argument("room")
+@node_options
+def muc_info(room, config_file, data_dir) -> None:
+    """A room's configuration, affiliations, subject, ordering node and occupants."""
+    click.echo(json.dumps(admin(config_file, data_dir, "muc.info", room=room), indent=2,
+                          sort_keys=True))
+
+
+@muc.command("destroy")
+@click.argument("room")
+@click.option("--reason", default="", help="Told to the occupants.")
+@click.option("--alternate", default=None, help="A room to go to instead (its JID).")
+@node_options
+def muc_destroy(room, reason, alternate, config_file, data_dir) -> None:
+    """Destroy ROOM: every occupant is told, on every node (XEP-0045 §10.9)."""
+    destroyed = admin(config_file, data_dir, "muc.destroy", room=room, reason=reason,
+                      alternate=alternate)
+    click.echo(f"destroyed {destroyed}")
+
+
 # -- config ------------------------------------------------------------------------------------
 
 

@@ -9,6 +9,9 @@ travels over node links, which keep order per link: a test that must show someth
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -108,6 +111,10 @@ class Member:
             if matches(pres):
                 return pres
             self.unclaimed.append(pres)
+
+
+def rooms(node) -> set[str]:
+    return {row["room"] for row in node.admin("muc.list", domain=SERVICE)}
 
 
 def codes(presence) -> set[int]:
@@ -263,7 +270,7 @@ def test_reserved_room_locked_until_configured_and_disco(cluster, ca_file):
         await stop_all(alice, bob)
         # A persistent room outlives its occupants, on every node.
         for node in cluster.nodes:
-            wait_for(lambda n=node: room in n.admin("muc.list", domain=SERVICE), 20,
+            wait_for(lambda n=node: room in rooms(n), 20,
                      "the persistent room on every node")
 
     run(scenario(), 120)
@@ -423,7 +430,7 @@ def test_destroy_with_an_alternate_venue(cluster, ca_file):
             assert destroy.find(f"{{{MUC_USER}}}reason").text == "moving"
         await stop_all(alice, bob, carol)
         for node in cluster.nodes:
-            wait_for(lambda n=node: room not in n.admin("muc.list", domain=SERVICE), 20,
+            wait_for(lambda n=node: room not in rooms(n), 20,
                      "the room gone on every node")
 
     run(scenario(), 120)
@@ -550,5 +557,35 @@ def test_corner_cases_answer_with_the_xeps_errors(cluster, ca_file):
             await bob.muc.get_room_config(room, timeout=20)
         assert err.value.condition == "forbidden"
         await stop_all(alice, bob)
+
+    run(scenario(), 120)
+
+
+def test_operator_lists_inspects_and_destroys_rooms_from_the_cli(cluster, ca_file):
+    """`raftxmpp muc list|info|destroy` on any node: the destruction reaches an occupant
+    on another node (§10.9), and a missing room is a one-line error."""
+    node1, node2 = cluster.nodes[:2]
+    a = account(node1, "alice")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "raftxmpp_cli.main", "muc", *args,
+                               "--config", str(node2.config_path)],
+                              capture_output=True, text=True, timeout=30)
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        room = await instant_room(alice, "Alice", roomname="Ops")
+        listed = cli("list", SERVICE)
+        assert listed.returncode == 0 and room in listed.stdout
+        info = json.loads(cli("info", room).stdout)
+        assert info["affiliations"] == {a: "owner"} and "secret" not in info["config"]
+        assert cli("destroy", room, "--reason", "maintenance").returncode == 0
+        gone = await alice.presence_of("Alice", "unavailable")
+        destroy = gone.xml.find(f".//{{{MUC_USER}}}destroy")
+        assert destroy.find(f"{{{MUC_USER}}}reason").text == "maintenance"
+        missing = cli("info", room)
+        assert missing.returncode == 1 and "no room" in missing.stderr
+        assert "Traceback" not in missing.stderr
+        await alice.client.stop()
 
     run(scenario(), 120)

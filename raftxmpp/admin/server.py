@@ -431,17 +431,17 @@ def _muc_room(node: Node, text: str) -> str:
     return str(jid)
 
 
-async def muc_list(node: Node, args: dict) -> dict:
+async def muc_list(node: Node, args: dict) -> list[dict]:
     """Rooms as committed cluster-wide, with the occupants this node knows of."""
     from raftxmpp.modules import muc
 
     await node.raft.barrier()
     ctx = muc.context(node.router)
     domain = args.get("domain") or None
-    return {room: {"name": info["config"]["roomname"], "persistent":
-                   info["config"]["persistentroom"], "locked": info["locked"],
-                   "occupants": len(ctx.occupants.of_room(room))}
-            for room, info in node.store.muc_rooms(domain).items()}
+    return [{"room": room, "name": info["config"]["roomname"],
+             "persistent": info["config"]["persistentroom"], "locked": info["locked"],
+             "occupants": len(ctx.occupants.of_room(room))}
+            for room, info in node.store.muc_rooms(domain).items()]
 
 
 async def muc_info(node: Node, args: dict) -> dict:
