@@ -231,6 +231,7 @@ def on_affiliation(ctx: Muc, peer: str, message: dict) -> None:
         return
     # What changed travels in the message: this node may not have applied it yet.
     changes = message.get("changes") or {}
+    ctx.announced(room, changes)
     config = {**record["config"], **(message.get("config") or {})}
     reasons = message.get("re") or {}
     for occupant in ctx.occupants.local_of_room(room):

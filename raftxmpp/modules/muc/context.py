@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
     from raftxmpp.routing.router import Router
 
 log = logging.getLogger("raftxmpp.muc")
+
+# How long an announced affiliation change overrides this node's applied state: far more
+# than any node lags the log while it is in the cluster.
+RECENT_SECONDS = 30.0
 
 
 @dataclass
@@ -36,6 +41,9 @@ class Muc:
     occupants: OccupantTable
     # room → its last messages (every node keeps them: history survives any node).
     history: dict[str, deque[HistoryEntry]] = field(default_factory=dict)
+    # (room, bare JID) → (affiliation, until): affiliation changes announced by another
+    # node, which this node's applied state may not show yet (a ban must hold at once).
+    recent_affiliations: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     # (room, real JID) → (tokens, last refill) of the occupant's message rate.
     buckets: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
 
@@ -52,6 +60,21 @@ class Muc:
         prefix = label + "."
         return bool(label) and domain.startswith(prefix) and \
             domain[len(prefix):] in self.router.served_hosts()
+
+    def affiliation(self, room: str, bare: str, record: dict) -> str:
+        """A user's affiliation: the newest announced change, else the applied state."""
+        recent = self.recent_affiliations.get((room, bare))
+        if recent is not None and recent[1] > time.monotonic():
+            return recent[0]
+        return record["affiliations"].get(bare, "none")
+
+    def announced(self, room: str, changes: dict[str, str]) -> None:
+        now = time.monotonic()
+        if len(self.recent_affiliations) > 10_000:
+            self.recent_affiliations = {k: v for k, v in self.recent_affiliations.items()
+                                        if v[1] > now}
+        for bare, affiliation in changes.items():
+            self.recent_affiliations[(room, bare)] = (affiliation, now + RECENT_SECONDS)
 
     # -- the cluster -------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from lxml import etree
 from raftxmpp import metrics
 from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.modules.muc import history, ns
+from raftxmpp.modules.muc.admin import AFFILIATION
 from raftxmpp.modules.muc.context import Muc
 from raftxmpp.modules.muc.occupants import Occupant
 from raftxmpp.modules.muc.presence import subject_message
@@ -200,6 +201,7 @@ async def invitation(ctx: Muc, stanza: etree._Element, room: str, x: etree._Elem
         if config["membersonly"] and record["affiliations"].get(to, "none") == "none":
             # §9.3: an invitation to a members-only room makes the invitee a member.
             await ctx.store.muc_set_affiliations(room, "", {to: "member"})
+            ctx.to_all({"t": AFFILIATION, "room": room, "changes": {to: "member"}})
         message = make("message", {"from": room, "to": to})
         out = etree.SubElement(message, f"{{{ns.MUC_USER}}}x", nsmap={None: ns.MUC_USER})
         element = etree.SubElement(out, f"{{{ns.MUC_USER}}}invite",

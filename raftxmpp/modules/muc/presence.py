@@ -68,7 +68,7 @@ async def join(ctx: Muc, stanza: etree._Element, room: str, nick: str,
                sender: LocalSession) -> None:
     muc_x = stanza.find(f"{{{ns.MUC}}}x")
     record, created = await _room_to_enter(ctx, room, sender.bare_jid, muc_x is not None)
-    affiliation = record["affiliations"].get(sender.bare_jid, "none")
+    affiliation = ctx.affiliation(room, sender.bare_jid, record)
     try:
         _check_entry(ctx, record, room, nick, affiliation, sender.bare_jid, muc_x)
     except StanzaError:
@@ -79,7 +79,7 @@ async def join(ctx: Muc, stanza: etree._Element, room: str, nick: str,
         if record is None:
             raise StanzaError("item-not-found", text="the room was destroyed meanwhile") \
                 from None
-        affiliation = record["affiliations"].get(sender.bare_jid, "none")
+        affiliation = ctx.affiliation(room, sender.bare_jid, record)
         _check_entry(ctx, record, room, nick, affiliation, sender.bare_jid, muc_x)
     role = role_for(record["config"], affiliation)
     for other in ctx.occupants.of_room(room):  # §7.2.3: the others first
