@@ -152,6 +152,11 @@ class Store(PubsubStore, MucStore, ArchiveStoreOps):  # pubsub_store, muc_store,
         index = self.__dict__.setdefault("_subscriber_index", SubscriberIndex())
         return self._read(lambda s: index.subscribers(s.rosters, jid))
 
+    def subscribers_by_domain(self, jid: str) -> dict[str, tuple[str, ...]]:
+        """The same, grouped by the contacts' domain (read-only)."""
+        index = self.__dict__.setdefault("_subscriber_index", SubscriberIndex())
+        return self._read(lambda s: index.by_domain(s.rosters, jid))
+
     def roster_item(self, jid: str, contact: str) -> dict | None:
         return self._read(
             lambda s: copy.deepcopy(s.rosters.get(jid, {}).get("items", {}).get(contact))

@@ -586,18 +586,10 @@ def _fan_out_remote(router: Router, sender: Session, stanza: etree._Element,
 
 
 def _remote_subscribers(router: Router, user: str) -> list[str]:
-    """The subscribed contacts on other servers, from the roster's index; each domain is
-    looked up once (roster keys are bare JIDs already normalised: the domain follows '@')."""
-    remote_domain: dict[str, bool] = {}
-    found = []
-    for contact in router.store.subscribers(user):
-        domain = contact.rpartition("@")[2]
-        remote = remote_domain.get(domain)
-        if remote is None:
-            remote = remote_domain[domain] = _is_remote(router, contact)
-        if remote:
-            found.append(contact)
-    return found
+    """The subscribed contacts on other servers, from the roster's index: one lookup
+    per domain (a component or a served host added since counts at once)."""
+    return [contact for domain, contacts in router.store.subscribers_by_domain(user).items()
+            if _is_remote(router, domain) for contact in contacts]
 
 
 def _probe(router: Router, user: str, contact: str) -> None:

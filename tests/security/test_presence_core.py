@@ -47,7 +47,10 @@ def test_the_index_follows_roster_changes_and_a_recreated_account():
            event="out-unsubscribed")
     assert index.subscribers(state.rosters, ALICE) == frozenset()
     _subscribe_from(state, "dave@localhost")
-    assert index.subscribers(state.rosters, ALICE) == {"dave@localhost"}
+    _subscribe_from(state, "erin@example.org")
+    assert index.subscribers(state.rosters, ALICE) == {"dave@localhost", "erin@example.org"}
+    assert index.by_domain(state.rosters, ALICE) == {"localhost": ("dave@localhost",),
+                                                     "example.org": ("erin@example.org",)}
     _apply(state, "unregister", jid=ALICE)
     assert index.subscribers(state.rosters, ALICE) == frozenset()
     _apply(state, "register", jid=ALICE, credentials=CREDS)  # same ver, another roster
