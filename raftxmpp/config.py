@@ -109,6 +109,11 @@ class C2SSection:
     max_idle_whitespace: int = 1048576  # whitespace bytes between two stanzas (keepalives)
     pre_auth_timeout: float = 60.0  # seconds to authenticate and bind
     send_timeout: float = 30.0  # a write blocked longer than this ends a slow client
+    # XMPP Ping (XEP-0199) from the server: a client silent this many seconds is pinged …
+    ping_interval: float = 300.0  # … (0 = never)
+    ping_timeout: float = 60.0  # … and without a byte from it this long after, it is gone
+    # (a stream-management session is then detached, ready to be resumed).
+    csi_max_held: int = 100  # stanzas held back from an inactive client (XEP-0352), then flushed
 
 
 @dataclass(frozen=True)

@@ -290,10 +290,15 @@ ARCHIVE_QUERIES = HotFamily(
     "raftxmpp_archive_queries", "MAM queries answered on this node, by kind.", "kind",
     ("query", "form", "metadata", "prefs"))
 
+C2S_EVENTS = HotFamily(
+    "raftxmpp_c2s_ping_timeouts", "Client connections taken for gone because they did not "
+    "answer the server's ping (XEP-0199) in time.", "outcome", ("timeout",))
+C2S_PING_TIMEOUTS = C2S_EVENTS.labels("timeout")
+
 HOT_FAMILIES = (CONNECTIONS, STANZAS_IN_TOTAL, STANZAS_OUT_TOTAL, ROUTED,
                 S2S_FORWARDED_TOTAL, S2S_STREAM_FAILURES_TOTAL, S2S_BOUNCED,
                 PUBSUB_REQUESTS, PUBSUB_NOTIFICATIONS, PUBSUB_CAPS, LOGINS, SM_RESUMPTIONS,
-                SM_SESSIONS, SM_UNACKED, SM_DETACHED,
+                SM_SESSIONS, SM_UNACKED, SM_DETACHED, C2S_EVENTS,
                 ARCHIVE_ROWS, ARCHIVE_QUERIES, MUC_MESSAGES, MUC_OCCUPANTS)
 
 

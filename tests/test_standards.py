@@ -37,6 +37,7 @@ SPEC_OF_STREAM_FEATURE = {
     "{urn:xmpp:features:rosterver}ver": "RFC 6121",
     "{urn:xmpp:features:pre-approval}sub": "RFC 6121",
     "{urn:xmpp:sm:3}sm": "XEP-0198",
+    "{urn:xmpp:csi:0}csi": "XEP-0352",
 }
 
 node = test_c2s_raw.node  # the fixture: a node running in the test's nursery

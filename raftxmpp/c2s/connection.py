@@ -26,13 +26,15 @@ import time
 from typing import TYPE_CHECKING
 
 import trio
+from lxml import etree
 
 from raftxmpp import metrics
-from raftxmpp.c2s import sasl, sm
+from raftxmpp.c2s import csi, sasl, sm
 from raftxmpp.c2s.limits import Admission, C2SGuards, host_of
 from raftxmpp.c2s.login import LoginGuard
 from raftxmpp.c2s.stream import (
     BindRequest,
+    ClientStateChange,
     ClientStream,
     Close,
     PreAuthIq,
@@ -51,7 +53,7 @@ from raftxmpp.routing.sessions import LocalSession
 from raftxmpp.xml import ns
 from raftxmpp.xml.errors import StanzaError, StreamError, can_reply_with_error, error_reply
 from raftxmpp.xml.framer import StanzaReceived, StreamFramer
-from raftxmpp.xml.stanza import STREAM_CLOSE, serialize
+from raftxmpp.xml.stanza import STREAM_CLOSE, make, serialize
 
 if TYPE_CHECKING:
     from raftxmpp.node import Node
@@ -112,6 +114,7 @@ class C2SConnection:
         self.write_started: float | None = None  # when the write in progress began
         self._nursery: trio.Nursery | None = None
         self._leftover: list = []  # events read with the one that bound or resumed
+        self.last_read = trio.current_time()  # for the server's pings (XEP-0199)
 
     # -- lifetime ---------------------------------------------------------------------------------------
 
@@ -186,6 +189,8 @@ class C2SConnection:
     async def _serve_bound(self) -> None:
         session = self.session
         self._nursery.start_soon(self._write_loop, session)
+        if self.node.config.c2s.ping_interval > 0:
+            self._nursery.start_soon(self._keepalive, session)
         route = self.router.route_from_client
         events, self._leftover = self._leftover, []
         handled = 0
@@ -205,6 +210,8 @@ class C2SConnection:
                             await trio.lowlevel.checkpoint()
                     elif isinstance(action, SmRequest):
                         await self._sm_bound(action.element)
+                    elif isinstance(action, ClientStateChange):
+                        self._client_state(session, action.active)
                     elif isinstance(action, Close):
                         session.close(_PLAIN_CLOSE)  # any stream error was queued just before
                         return
@@ -214,7 +221,9 @@ class C2SConnection:
 
     async def _read_events(self) -> list:
         try:
-            return await self.transport.receive()
+            events = await self.transport.receive()
+            self.last_read = trio.current_time()
+            return events
         except StreamError as exc:
             if self.session is not None:
                 self.session.close(exc)
@@ -302,6 +311,8 @@ class C2SConnection:
             metrics.count_stanzas_out(session.outbox)
             nonzas, session.nonzas = session.nonzas, []
             chunks = session.take_chunks()
+            if session.csi is not None:
+                chunks = session.csi.take(chunks)  # an inactive client is spared some
             if session.sm is not None and (chunks or session.sm.unacked):
                 chunks = self._count_out(session, chunks)
             data = nonzas + chunks if nonzas else chunks
@@ -341,6 +352,40 @@ class C2SConnection:
             return [*chunks, state.requested()]
         return chunks
 
+    def _client_state(self, session: LocalSession, active: bool) -> None:
+        """XEP-0352: <inactive/> holds back what can wait; <active/> flushes it."""
+        limit = self.node.config.c2s.csi_max_held
+        if not limit:
+            return  # not offered: ignored, as the XEP allows for a server without it
+        if session.csi is None:
+            session.csi = csi.ClientState(max_held=limit)
+        session.csi.inactive = not active
+        if active:
+            session.wakeup.set()
+
+    async def _keepalive(self, session: LocalSession) -> None:
+        """XEP-0199 from the server: a client silent for `ping_interval` is pinged; one
+        that sends nothing within `ping_timeout` after is taken for gone (a half-open
+        connection: a phone that lost its network). Its connection ends without a
+        stream error, so a resumable session is detached, ready for the client."""
+        cfg = self.node.config.c2s
+        serial = 0
+        while True:
+            idle = trio.current_time() - self.last_read
+            if idle < cfg.ping_interval:
+                await trio.sleep(cfg.ping_interval - idle)
+                continue
+            serial += 1
+            asked = trio.current_time()
+            session.send_stanza(_server_ping(session, serial))
+            await trio.sleep(cfg.ping_timeout)
+            if self.last_read < asked:
+                log.info("session %s did not answer a ping in %gs: connection lost",
+                         session.full_jid, cfg.ping_timeout)
+                metrics.C2S_PING_TIMEOUTS.inc()
+                self._nursery.cancel_scope.cancel()
+                return
+
     def taken_over(self) -> None:
         """A resumption elsewhere adopted our session: end this connection quietly."""
         if self._nursery is not None:
@@ -372,6 +417,7 @@ class C2SConnection:
         session = self.session
         if session is None or session.owner is not self:
             return  # never bound, or resumed on another connection
+        session.release_held()
         if self._detachable(session):
             try:
                 if await self._wait_for_resumption(session):
@@ -534,6 +580,8 @@ class C2SConnection:
         if old is not None:
             old.taken_over()  # a half-open connection the client gave up on
         session.nonzas = [sm.resumed(previd, state.handled)]
+        session.release_held()
+        session.csi = None  # a new connection starts active (XEP-0352 §5)
         session.outbox[:0] = again
         session.outbox_bytes += sum(map(len, again))
         session.wakeup.set()
@@ -553,6 +601,13 @@ _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 # Marks a close that needs only </stream:stream>: the peer closed, or the error went out already.
 _PLAIN_CLOSE = StreamError("undefined-condition", "stream closed")
+
+
+def _server_ping(session: LocalSession, serial: int):
+    ping = make("iq", {"type": "get", "id": f"srv-ping-{serial}", "to": session.full_jid,
+                       "from": session.jid.domain})
+    etree.SubElement(ping, f"{{{ns.PING}}}ping", nsmap={None: ns.PING})
+    return ping
 
 
 def _resume_timeout(asked: str | None, configured: float) -> float:

@@ -33,6 +33,7 @@ MAX_AUTH_ATTEMPTS = 3
 _STANZAS = frozenset(f"{{{ns.CLIENT}}}{name}" for name in ("message", "presence", "iq"))
 _STARTTLS = f"{{{ns.TLS}}}starttls"
 _SM_PREFIX = f"{{{ns.SM}}}"
+_CSI_STATES = (f"{{{ns.CSI}}}active", f"{{{ns.CSI}}}inactive")
 
 
 class State(Enum):
@@ -89,7 +90,15 @@ class SmRequest:
     element: etree._Element
 
 
-Action = Send | StartTLS | ResetFramer | BindRequest | PreAuthIq | Stanza | Close | SmRequest
+@dataclass(frozen=True)
+class ClientStateChange:
+    """XEP-0352: the client says it is <active/> or <inactive/>."""
+
+    active: bool
+
+
+Action = (Send | StartTLS | ResetFramer | BindRequest | PreAuthIq | Stanza | Close | SmRequest
+          | ClientStateChange)
 
 
 @dataclass
@@ -262,6 +271,8 @@ class ClientStream:
                 return [Stanza(element)]
             if element.tag.startswith(_SM_PREFIX):
                 return [SmRequest(element)]
+            if element.tag in _CSI_STATES:
+                return [ClientStateChange(element.tag == _CSI_STATES[0])]
             return self._unsupported(element)
         qname = etree.QName(element)
         if self.state is State.BIND and element.tag.startswith(_SM_PREFIX):

@@ -376,6 +376,7 @@ def _add_delay(stanza: etree._Element, domain: str, since: float) -> None:
 def _export(session: LocalSession) -> tuple[dict, bytes]:
     """A session's state for the node it moves to; stanzas as lengths + bytes."""
     state = session.sm
+    session.release_held()
     unacked, queued = list(state.unacked), list(session.outbox)
     result = {
         "found": True, "priority": session.priority, "available": session.available,

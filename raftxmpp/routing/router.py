@@ -58,6 +58,7 @@ MODULES = (
     "pubsub",
     "muc",
     "stream_management",
+    "csi",
     "mam",
 )
 

@@ -31,6 +31,7 @@ from raftxmpp.xml.errors import StreamError
 from raftxmpp.xml.stanza import serialize
 
 if TYPE_CHECKING:
+    from raftxmpp.c2s.csi import ClientState
     from raftxmpp.c2s.sm import StreamManagement
     from raftxmpp.cluster.gossip import Gossip
     from raftxmpp.cluster.links import Links
@@ -85,6 +86,7 @@ class LocalSession:
     nonzas: list[bytes] = field(default_factory=list)
     detached_at: float | None = None
     parking: trio.Event | None = None  # set when the commits to offline storage under way end
+    csi: ClientState | None = None  # XEP-0352, once the client said <inactive/>
     is_local = True
 
     def __post_init__(self) -> None:
@@ -114,6 +116,14 @@ class LocalSession:
     @property
     def detached(self) -> bool:
         return self.detached_at is not None
+
+    def release_held(self) -> None:
+        """Stanzas an inactive client was spared (XEP-0352) go back to the front of the
+        queue: the connection is gone, they are handled like the rest of it."""
+        if self.csi is not None and self.csi.held:
+            held = self.csi.flush()
+            self.outbox[:0] = held
+            self.outbox_bytes += sum(map(len, held))
 
     def take_outbox(self) -> bytes:
         data = b"".join(self.outbox)
