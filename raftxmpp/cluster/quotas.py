@@ -9,7 +9,10 @@ same account at once would both see room that only one of them may take.
 The limits travel inside each command (the store adds them from the node's [limits]),
 so a command gets the same answer on every node and on every replay of the log, even
 while the members' configurations differ; a command without them (written before the
-quotas existed) is checked against no limit, as it was when it first applied.
+quotas existed) is checked against no limit, as it was when it first applied. The
+fields new with the quotas are stamped only once every member advertises command
+version QUOTAS_SINCE (the first with them): during a rolling upgrade an older member
+would ignore them and accept what the others refuse.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+QUOTAS_SINCE = 2
 # The command fields that carry the quotas; 0 (or absent) switches one off.
 PRIVATE_KEYS = "private_keys"
 PRIVATE_BYTES = "private_bytes"

@@ -25,9 +25,9 @@ from raftxmpp.cluster.archive_store import ArchiveStoreOps
 from raftxmpp.cluster.muc_store import MucStore
 from raftxmpp.cluster.presence_index import SubscriberIndex
 from raftxmpp.cluster.pubsub_store import PubsubStore
-from raftxmpp.cluster.quotas import Quotas
+from raftxmpp.cluster.quotas import QUOTAS_SINCE, Quotas
 from raftxmpp.cluster.raft import RaftNode, RaftOutcomeUnknown, RaftUnavailable
-from raftxmpp.cluster.state import ClusterState
+from raftxmpp.cluster.state import ClusterState, cluster_version
 
 __all__ = ["Store", "StoreError", "RaftUnavailable", "RaftOutcomeUnknown", "client_request"]
 
@@ -99,6 +99,13 @@ class Store(PubsubStore, MucStore, ArchiveStoreOps):  # pubsub_store, muc_store,
                 await trio.sleep(0.1)
             return True
         return False
+
+    def _gated(self, limit: int) -> int:
+        """A quota field new in version QUOTAS_SINCE, stamped once every member applies
+        it: a member running older code would ignore it and accept what the others
+        refuse (raftxmpp.cluster.quotas)."""
+        members = self.raft.members()
+        return limit if self._read(lambda s: cluster_version(s, members)) >= QUOTAS_SINCE else 0
 
     def _read(self, query):
         return self.raft.read(query)
@@ -178,7 +185,7 @@ class Store(PubsubStore, MucStore, ArchiveStoreOps):  # pubsub_store, muc_store,
         against quotas.roster_items)."""
         return await self._write("roster_subscription", jid=jid, contact=contact, event=event,
                                  request=request, limit=self.quotas.pending_subscriptions,
-                                 item_limit=self.quotas.roster_items)
+                                 item_limit=self._gated(self.quotas.roster_items))
 
     # -- offline messages ------------------------------------------------------------------
 
@@ -225,15 +232,15 @@ class Store(PubsubStore, MucStore, ArchiveStoreOps):  # pubsub_store, muc_store,
 
     async def vcard_set(self, jid: str, vcard: str) -> None:
         await self._write("vcard_set", jid=jid, vcard=vcard,
-                          vcard_bytes=self.quotas.vcard_bytes)
+                          vcard_bytes=self._gated(self.quotas.vcard_bytes))
 
     def private(self, jid: str, key: str) -> str | None:
         return self._read(lambda s: s.private.get(jid, {}).get(key))
 
     async def private_set(self, jid: str, key: str, xml: str) -> None:
         await self._write("private_set", jid=jid, key=key, xml=xml,
-                          private_keys=self.quotas.private_keys,
-                          private_bytes=self.quotas.private_bytes)
+                          private_keys=self._gated(self.quotas.private_keys),
+                          private_bytes=self._gated(self.quotas.private_bytes))
 
     def blocklist(self, jid: str) -> set[str]:
         return self._read(lambda s: set(s.blocklists.get(jid, ())))
@@ -253,7 +260,7 @@ class Store(PubsubStore, MucStore, ArchiveStoreOps):  # pubsub_store, muc_store,
 
     async def block(self, jid: str, items: list[str]) -> list[str]:
         return await self._write("block", jid=jid, items=items,
-                                 blocklist_items=self.quotas.blocklist_items)
+                                 blocklist_items=self._gated(self.quotas.blocklist_items))
 
     async def unblock(self, jid: str, items: list[str]) -> list[str]:
         return await self._write("unblock", jid=jid, items=items)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import trio
 
 from raftxmpp import config as config_mod
 from raftxmpp import credentials
 from raftxmpp.cluster import state as sm
-from raftxmpp.cluster.quotas import Quotas
+from raftxmpp.cluster.quotas import QUOTAS_SINCE, Quotas
 from tests.security.conftest import authenticated, c2s_port
 
 _ids = itertools.count()
@@ -108,6 +109,17 @@ def test_the_quota_keys_are_checked_by_config_check(tmp_path):
 # -- a running node, a real client: each refusal is a stanza error ---------------------------
 
 
+async def _quota_node(make_node, **kwargs):
+    """A node whose own command version is advertised, so its store stamps the quotas
+    (raftxmpp.cluster.quotas.QUOTAS_SINCE; the node registers itself within a second)."""
+    node = await make_node(**kwargs)
+    members = node.raft.members()
+    with trio.fail_after(20):
+        while node.raft.read(lambda s: sm.cluster_version(s, members)) < QUOTAS_SINCE:
+            await trio.sleep(0.05)
+    return node
+
+
 async def _iq(raw, ident: str, body: str) -> bytes:
     await raw.send(f"<iq type='set' id='{ident}'>{body}</iq>".encode())
     reply = await raw.until(f"id=\"{ident}\"".encode(), timeout=10)
@@ -130,7 +142,7 @@ def _private(i: int, size: int = 0) -> str:
 
 
 async def test_private_xml_keys_and_bytes_per_account_are_capped(make_node):
-    node = await make_node(limits={"private_keys_per_account": 3,
+    node = await _quota_node(make_node, limits={"private_keys_per_account": 3,
                                    "private_bytes_per_account": 2000})
     raw = await authenticated(c2s_port(node))
     replies = [await _iq(raw, f"p{i}", _private(i)) for i in range(4)]
@@ -143,7 +155,7 @@ async def test_private_xml_keys_and_bytes_per_account_are_capped(make_node):
 
 
 async def test_block_list_entries_are_capped(make_node):
-    node = await make_node(limits={"blocklist_size": 5})
+    node = await _quota_node(make_node, limits={"blocklist_size": 5})
     raw = await authenticated(c2s_port(node))
     items = "".join(f"<item jid='spam{i}@example.org'/>" for i in range(4))
     reply = await _iq(raw, "b1", f"<block xmlns='urn:xmpp:blocking'>{items}</block>")
@@ -155,7 +167,7 @@ async def test_block_list_entries_are_capped(make_node):
 
 
 async def test_subscribing_past_roster_size_is_refused(make_node):
-    node = await make_node(limits={"roster_size": 2}, users=("alice", "bob", "carol", "dave"))
+    node = await _quota_node(make_node, limits={"roster_size": 2}, users=("alice", "bob", "carol", "dave"))
     raw = await _interested(await authenticated(c2s_port(node)))
     for contact in ("bob", "carol"):
         await raw.send(f"<presence to='{contact}@localhost' type='subscribe'/>".encode())
@@ -168,7 +180,7 @@ async def test_subscribing_past_roster_size_is_refused(make_node):
 
 
 async def test_approving_a_request_past_roster_size_is_refused(make_node):
-    node = await make_node(limits={"roster_size": 1}, users=("alice", "bob", "carol"))
+    node = await _quota_node(make_node, limits={"roster_size": 1}, users=("alice", "bob", "carol"))
     await node.store.roster_set(ALICE, "bob@localhost", None, [])  # the roster is full
     carol = await _interested(await authenticated(c2s_port(node), "carol"))
     await carol.send(b"<presence to='alice@localhost' type='subscribe'/>")
@@ -186,7 +198,7 @@ async def test_approving_a_request_past_roster_size_is_refused(make_node):
 
 async def test_waiting_subscription_requests_are_capped(make_node):
     users = ("alice",) + tuple(f"fan{i}" for i in range(3))
-    node = await make_node(limits={"pending_subscriptions": 2}, users=users)
+    node = await _quota_node(make_node, limits={"pending_subscriptions": 2}, users=users)
     for i in range(3):
         fan = await _interested(await authenticated(c2s_port(node), f"fan{i}"))
         await fan.send(f"<presence to='{ALICE}' type='subscribe' id='s{i}'/>".encode())
@@ -198,7 +210,7 @@ async def test_waiting_subscription_requests_are_capped(make_node):
 
 
 async def test_a_vcard_over_vcard_size_is_not_acceptable(make_node):
-    node = await make_node(limits={"vcard_size": 2048})
+    node = await _quota_node(make_node, limits={"vcard_size": 2048})
     raw = await authenticated(c2s_port(node))
     small = await _iq(raw, "v1", "<vCard xmlns='vcard-temp'><FN>Alice</FN></vCard>")
     assert b"type=\"result\"" in small, small
