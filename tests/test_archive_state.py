@@ -178,3 +178,25 @@ def test_restore_keeps_a_local_store_that_is_ahead(state, tmp_path):
     fill(state, 2, start=2)  # applied after the snapshot, already on disk
     state.restore(pickle.loads(snapshot))
     assert state.archive.count(ALICE) == 4
+
+
+def test_a_batch_with_rows_archived_already_counts_only_the_new_ones(state):
+    """A batch retried under a new command id after an unknown outcome."""
+    fill(state, 3)
+    again = [row(ALICE, "id1", 1001.0), row(ALICE, "fresh", 5.0), row(BOB, "b", 6.0)]
+    assert ok(state.apply(cmd("archive_append", rows=again))) == 2
+    assert state.archive.count(ALICE) == 4 and state.archive.count(BOB) == 1
+    assert sids(state.archive.query(Query(ALICE))) == ["id0", "id1", "id2", "fresh"]
+
+
+def test_a_batch_stays_under_its_row_and_byte_bounds():
+    from raftxmpp.config import ArchiveSection
+    from raftxmpp.modules.mam import BATCH_BYTES, ArchiveWriter
+
+    writer = ArchiveWriter(None, ArchiveSection(batch_rows=10))
+    writer.rows = [(ALICE, f"s{i}", 1.0, BOB, True, b"x" * (BATCH_BYTES // 3)) for i in range(5)]
+    assert len(writer._next_batch()) == 3  # a fourth would pass the byte bound
+    writer.rows = [(ALICE, "big", 1.0, BOB, True, b"x" * (2 * BATCH_BYTES))]
+    assert len(writer._next_batch()) == 1  # one row always goes
+    writer.rows = [(ALICE, f"s{i}", 1.0, BOB, True, b"x") for i in range(25)]
+    assert len(writer._next_batch()) == 10

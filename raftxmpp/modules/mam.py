@@ -53,6 +53,7 @@ _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=Fals
 # Rows waiting for their batch; past this the oldest go (counted), so a cluster without
 # quorum for long cannot take the node's memory.
 MAX_QUEUE = 200_000
+BATCH_BYTES = 1 << 20  # stanza bytes in one archive_append (MAX_RAFT_FRAME is 8 MiB)
 _CONTEXTS: weakref.WeakKeyDictionary[Router, Archive] = weakref.WeakKeyDictionary()
 FORM_FIELDS = ("FORM_TYPE", "with", "start", "end", "before-id", "after-id", "ids")
 
@@ -149,7 +150,7 @@ class ArchiveWriter:
                 await self._flush_one()
 
     async def _flush_one(self) -> None:
-        batch = self.rows[:self.config.batch_rows]
+        batch = self._next_batch()
         try:
             await self.router.store.archive_append(batch, self.config.max_per_account)
         except RaftUnavailable:
@@ -161,6 +162,16 @@ class ArchiveWriter:
             self._drop_front(len(batch), "dropped")
             return
         self._drop_front(len(batch), "committed")
+
+    def _next_batch(self) -> list[Row]:
+        """The oldest rows, at most batch_rows of them and BATCH_BYTES of stanzas (one
+        row at least): a Raft entry stays far below the Raft frame limit."""
+        size = 0
+        for n, row in enumerate(self.rows[:self.config.batch_rows]):
+            size += len(row[5])
+            if size > BATCH_BYTES and n:
+                return self.rows[:n]
+        return self.rows[:self.config.batch_rows]
 
     def _drop_front(self, n: int, outcome: str) -> None:
         del self.rows[:n]
