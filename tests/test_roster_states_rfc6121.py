@@ -255,24 +255,40 @@ def test_each_cell_of_appendix_a(event, state):
     else:
         wanted = state if new_state == SAME else new_state
         assert state_of(step.item, step.pending_in) == wanted, f"{event} in {state!r}"
+    assert step.pending_in is STATES[state_of(step.item, step.pending_in)][2]  # a bool
+    if new_state == SAME:
+        assert (step.item, step.pending_in) == (item, pending_in), "no state change at all"
     if step.item is not None:
         # A subscription event never touches the user's own data of the item.
         assert (step.item["name"], step.item["groups"]) == ("Romeo", ["Friends"])
 
 
+@pytest.mark.parametrize("state", ["None", "None + Pending In"])
 @pytest.mark.parametrize("event", rs.EVENTS)
-def test_with_no_roster_item_the_state_is_none(event):
-    """A.1: no item for the contact is the "None" state (§2.1.2.5 and §3.1: an item is
-    created when the state first changes); the row is the table's "None" row."""
-    passes, new_state = TABLES[event]["None"]
-    step = rs.step(event, None, False)
+def test_with_no_roster_item_the_rows_are_those_of_none(event, state):
+    """A.1: no item for the contact is the "None" state, or "None + Pending In" when the
+    contact's request waits (it is stored without creating an item: §3.1.3); the rows
+    are the table's."""
+    passes, new_state = TABLES[event][state]
+    pending_in = STATES[state][2]
+    step = rs.step(event, None, pending_in)
     expected_action = {True: rs.DELIVER, False: rs.DROP, AUTO: rs.AUTO_SUBSCRIBED}[passes]
     assert step.action == expected_action
+    assert step.pending_in is (STATES[new_state][2] if new_state in STATES else pending_in)
     if new_state == PRE_APPROVAL:
         assert step.item is not None and step.item["approved"] is True
     else:
-        wanted = "None" if new_state == SAME else new_state
+        wanted = state if new_state == SAME else new_state
         assert state_of(step.item, step.pending_in) == wanted
+
+
+@pytest.mark.parametrize("state", list(STATES))
+def test_an_outbound_unsubscribed_leaves_no_pre_approval(state):
+    """§3.4 and A.2.4: "unsubscribed" denies or cancels; a pre-approval does not outlive
+    it in any state."""
+    item, pending_in = item_in(state, approved=True)
+    step = rs.step("out-unsubscribed", item, pending_in)
+    assert step.item["approved"] is False
 
 
 # -- pre-approvals (§3.4, not in the Appendix) ------------------------------------------
