@@ -23,10 +23,12 @@ from chaos.history import Fault, History
 FAULTS = (
     "kill_leader", "kill_follower", "kill_random", "pause_leader", "isolate_leader",
     "isolate_minority", "pairwise_cut", "flapping", "restart_all", "replace_node",
+    "power_loss", "power_loss_all",
 )
-# Not in the default mix; select with --faults. The power-loss faults mount every node's
-# data dir on a lazy disk (chaos.lazyfs) that forgets what was not fsynced.
-OPT_IN = ("replace_node_join", "power_loss", "power_loss_all")
+# Not in the default mix; select with --faults.
+OPT_IN = ("replace_node_join",)
+# With any of these enabled, every node's data dir is a lazy disk (chaos.lazyfs) that
+# forgets what was not fsynced.
 POWER_FAULTS = ("power_loss", "power_loss_all")
 
 

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RANDOM_SEED = random.SystemRandom().randrange(1, 10**6)
 
 RUNS = [
-    (11, "kill_leader,pause_leader,isolate_leader,restart_all,replace_node"),
-    (12, "kill_follower,kill_random,isolate_minority,pairwise_cut,flapping"),
+    (11, "kill_leader,pause_leader,isolate_leader,restart_all,replace_node,power_loss_all"),
+    (12, "kill_follower,kill_random,isolate_minority,pairwise_cut,flapping,power_loss"),
     (RANDOM_SEED, ""),
 ]
 

@@ -235,12 +235,17 @@ async def test_the_per_address_connection_limit_of_c2s_applies_to_http(nursery, 
                                                        "connections_per_ip": 2})
     try:
         held = [await trio.open_tcp_stream("127.0.0.1", node.http_port) for _ in range(2)]
-        await trio.sleep(0.2)
-        reply = await raw(node.http_port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", wait=2)
+        # The node counts a connection once it accepted it: ask until it has (bounded).
+        with trio.move_on_after(15):
+            while not (reply := await raw(node.http_port, b"GET /health HTTP/1.1\r\n"
+                                          b"Host: x\r\n\r\n", wait=2)).startswith(b"HTTP/1.1 429 "):
+                await trio.sleep(0.05)
         assert reply.startswith(b"HTTP/1.1 429 ")
         for stream in held:
             await stream.aclose()
-        await trio.sleep(0.2)
+        with trio.move_on_after(15):  # ... and forgets it once it saw the close
+            while (await arequest(node.http_port, "GET", "/health"))[0] != 200:
+                await trio.sleep(0.05)
         status, _, _ = await arequest(node.http_port, "GET", "/health")
         assert status == 200
     finally:
