@@ -340,3 +340,17 @@ def test_form_metadata_and_disco_features(node, ca_file):
         await bob.stop()
 
     run(scenario())
+
+
+def test_a_message_too_large_to_archive_costs_the_others_nothing(node, ca_file):
+    async def scenario():
+        alice, bob = await pair(node, ca_file)
+        # Fits the stream's stanza limit (262144) but not once stamped with from and id.
+        huge = "h" * (262144 - 140)
+        await chat(alice, bob.boundjid.bare, [huge, "small"], bob)
+        everything, _ = await raw_query(alice)
+        assert [b for _, b in everything] == ["small"]
+        await alice.stop()
+        await bob.stop()
+
+    run(scenario())
