@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
@@ -29,12 +30,17 @@ from raftxmpp.modules.muc.occupants import Occupant
 from raftxmpp.modules.muc.presence import subject_message
 from raftxmpp.routing.sessions import LocalSession
 from raftxmpp.xml.errors import StanzaError
-from raftxmpp.xml.stanza import make
+from raftxmpp.xml.stanza import make, serialize
 
 log = logging.getLogger("raftxmpp.muc")
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 ORDER, DELIVER = "muc-order", "muc-deliver"
+# Stands for the recipient in a message serialised once for all. Only its first occurrence
+# as a whole attribute is replaced: the start tag comes before any content, and inside
+# it other attribute values have their quotes escaped, so that is the "to" attribute.
+_TO_MARK = "recipient"
+_TO_ATTRIBUTE = b' to="recipient"'
 # Elements a room never passes on from a sender (it stamps its own).
 _DROPPED = (f"{{{ns.STANZA_ID}}}stanza-id", f"{{{ns.MUC_USER}}}x", f"{{{ns.DELAY}}}delay")
 
@@ -128,8 +134,16 @@ def on_deliver(ctx: Muc, peer: str, message: dict) -> None:
     if not recipients:
         return
     stanza = etree.fromstring(xml, _PARSER)
+    # Serialised once per node, not once per occupant: only "to" differs (the hot path:
+    # one room message is as many writes as the room has occupants).
+    stanza.set("to", _TO_MARK)
+    data = serialize(stanza)
+    sessions = ctx.router.sessions
     for occupant in recipients:
-        ctx.send_to(occupant.real_jid, stanza)
+        session = sessions.local_session(JID.parse(occupant.real_jid))
+        if session is not None:
+            session.send(data.replace(
+                _TO_ATTRIBUTE, b" to=" + quoteattr(occupant.real_jid).encode(), 1))
     metrics.MUC_DELIVERED.inc(len(recipients))
 
 
