@@ -34,4 +34,10 @@ for step in $STEPS; do
   [ "${PIPESTATUS[0]}" = 0 ] || { status=1; echo "!! $step failed" | tee -a "$LOG"; }
 done
 echo "== done $(date -u +%FT%TZ)" | tee -a "$LOG"
+# The pictures of RESULTS.md, redrawn with this sitting in them (matplotlib is optional).
+if "${PYTHON:-python3}" -c "import matplotlib" 2>/dev/null; then
+  "${PYTHON:-python3}" "$BENCH/plot.py" 2>&1 | tee -a "$LOG"
+else
+  echo "no pictures: bench/plot.py needs matplotlib (pip install -e '.[plots]')" | tee -a "$LOG"
+fi
 exit $status
