@@ -354,3 +354,20 @@ def test_a_message_too_large_to_archive_costs_the_others_nothing(node, ca_file):
         await bob.stop()
 
     run(scenario())
+
+
+def test_a_malformed_address_is_refused_and_costs_the_archive_nothing(node, ca_file):
+    async def scenario():
+        alice, bob = await pair(node, ca_file)
+        errors = asyncio.Queue()
+        alice.add_event_handler("message_error", errors.put_nowait)
+        alice.send_message(mto="x" * 1100 + "@localhost", mbody="to nobody", mtype="chat")
+        error = await asyncio.wait_for(errors.get(), TIMEOUT)
+        assert error["error"]["condition"] == "jid-malformed"
+        await chat(alice, bob.boundjid.bare, ["after"], bob)
+        everything, _ = await raw_query(alice)
+        assert [b for _, b in everything] == ["after"]
+        await alice.stop()
+        await bob.stop()
+
+    run(scenario())

@@ -104,10 +104,6 @@ def new_id() -> str:
     return secrets.token_urlsafe(12)
 
 
-def _bare(jid: str) -> str:
-    return jid.partition("/")[0]
-
-
 class ArchiveWriter:
     """Queues archive rows and commits them in batches from one background task."""
 
@@ -212,11 +208,17 @@ class Archive:
             if self._ours(old.get("by", "")):
                 stanza.remove(old)
         to = stanza.get("to")
-        if not to or not archivable(stanza) or not self.wants(session.bare_jid, _bare(to)):
+        if not to or not archivable(stanza):
+            return
+        try:
+            target = JID.parse(to)
+        except InvalidJID:
+            return  # the router answers <jid-malformed/>; nothing to archive
+        if not self.wants(session.bare_jid, str(target.bare)):
             return
         sid = new_id()
         _stamp(stanza, session.bare_jid, sid)
-        self._queue(stanza, (session.bare_jid, sid, time.time(), to, True))
+        self._queue(stanza, (session.bare_jid, sid, time.time(), str(target), True))
 
     def on_delivery(self, stanza: etree._Element, account: str, from_jid: JID) -> None:
         """A chat or normal message about to reach `account` (a session here or there,
