@@ -371,12 +371,7 @@ def _local_recipients(router: Router, sender: Session) -> list[str]:
     known here, in O(min(subscribers, accounts with sessions)); blocks both ways are
     checked for those only."""
     user = sender.bare_jid
-    subscribers = router.store.subscribers(user)
-    with_sessions = router.sessions.accounts_with_sessions()
-    if len(subscribers) <= len(with_sessions):
-        candidates = [c for c in subscribers if c in with_sessions]
-    else:
-        candidates = [c for c in with_sessions if c in subscribers]
+    candidates = router.sessions.accounts_among(router.store.subscribers(user))
     if router.store.has_blocklist(user):
         return [c for c in candidates
                 if not _blocked_either_way(router, user, sender.jid, c, JID.parse(c))]

@@ -319,9 +319,13 @@ class SessionManager:
     def available_local(self, bare_jid: str) -> list[LocalSession]:
         return [s for s in self._by_bare.get(bare_jid, {}).values() if s.available and s.is_local]
 
-    def accounts_with_sessions(self) -> Collection[str]:
-        """Bare JIDs with at least one session anywhere in the cluster (a live view)."""
-        return self._by_bare.keys()
+    def accounts_among(self, accounts: Collection[str]) -> list[str]:
+        """Those of `accounts` (bare JIDs) with a session anywhere in the cluster, in
+        O(min(len(accounts), accounts with sessions)): a fan-out to a large roster costs
+        what its online part costs."""
+        if len(accounts) <= len(self._by_bare):
+            return [a for a in accounts if a in self._by_bare]
+        return [a for a in self._by_bare if a in accounts]
 
     def resource_count(self, bare_jid: str) -> int:
         return len(self._by_bare.get(bare_jid, ()))

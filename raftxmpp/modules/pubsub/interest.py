@@ -12,7 +12,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from raftxmpp.cluster import pubsub_state as ps
-from raftxmpp.cluster import roster_states
 from raftxmpp.modules.pubsub.context import Pubsub
 from raftxmpp.routing.sessions import RemoteSession, Session
 
@@ -35,13 +34,16 @@ def interested_sessions(ctx: Pubsub, owner: str, node: str,
 
     for session in sessions_table.available(owner):
         consider(session)
-    roster = ctx.store.roster(owner)
-    view = SimpleNamespace(rosters={owner: roster})  # what access_refusal reads
-    for contact, item in roster["items"].items():
-        if not roster_states.has_from(item["subscription"]):
-            continue
+    # The contacts entitled to the owner's presence, from the roster's index and only
+    # those with a session: no copy of the roster per publish (issue 13).
+    for contact in sessions_table.accounts_among(ctx.store.subscribers(owner)):
         available = sessions_table.available(contact)
-        if not available or ps.access_refusal(view, owner, record, contact) is not None:
+        if not available:
+            continue
+        item = ctx.store.roster_item(owner, contact)
+        # What access_refusal reads of the owner's roster: that one item.
+        view = SimpleNamespace(rosters={owner: {"items": {contact: item}}})
+        if item is None or ps.access_refusal(view, owner, record, contact) is not None:
             continue
         for session in available:
             consider(session)
