@@ -297,6 +297,51 @@ class MucSection:
 
 
 @dataclass(frozen=True)
+class ExternalService:
+    """One STUN or TURN server a client may use for calls (XEP-0215)."""
+
+    type: str  # stun, stuns, turn, turns
+    host: str
+    port: int
+    transport: str  # udp or tcp
+
+    @classmethod
+    def parse(cls, text: str) -> ExternalService:
+        """"type:host:port[:transport]", e.g. "turn:turn.example.org:3478:udp"."""
+        parts = text.split(":")
+        if len(parts) not in (3, 4) or parts[0] not in ("stun", "stuns", "turn", "turns"):
+            raise ValueError(f"expected TYPE:HOST:PORT[:TRANSPORT] with TYPE stun, stuns, turn "
+                             f"or turns, got {text!r}")
+        kind, host, port = parts[:3]
+        transport = parts[3] if len(parts) == 4 else ("tcp" if kind.endswith("s") else "udp")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError(f"bad host or port in {text!r}")
+        if transport not in ("udp", "tcp"):
+            raise ValueError(f"transport must be udp or tcp in {text!r}")
+        return cls(kind, host, int(port), transport)
+
+    @property
+    def restricted(self) -> bool:
+        """TURN relays need credentials; STUN answers anybody."""
+        return self.type in ("turn", "turns")
+
+
+@dataclass(frozen=True)
+class ExternalServicesSection:
+    # External service discovery (XEP-0215, raftxmpp.modules.external_services): the
+    # STUN/TURN servers clients use for calls, as "type:host:port[:transport]".
+    services: tuple[str, ...] = ()
+    # The TURN server's shared secret (coturn: use-auth-secret, static-auth-secret):
+    # clients get time-limited credentials from it (the TURN REST API, RFC 7635 style).
+    secret: Secret | None = None
+    secret_file: Path | None = None
+    credential_lifetime: float = 86400.0  # seconds a credential is valid
+
+    def parsed(self) -> tuple[ExternalService, ...]:
+        return tuple(ExternalService.parse(text) for text in self.services)
+
+
+@dataclass(frozen=True)
 class StreamManagementSection:
     # Stream management (XEP-0198; raftxmpp.c2s.sm, raftxmpp.modules.stream_management).
     enabled: bool = True
@@ -340,6 +385,7 @@ class Config:
     muc: MucSection = field(default_factory=MucSection)
     upload: UploadSection = field(default_factory=UploadSection)
     stream_management: StreamManagementSection = field(default_factory=StreamManagementSection)
+    external_services: ExternalServicesSection = field(default_factory=ExternalServicesSection)
     archive: ArchiveSection = field(default_factory=ArchiveSection)
     source: str = "<embedded default>"
 
@@ -352,6 +398,15 @@ class Config:
             return self.cluster.secret
         if self.cluster.secret_file is not None:
             return _read_secret_file(self.cluster.secret_file, self.source)
+        return None
+
+    def turn_secret(self) -> Secret | None:
+        """[external_services] secret, or the contents of its secret_file."""
+        section = self.external_services
+        if section.secret is not None:
+            return section.secret
+        if section.secret_file is not None:
+            return _read_secret_file(section.secret_file, self.source, "external_services")
         return None
 
 
@@ -417,6 +472,7 @@ _SECTION_TYPES = {
     "muc": MucSection,
     "upload": UploadSection,
     "stream_management": StreamManagementSection,
+    "external_services": ExternalServicesSection,
     "archive": ArchiveSection,
 }
 
@@ -506,6 +562,7 @@ def _check(config: Config, read_files: bool = True) -> None:
     _check_muc(config)
     _check_web(config)
     _check_archive(config)
+    _check_external_services(config, read_files)
     lo, hi = config.cluster.election_timeout_min, config.cluster.election_timeout_max
     if config.cluster.snapshot_interval <= 0:
         raise ConfigError(f"{source}: [cluster] snapshot_interval must be positive")
@@ -513,6 +570,23 @@ def _check(config: Config, read_files: bool = True) -> None:
         raise ConfigError(
             f"{source}: [cluster] need 3 × heartbeat_period < election_timeout_min < election_timeout_max"
         )
+
+
+def _check_external_services(config: Config, read_files: bool) -> None:
+    section = config.external_services
+    try:
+        services = section.parsed()
+    except ValueError as exc:
+        raise ConfigError(f"{config.source}: [external_services] services: {exc}") from None
+    if section.secret is not None and section.secret_file is not None:
+        raise ConfigError(f"{config.source}: [external_services] set secret or secret_file, "
+                          "not both")
+    if section.credential_lifetime <= 0:
+        raise ConfigError(f"{config.source}: [external_services] credential_lifetime must be "
+                          "positive")
+    if read_files and any(s.restricted for s in services) and config.turn_secret() is None:
+        raise ConfigError(f"{config.source}: [external_services] a TURN service needs secret "
+                          "or secret_file (its static-auth-secret)")
 
 
 def _check_limits(config: Config) -> None:
@@ -737,11 +811,11 @@ def _check_web(config: Config) -> None:
         raise ConfigError(f"{source}: [upload] file_lifetime must not be negative")
 
 
-def _read_secret_file(path: Path, source: str) -> Secret:
+def _read_secret_file(path: Path, source: str, section: str = "cluster") -> Secret:
     try:
         text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(f"{source}: [cluster] secret_file {path}: {exc.strerror}") from None
+        raise ConfigError(f"{source}: [{section}] secret_file {path}: {exc.strerror}") from None
     if not text:
-        raise ConfigError(f"{source}: [cluster] secret_file {path} is empty")
+        raise ConfigError(f"{source}: [{section}] secret_file {path} is empty")
     return Secret(text)

@@ -30,6 +30,7 @@ SPEC_OF_FEATURE = {
     "urn:xmpp:carbons:2": "XEP-0280",
     "vcard-temp": "XEP-0054",
     "msgoffline": "XEP-0160",
+    "urn:xmpp:extdisco:2": "XEP-0215",
     "urn:ietf:params:xml:ns:xmpp-session": "RFC 3921",
 }
 SPEC_OF_STREAM_FEATURE = {

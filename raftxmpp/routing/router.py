@@ -59,6 +59,7 @@ MODULES = (
     "muc",
     "stream_management",
     "csi",
+    "external_services",
     "mam",
 )
 

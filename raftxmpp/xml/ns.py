@@ -36,6 +36,7 @@ PRIVATE = "jabber:iq:private"  # XEP-0049
 BLOCKING = "urn:xmpp:blocking"  # XEP-0191
 BLOCKING_ERRORS = "urn:xmpp:blocking:errors"  # XEP-0191
 CARBONS = "urn:xmpp:carbons:2"  # XEP-0280
+EXTDISCO = "urn:xmpp:extdisco:2"  # XEP-0215 (raftxmpp.modules.external_services)
 CSI = "urn:xmpp:csi:0"  # XEP-0352 (raftxmpp.c2s.csi)
 SM = "urn:xmpp:sm:3"  # XEP-0198 (raftxmpp.c2s.sm, raftxmpp.modules.stream_management)
 FORWARD = "urn:xmpp:forward:0"  # XEP-0297
