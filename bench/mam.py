@@ -3,6 +3,7 @@ archive store at N messages (apply rate, disk, snapshot time and size, restore, 
 
     python3 bench/mam.py rate  [--pairs 50] [--window 10] [--seconds 15] [--reps 3]
     python3 bench/mam.py store [--rows 100000] [--accounts 1000]
+    python3 bench/mam.py catchup [--rows 100000]
 
 `rate`: one fresh node per run (bench/node.toml with its own data dir and [archive]
 enabled true/false), the web_rate.py generator over c2s TCP: P pairs, W messages in flight
@@ -14,7 +15,11 @@ delivered in the run must be there twice (sender's and recipient's archive).
 (300-byte stanzas, `accounts` owners) appended in 500-row batches as apply does, then the
 database's size, the snapshot image as pysyncobj writes it (pickle + gzip, timed as its
 forked child would spend), a restore into an empty store, and query latencies.
-Both append their RESULT lines to bench/results/mam.txt.
+`catchup`: bench/cluster-3's three nodes (own data dirs, snapshots every 10 s), messages
+through node1 until its archive holds `rows`; every log compacted; node3 killed, its data
+dir wiped, started again: seconds until its archive equals node1's (snapshot + log);
+then node2 killed -9 and restarted with its files. Each appends RESULT lines to
+bench/results/mam.txt.
 """
 
 from __future__ import annotations
@@ -163,7 +168,7 @@ def _store(args, stamp: str, base: Path) -> None:
     db = _db_bytes(base)
     # The snapshot: pysyncobj's dump is gzip(pickle(state)); ours carries the image.
     started = time.perf_counter()
-    image = pickle.dumps(archive.image())
+    image = pickle.dumps(archive.image())  # serialise + zlib level 1 (ArchiveImage)
     image_s = time.perf_counter() - started
     started = time.perf_counter()
     dumped = gzip.compress(image, compresslevel=9)  # GzipFile's default level
@@ -209,6 +214,80 @@ def _query_times(archive: ArchiveStore, owners: list[str]) -> dict:
     return {k: round(statistics.median(v), 2) for k, v in samples.items() if v}
 
 
+# -- catch-up: a wiped node of three ---------------------------------------------------------------
+
+
+def cluster_configs(base: Path, snapshot_interval: float) -> list[Path]:
+    """bench/cluster-3 with data dirs under `base` and a shorter snapshot interval."""
+    shutil.copy(benchlib.BENCH / "cluster-3" / "cluster.secret", base / "cluster.secret")
+    paths = []
+    for i in (1, 2, 3):
+        text = (benchlib.BENCH / "cluster-3" / f"node{i}.toml").read_text()
+        text = text.replace(f'data_dir = "../data/cluster-3/node{i}"',
+                            f'data_dir = "{base / f"node{i}"}"')
+        text = text.replace("[cluster]\n", f"[cluster]\nsnapshot_interval = {snapshot_interval}\n")
+        path = base / f"node{i}.toml"
+        path.write_text(text)
+        paths.append(path)
+    return paths
+
+
+def catchup(args, stamp: str) -> None:
+    base = Path(tempfile.mkdtemp(prefix="mam-catchup-"))
+    try:
+        _catchup(args, stamp, base)
+    finally:
+        benchlib.stop_all()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _rows(node) -> int:
+    return node.admin("archive.stats")["rows"]
+
+
+def _catchup(args, stamp: str, base: Path) -> None:
+    nodes = [benchlib.BenchNode(p) for p in cluster_configs(base, args.snapshot_interval)]
+    for node in nodes:
+        node.start(wait=False)
+    for node in nodes:
+        benchlib.wait_for(node._admin_up, 30, f"{node.name} up")
+    benchlib.wait_leader(nodes)
+    node1, node2, node3 = nodes
+    for n in range(1, 2 * args.pairs + 1):
+        node1.admin("user.add", jid=f"user{n}@localhost", password=web_rate.PASSWORD)
+    started = time.monotonic()
+    while _rows(node1) < args.rows and time.monotonic() - started < args.max_seconds:
+        trio.run(web_rate.run_pairs, "tcp", node1.c2s_port, args.pairs, args.window, 10.0,
+                 1.0, node1.pid)
+    benchlib.wait_for(lambda: _rows_settled(node1), 300, "node1's archive to settle")
+    rows = _rows(node1)
+    write_s = time.monotonic() - started
+    benchlib.wait_for(lambda: all(_rows(n) == rows for n in nodes), 300, "every node's archive")
+    for node in nodes:
+        node.admin("raft.snapshot")
+    benchlib.wait_for(lambda: all(n.status()["log_length"] < 1000 for n in nodes),
+                      3 * args.snapshot_interval + 120, "every node to compact its log")
+    dump = (node1.data_dir / "raft.dump").stat().st_size
+    node3.kill()
+    shutil.rmtree(node3.data_dir)
+    started = time.monotonic()
+    node3.start()
+    benchlib.wait_for(lambda: _rows(node3) == rows, 600, "the wiped node to catch up")
+    wiped_s = time.monotonic() - started
+    node2.kill()
+    started = time.monotonic()
+    node2.start()
+    benchlib.wait_for(lambda: node2.status().get("leader") and _rows(node2) == rows, 600,
+                      "the restarted node to be back")
+    restart_s = time.monotonic() - started
+    record({"kind": "catchup", "rows": rows, "write_s": round(write_s),
+            "dump_mb": round(dump / 2**20, 1),
+            "db_mb": round(_db_bytes(node1.data_dir) / 2**20, 1),
+            "wiped_catchup_s": round(wiped_s, 1), "restart_s": round(restart_s, 1),
+            "rss_kb_node1": benchlib.rss_kb(node1.pid), "rss_kb_wiped": benchlib.rss_kb(node3.pid),
+            "load1": benchlib.load1()}, stamp)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -221,13 +300,19 @@ def main() -> int:
     s = sub.add_parser("store")
     s.add_argument("--rows", type=int, default=100_000)
     s.add_argument("--accounts", type=int, default=1000)
+    c = sub.add_parser("catchup")
+    c.add_argument("--rows", type=int, default=100_000)
+    c.add_argument("--pairs", type=int, default=50)
+    c.add_argument("--window", type=int, default=10)
+    c.add_argument("--max-seconds", type=float, default=300)
+    c.add_argument("--snapshot-interval", type=float, default=10.0)
     args = parser.parse_args()
     OUT.parent.mkdir(exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with open(OUT, "a") as out:
         out.write(f"# mam {args.what} {stamp} {benchlib.machine()} load1={benchlib.load1()} "
                   f"commit={os.environ.get('BENCH_COMMIT', '?')}\n")
-    (rate if args.what == "rate" else store)(args, stamp)
+    {"rate": rate, "store": store, "catchup": catchup}[args.what](args, stamp)
     return 0
 
 
