@@ -200,3 +200,16 @@ def test_a_batch_stays_under_its_row_and_byte_bounds():
     assert len(writer._next_batch()) == 1  # one row always goes
     writer.rows = [(ALICE, f"s{i}", 1.0, BOB, True, b"x") for i in range(25)]
     assert len(writer._next_batch()) == 10
+
+
+def test_an_image_behind_the_store_is_not_even_unpacked(state, tmp_path):
+    """A restart loads the node's own dump: its store is ahead, the image stays packed."""
+    state.archive = ArchiveStore(tmp_path / "a.sqlite3")
+    fill(state, 2)
+    image = pickle.loads(pickle.dumps(state.snapshot()))["archive"]
+    assert image.position == state.archive.position() and image.packed
+    fill(state, 1, start=2)
+    assert not state.archive.restore(image)
+    assert image._data is None  # never decompressed
+    fresh = ArchiveStore(tmp_path / "b.sqlite3")
+    assert fresh.restore(image) and fresh.count(ALICE) == 2

@@ -92,15 +92,14 @@ class Page:
     complete: bool = True
 
 
-def _connect(path: str) -> sqlite3.Connection:
+def _connect(path: str, cache_kib: int = 2048) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     if path != ":memory:":
         conn.execute("PRAGMA journal_mode=WAL")
         # The Raft journal replays what a power cut takes from the WAL; the applied
         # position rolls back with the rows, so the store stays in step either way.
         conn.execute("PRAGMA synchronous=NORMAL")
-        # Index pages of many accounts stay cached: inserts spread over every owner.
-        conn.execute("PRAGMA cache_size=-32768")  # KiB: 32 MiB per connection
+        conn.execute(f"PRAGMA cache_size=-{cache_kib}")  # negative: KiB
     return conn
 
 
@@ -110,7 +109,9 @@ class ArchiveStore:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         self._write_lock = threading.Lock()
-        self.db = _connect(self.path)
+        # The writer's index pages of many accounts stay cached: inserts spread over
+        # every owner. Queries read few pages: the reader keeps SQLite's default.
+        self.db = _connect(self.path, cache_kib=32768)
         self.db.executescript(SCHEMA)
         # A second connection for queries from the trio thread (an in-memory database
         # cannot be shared, so tests read through the writer's connection).
@@ -237,8 +238,16 @@ class ArchiveStore:
     def image(self) -> ArchiveImage:
         if self.path == ":memory:":  # nobody else can open it: copied now
             with self._write_lock:
-                return ArchiveImage("", self.db.serialize())
+                return ArchiveImage("", self.db.serialize(), position=self.position())
         return ArchiveImage(self.path)
+
+    def restore(self, image: ArchiveImage) -> bool:
+        """A snapshot's image: taken when ahead of this store, else left packed (a restart
+        from the node's own dump, whose store is ahead, decompresses nothing)."""
+        if image.position is not None and image.position <= self.position():
+            return False
+        data = image.data
+        return data is not None and self.load_image(data)
 
     def load_image(self, data: bytes) -> bool:
         """Replaces the store with an image taken on another node (or earlier here), when
@@ -359,10 +368,14 @@ class ArchiveImage:
     consistent state at least as new as the snapshot's position. Unpickling keeps the
     bytes; `ClusterState.restore` hands them to the live store."""
 
-    def __init__(self, path: str, data: bytes | None = None, packed: bytes | None = None) -> None:
+    def __init__(self, path: str, data: bytes | None = None, packed: bytes | None = None,
+                 position: int | None = None) -> None:
         self.path = path
         self._data = data
         self.packed = packed
+        # The store's position when read: at least the snapshot's, since apply commits
+        # to the store before the state counts the op. None in images of older code.
+        self.position = position
 
     @property
     def data(self) -> bytes | None:
@@ -374,14 +387,16 @@ class ArchiveImage:
         # Packed with fast zlib first: pysyncobj then gzips the dump at level 9, which on
         # the raw database costs minutes per million messages (bench/RESULTS.md) and
         # little on already packed bytes.
-        packed = self.packed
+        packed, position = self.packed, self.position
         if packed is None:
             data = self._data
             if data is None:
                 conn = sqlite3.connect(self.path)
                 try:
+                    row = conn.execute("SELECT value FROM meta WHERE key='position'").fetchone()
+                    position = int(row[0]) if row else 0  # read first: the data is as new
                     data = conn.serialize()
                 finally:
                     conn.close()
             packed = zlib.compress(data, 1)
-        return (ArchiveImage, ("", None, packed))
+        return (ArchiveImage, ("", None, packed, position))

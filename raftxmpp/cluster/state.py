@@ -213,8 +213,8 @@ class ClusterState:
             raise ValueError(f"snapshot version {data.get('version')!r} is not {VERSION}")
         for key, value in data.items():
             if key == "archive":
-                if value is not None and value.data is not None:
-                    self.archive.load_image(value.data)
+                if value is not None:
+                    self.archive.restore(value)
             elif key != "version":
                 setattr(self, key, value)
         for key in (*pubsub_state.TABLES, *muc_state.TABLES):  # older snapshots lack them
