@@ -29,9 +29,9 @@ from chaos.faults import FAULTS, OPT_IN
 LEADER_FAULTS = ("kill_leader", "isolate_leader", "pause_leader")
 UNAVAILABLE_AFTER = 1.0
 OUTCOMES = (("ok", "#59a14f"), ("fail", "#f28e2b"), ("unknown", "#e15759"))
-# matplotlib's tab10, one colour per fault kind (ten kinds).
+# matplotlib's tab10 and three of tab20's light shades: one colour per fault kind.
 FAULT_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-                 "#7f7f7f", "#bcbd22", "#17becf")
+                 "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a")
 
 
 def timeline(history_path: Path, summary_path: Path | None = None) -> dict:
@@ -102,7 +102,8 @@ def draw(data: dict, out: Path) -> Path:
                                      gridspec_kw={"height_ratios": [3, 1.3]})
     kinds = sorted({f["kind"] for f in data["faults"]})
     order = [*FAULTS, *OPT_IN]  # the same colour for a fault kind in every run's picture
-    colour = {k: FAULT_COLOURS[(order.index(k) if k in order else len(order)) % 10]
+    colour = {k: FAULT_COLOURS[(order.index(k) if k in order else len(order))
+                              % len(FAULT_COLOURS)]
               for k in kinds}
     for fault in data["faults"]:
         heal = fault["heal"] if fault["heal"] is not None else fault["start"]
@@ -156,6 +157,8 @@ def draw_run(artifacts: Path) -> str:
     The runner calls this last: a picture that cannot be drawn (no matplotlib, a history
     cut short) is reported, never a reason for the run to fail."""
     out = artifacts / "timeline.png"
+    if not (artifacts / "history.jsonl").exists():
+        return f"no {out.name}: the run wrote no history"
     try:
         data = timeline(artifacts / "history.jsonl", artifacts / "summary.json")
         out.with_suffix(".json").write_text(json.dumps(data, separators=(",", ":")) + "\n")
