@@ -589,3 +589,39 @@ def test_operator_lists_inspects_and_destroys_rooms_from_the_cli(cluster, ca_fil
         await alice.client.stop()
 
     run(scenario(), 120)
+
+
+def test_voice_request_reaches_the_moderator_who_grants_it(cluster, ca_file):
+    """§7.13: a visitor's voice request reaches the moderators (on another node) as a
+    muc#request form; §8.6 the moderator's approval makes the visitor a participant."""
+    node1, node2 = cluster.nodes[:2]
+    a, b = account(node1, "alice"), account(node2, "bob")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        bob = await Member(node2, ca_file, b).start()
+        room = await instant_room(alice, "Alice", moderatedroom=True)
+        requests: asyncio.Queue = asyncio.Queue()
+        alice.client.add_event_handler("message_xform", requests.put_nowait)
+        await bob.join(room, "Bob")
+        await alice.presence_of("Bob")
+        bob.muc.request_voice(room, "participant")
+        request = await asyncio.wait_for(requests.get(), 20)
+        values = request["form"].get_values()
+        assert values["FORM_TYPE"] in ("http://jabber.org/protocol/muc#request",
+                                       ["http://jabber.org/protocol/muc#request"])
+        assert values["muc#roomnick"] == "Bob" and str(values["muc#jid"]).startswith(b)
+        approval = alice.client.make_message(room)
+        form = approval["form"]
+        form["type"] = "submit"
+        form.add_field(var="FORM_TYPE", ftype="hidden",
+                       value="http://jabber.org/protocol/muc#request")
+        form.add_field(var="muc#role", value="participant")
+        form.add_field(var="muc#roomnick", value="Bob")
+        form.add_field(var="muc#request_allow", ftype="boolean", value=True)
+        approval.send()
+        while item_of(await bob.presence_of("Bob")).get("role") != "participant":
+            pass
+        await stop_all(alice, bob)
+
+    run(scenario(), 120)

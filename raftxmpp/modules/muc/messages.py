@@ -24,10 +24,11 @@ from lxml import etree
 from raftxmpp import metrics
 from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.modules.muc import history, ns
-from raftxmpp.modules.muc.admin import AFFILIATION
+from raftxmpp.modules.muc.admin import AFFILIATION, ROLE
 from raftxmpp.modules.muc.context import Muc
 from raftxmpp.modules.muc.occupants import Occupant
 from raftxmpp.modules.muc.presence import subject_message
+from raftxmpp.modules.pubsub.forms import Field, build, submitted
 from raftxmpp.routing.sessions import LocalSession
 from raftxmpp.xml.errors import StanzaError
 from raftxmpp.xml.stanza import make, serialize
@@ -55,6 +56,10 @@ async def handle(ctx: Muc, stanza: etree._Element, room: str, nick: str | None,
         if kind == "groupchat":
             raise StanzaError("bad-request", text="groupchat goes to the room, not to a nick")
         await private_message(ctx, stanza, room, nick, occupant)
+        return
+    form = stanza.find(f"{{{ns.DATA_FORMS}}}x")
+    if form is not None and kind != "groupchat" and submitted(form)[0] == ns.REQUEST:
+        await voice_request(ctx, room, form, occupant)
         return
     x = stanza.find(f"{{{ns.MUC_USER}}}x")
     if x is not None and kind != "groupchat":
@@ -224,6 +229,36 @@ async def invitation(ctx: Muc, stanza: etree._Element, room: str, x: etree._Elem
         etree.SubElement(message, f"{{{ns.CONFERENCE}}}x", nsmap={None: ns.CONFERENCE},
                          jid=room)
         await ctx.router.route(message, None)
+
+
+async def voice_request(ctx: Muc, room: str, form: etree._Element,
+                        occupant: Occupant | None) -> None:
+    """§7.13 a visitor asks for voice: the request goes to every moderator as a form;
+    §8.6 a moderator's approval (muc#request_allow) gives the visitor voice."""
+    if occupant is None:
+        raise StanzaError("not-acceptable", text="join the room first")
+    _, values = submitted(form)
+    nick = (values.get("muc#roomnick") or [""])[0]
+    if occupant.role == "moderator" and nick:
+        if (values.get("muc#request_allow") or ["false"])[0] in ("1", "true"):
+            ctx.to_all({"t": ROLE, "room": room, "nick": nick, "role": "participant",
+                        "ac": occupant.nick, "re": ""})
+        return
+    if occupant.role != "visitor":
+        return  # a participant has voice already; nothing to ask
+    request = build(ns.REQUEST, [
+        Field("muc#role", "list-single", ["participant"], label="Requested role",
+              options=("participant",)),
+        Field("muc#jid", "jid-single", [occupant.real_jid], label="User ID"),
+        Field("muc#roomnick", "text-single", [occupant.nick], label="Room Nickname"),
+        Field("muc#request_allow", "boolean", ["false"],
+              label="Grant voice to this person?")])
+    request.set("type", "form")
+    for moderator in ctx.occupants.of_room(room):
+        if moderator.role == "moderator":
+            message = make("message", {"from": room, "to": moderator.real_jid})
+            message.append(_copy(request))
+            await ctx.router.route(message, None)
 
 
 def _jid(text: str | None) -> str:
