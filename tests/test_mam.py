@@ -371,3 +371,16 @@ def test_a_malformed_address_is_refused_and_costs_the_archive_nothing(node, ca_f
         await bob.stop()
 
     run(scenario())
+
+
+def test_a_note_to_self_is_archived_once(node, ca_file):
+    async def scenario():
+        jid = account(node, "self")
+        pc = client(node, ca_file, jid, "pc", plugins=("xep_0313", "xep_0059"))
+        assert await pc.start()
+        await chat(pc, jid, ["note to self"], pc)
+        everything, _ = await raw_query(pc)
+        assert [b for _, b in everything] == ["note to self"]
+        await pc.stop()
+
+    run(scenario())

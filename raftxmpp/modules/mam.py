@@ -50,6 +50,9 @@ SID = "urn:xmpp:sid:0"
 HINTS = "urn:xmpp:hints"
 STANZA_ID = f"{{{SID}}}stanza-id"
 BODY = f"{{{ns.CLIENT}}}body"
+STORE = f"{{{HINTS}}}store"
+NO_STORE = f"{{{HINTS}}}no-store"
+NO_PERMANENT_STORE = f"{{{HINTS}}}no-permanent-store"
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 # Rows waiting for their batch; past this the oldest go (counted), so a cluster without
 # quorum for long cannot take the node's memory.
@@ -88,15 +91,14 @@ def archivable(stanza: etree._Element) -> bool:
     """XEP-0313 §5.1.1 with XEP-0334 §4: messages a person would want in their history."""
     if stanza.get("type", "normal") not in ("chat", "normal"):
         return False
-    for child in stanza:
+    wanted = False
+    for child in stanza:  # one pass over the children: cheaper than lxml's find()
         tag = child.tag
-        if tag == BODY:
-            continue
-        if tag in (f"{{{HINTS}}}no-store", f"{{{HINTS}}}no-permanent-store"):
+        if tag in (BODY, STORE):
+            wanted = True
+        elif tag in (NO_STORE, NO_PERMANENT_STORE):
             return False
-    if stanza.find(BODY) is not None:
-        return True
-    return stanza.find(f"{{{HINTS}}}store") is not None
+    return wanted
 
 
 def new_id() -> str:
@@ -223,25 +225,30 @@ class Archive:
     def on_delivery(self, stanza: etree._Element, account: str, from_jid: JID) -> None:
         """A chat or normal message about to reach `account` (a session here or there,
         or its offline store): the recipient's stanza-id, and its archive row."""
-        mine = [e for e in stanza.findall(STANZA_ID) if e.get("by") == account]
-        if mine and link_hops.get() > 0:
-            return  # stamped and archived by the node that routed it first
+        ids = [child for child in stanza if child.tag == STANZA_ID]
+        mine = [e for e in ids if e.get("by") == account]
+        sender = str(from_jid.bare)
+        if mine and (link_hops.get() > 0 or sender == account):
+            # Stamped and archived already: by the node that routed it first, or as the
+            # sender's own copy of a message to itself (only a client here sends as us).
+            return
         for old in mine:
             stanza.remove(old)
         if not archivable(stanza):
             return
-        sender = str(from_jid.bare)
         if not self.wants(account, sender):
             return
-        sid = None
-        for old in stanza.findall(STANZA_ID):
+        for old in ids:
             # The sender's id, stamped by on_client_message on the node the sender uses:
-            # one message keeps one id in both archives. Only ours is trusted for that.
+            # one message keeps one id in both archives (only ours is trusted for that);
+            # the element becomes the recipient's.
             if old.get("by") == sender and self._ours(sender):
+                old.set("by", account)
                 sid = old.get("id")
-                stanza.remove(old)
-        sid = sid or new_id()
-        _stamp(stanza, account, sid)
+                break
+        else:
+            sid = new_id()
+            _stamp(stanza, account, sid)
         self._queue(stanza, (account, sid, time.time(), str(from_jid), False))
 
     def _queue(self, stanza: etree._Element, row: tuple) -> None:
