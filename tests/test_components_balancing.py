@@ -148,3 +148,9 @@ def test_policies_are_those_the_state_machine_accepts():
     from raftxmpp.cluster.state import BALANCING
 
     assert tuple(BALANCING) == balancing.POLICIES
+
+
+@pytest.mark.parametrize("policy", ["source", "bare_source"])
+def test_a_stanza_without_a_sender_hashes_the_empty_key(policy):
+    """A server-generated stanza has no 'from': every node must still agree on one key."""
+    assert balancing_key(policy, None, JID.parse("room@muc.localhost/nick")) == ""

@@ -1,0 +1,196 @@
+"""The state machine's small ops, pinned exactly: every refusal's condition and what its
+text names, every boundary, every return value.
+
+Written against the mutants that survived the first mutation run of raftxmpp.cluster.state
+(mutation/RESULTS.md): each assertion here fails for at least one of them. Expected values
+are written out, never computed with the code under test.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from raftxmpp import credentials
+from raftxmpp.cluster import state as sm
+from raftxmpp.cluster.state import ClusterState
+
+_ids = itertools.count()
+CREDS = credentials.derive("secret-pw", 4096)
+T0 = 1_700_000_000.0
+ALICE = "alice@example.com"
+
+
+def cmd(op: str, ts: float = T0, **args) -> dict:
+    return {"v": sm.VERSION, "id": f"exact:{next(_ids)}", "ts": ts, "op": op, **args}
+
+
+@pytest.fixture
+def state() -> ClusterState:
+    s = ClusterState()
+    assert s.apply(cmd("register", jid=ALICE, credentials=CREDS))[0] == "ok"
+    return s
+
+
+def ok(result):
+    assert result[0] == "ok", result
+    return result[1]
+
+
+def refused(result, condition: str, *words: str) -> None:
+    """An error result with this condition whose text names each of `words`."""
+    assert result[0] == "error", result
+    assert result[1] == condition, result
+    for word in words:
+        assert word in result[2], result
+
+
+# -- refusals: condition, and a text that names what was wrong --------------------------
+
+BAD = [
+    # apply() refuses a command without a numeric time before any op sees it.
+    ("offline_claim", {"jid": ALICE, "session": "s", "ts": "now"}, "bad-request", "time"),
+    ("offline_claim", {"jid": ALICE, "session": "x" * 513}, "bad-request", "session", "512"),
+    ("offline_remove", {"jid": ALICE, "ids": "1"}, "bad-request", "ids"),
+    ("offline_remove", {"jid": ALICE, "ids": [1]}, "bad-request", "ids"),
+    ("membership_lock", {"owner": "n1", "ttl": 0}, "bad-request", "ttl", "600"),
+    ("membership_lock", {"owner": "n1", "ttl": 601}, "bad-request", "ttl"),
+    ("membership_lock", {"owner": "n1", "ttl": 700}, "bad-request", "ttl"),
+    ("membership_lock", {"owner": "n1", "ttl": "10"}, "bad-request", "ttl"),
+    ("membership_lock", {"owner": "o" * 257, "ttl": 10}, "bad-request", "owner", "256"),
+    ("member_set", {"name": "n" * 257, "raft": "r:1", "link": "l:1"}, "bad-request", "name"),
+    ("member_set", {"name": "n1", "raft": "r" * 301, "link": "l:1"}, "bad-request", "raft"),
+    ("member_set", {"name": "n1", "raft": "r:1", "link": "l" * 301}, "bad-request", "link"),
+    ("member_remove", {"raft": "r" * 301}, "bad-request", "raft"),
+    ("motd_set", {"text": "hi", "edit": "yes"}, "bad-request", "edit"),
+    ("component_remove", {"domain": "d" * 1024}, "bad-request", "domain", "1023"),
+    ("host_add", {"host": "h" * 1024}, "bad-request", "host"),
+    ("host_remove", {"host": "h" * 1024}, "bad-request", "host"),
+]
+
+
+@pytest.mark.parametrize(("op", "args", "condition", "words"),
+                         [(op, args, c, w) for op, args, c, *w in BAD],
+                         ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_a_bad_command_is_refused_with_its_condition_and_changes_nothing(
+        state, op, args, condition, words):
+    before = state.digest()
+    refused(state.apply(cmd(op, **args)), condition, *words)
+    assert state.digest() == before
+
+
+def test_the_longest_accepted_values_are_accepted(state):
+    assert ok(state.apply(cmd("membership_lock", owner="o" * 256, ttl=600))) is True
+    assert ok(state.apply(cmd("membership_unlock", owner="o" * 256))) is True
+    assert ok(state.apply(cmd("membership_lock", owner="n1", ttl=0.5))) is True  # any ttl > 0
+    assert ok(state.apply(cmd("member_set", name="n" * 256, raft="r" * 300,
+                              link="l" * 300))) is True
+    assert ok(state.apply(cmd("offline_claim", jid=ALICE, session="s" * 512))) == \
+        {"ids": [], "redelivered": 0}
+
+
+# -- offline claims ------------------------------------------------------------------------
+
+
+def store(state, *ids: str) -> None:
+    for message_id in ids:
+        ok(state.apply(cmd("offline_store", jid=ALICE, message_id=message_id, stanza=b"<m/>")))
+
+
+def claim(state, session: str, ts: float = T0) -> dict:
+    return ok(state.apply(cmd("offline_claim", ts=ts, jid=ALICE, session=session)))
+
+
+def test_a_claim_records_who_and_until_when(state):
+    store(state, "1")
+    claim(state, "s1")
+    assert state.offline[ALICE][0]["claim"] == {"by": "s1", "until": T0 + 120.0}
+
+
+def test_a_claim_skips_claimed_messages_and_takes_the_ones_after_them(state):
+    store(state, "1")
+    claim(state, "s1")
+    store(state, "2")
+    assert claim(state, "s2") == {"ids": ["2"], "redelivered": 0}
+
+
+def test_a_claim_lapses_exactly_at_its_end(state):
+    store(state, "1")
+    claim(state, "s1")
+    assert claim(state, "s2", ts=T0 + 120.0 - 0.001) == {"ids": [], "redelivered": 0}
+    assert claim(state, "s2", ts=T0 + 120.0) == {"ids": ["1"], "redelivered": 1}
+
+
+def test_claiming_an_account_without_a_queue_claims_nothing(state):
+    assert claim(state, "s1") == {"ids": [], "redelivered": 0}
+    assert ok(state.apply(cmd("offline_remove", jid=ALICE, ids=["1"]))) == 0
+
+
+# -- membership lock and members -------------------------------------------------------------
+
+
+def test_a_lock_can_be_taken_over_exactly_when_it_expires(state):
+    ok(state.apply(cmd("membership_lock", ts=100.0, owner="n1", ttl=10)))
+    refused(state.apply(cmd("membership_lock", ts=109.999, owner="n2", ttl=10)), "conflict",
+            "n1")
+    assert ok(state.apply(cmd("membership_lock", ts=110.0, owner="n2", ttl=10))) is True
+    assert state.membership_lock == {"owner": "n2", "until": 120.0}
+
+
+def test_only_the_owner_unlocks_and_unlocking_nothing_is_false(state):
+    assert ok(state.apply(cmd("membership_unlock", owner="n1"))) is False
+    ok(state.apply(cmd("membership_lock", owner="n1", ttl=10)))
+    assert ok(state.apply(cmd("membership_unlock", owner="n2"))) is False
+    assert state.membership_lock is not None
+    assert ok(state.apply(cmd("membership_unlock", owner="n1"))) is True
+    assert state.membership_lock is None
+
+
+def test_a_member_is_set_again_under_its_name_and_others_keep_their_own_address(state):
+    assert ok(state.apply(cmd("member_set", name="n1", raft="r:1", link="l:1"))) is True
+    assert ok(state.apply(cmd("member_set", name="n1", raft="r:1", link="l:9"))) is True
+    assert ok(state.apply(cmd("member_set", name="n2", raft="r:2", link="l:2"))) is True
+    assert state.members == {"n1": {"raft": "r:1", "link": "l:9"},
+                             "n2": {"raft": "r:2", "link": "l:2"}}
+    refused(state.apply(cmd("member_set", name="n3", raft="r:2", link="l:3")), "conflict",
+            "r:2", "n2")
+    assert ok(state.apply(cmd("member_remove", raft="r:9"))) is None
+
+
+# -- message of the day, hosts, components, roster removal ---------------------------------------
+
+
+def test_the_first_message_of_the_day_is_version_1_even_as_an_edit(state):
+    assert ok(state.apply(cmd("motd_set", text="hello", edit=True))) == 1
+    assert ok(state.apply(cmd("motd_set", text="hello!", edit=True))) == 1
+    assert ok(state.apply(cmd("motd_set", text="news"))) == 2
+    assert state.motd == {"text": "news", "version": 2}
+
+
+def test_hosts_are_added_and_removed_once(state):
+    assert ok(state.apply(cmd("host_add", host="extra.example"))) is True
+    assert ok(state.apply(cmd("host_add", host="extra.example"))) is False
+    assert "extra.example" in state.hosts
+    assert ok(state.apply(cmd("host_remove", host="extra.example"))) is True
+    assert ok(state.apply(cmd("host_remove", host="extra.example"))) is False
+    assert "extra.example" not in state.hosts
+
+
+def test_removing_a_component_says_whether_there_was_one(state):
+    ok(state.apply(cmd("component_add", domain="c.example", secret_hash=b"h" * 32)))
+    assert ok(state.apply(cmd("component_remove", domain="c.example"))) is True
+    assert ok(state.apply(cmd("component_remove", domain="c.example"))) is False
+
+
+def test_removing_a_roster_item_bumps_the_version_by_one_and_drops_its_request(state):
+    bob = "bob@example.com"
+    ok(state.apply(cmd("roster_set", jid=ALICE, contact=bob, name="Bob", groups=[])))
+    ok(state.apply(cmd("roster_subscription", jid=ALICE, contact=bob, event="in-subscribe",
+                       request="<presence/>")))
+    ver = state.rosters[ALICE]["ver"]
+    assert ok(state.apply(cmd("roster_remove", jid=ALICE, contact=bob)))["name"] == "Bob"
+    assert state.rosters[ALICE]["ver"] == ver + 1
+    assert bob not in state.rosters[ALICE]["pending_in"]
+    assert ok(state.apply(cmd("roster_remove", jid=ALICE, contact=bob))) is None
+    assert state.rosters[ALICE]["ver"] == ver + 1
