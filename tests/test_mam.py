@@ -384,3 +384,28 @@ def test_a_note_to_self_is_archived_once(node, ca_file):
         await pc.stop()
 
     run(scenario())
+
+
+def test_quota_and_retention_of_a_configured_node(tmp_path, ca_file):
+    """[archive] max_per_account keeps the newest; retention_days deletes the old, on a
+    real node (retention of 17 s here, swept every quarter of it)."""
+    from tests.im_nodes import start_node, tls_extra
+
+    extra = tls_extra(ca_file) + "\n[archive]\nmax_per_account = 3\nretention_days = 0.0002\n"
+    configured = start_node(tmp_path, "retention", extra)
+    try:
+        async def scenario():
+            alice, bob = await pair(configured, ca_file)
+            await chat(alice, bob.boundjid.bare, [f"q{i}" for i in range(5)], bob)
+            kept, fin = await raw_query(alice)
+            assert [b for _, b in kept] == ["q2", "q3", "q4"] and fin_set(fin)["count"] == 3
+            deadline = asyncio.get_running_loop().time() + 60
+            while (await raw_query(alice))[0]:
+                assert asyncio.get_running_loop().time() < deadline, "retention never applied"
+                await asyncio.sleep(1)
+            await alice.stop()
+            await bob.stop()
+
+        run(scenario(), timeout=90)
+    finally:
+        configured.kill()
