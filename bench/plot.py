@@ -28,7 +28,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 KV = re.compile(r"(\w+)=([^\s{]+)")
-STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d)?Z")  # seconds are optional
 SERVERS = ("ejabberd", "prosody", "raftxmpp")
 LABELS = {"ejabberd": "ejabberd 23.01", "prosody": "Prosody 0.12.3", "raftxmpp": "raftxmpp"}
 COLOURS = {"ejabberd": "#4e79a7", "prosody": "#f28e2b", "raftxmpp": "#59a14f"}
@@ -131,6 +131,21 @@ def history(results: Path) -> dict[str, dict[str, list[tuple[str, float]]]]:
                  ("p2p_p20_w10", "s2s_msgs_per_s", "Prosody ↔ Prosody"))),
                ("pubsub", "pubsub notifications/s (100 subscribers)",
                 (("pubsub_throughput", "notifications_per_s", "raftxmpp, 3 nodes"),)),
+               ("raft_durable", "durable writes/s: fsync layer vs raw pysyncobj (window 200)",
+                (({"scenario": "durable_raftxmpp_layer", "window": "200"}, "writes_per_s",
+                  "raftxmpp's durable layer"),
+                 ({"scenario": "raw_pysyncobj", "window": "200"}, "writes_per_s",
+                  "raw pysyncobj, no fsync"))),
+               ("muc", "room messages/s, 10 rooms × 50 occupants, 3 nodes",
+                (({"tag": "muc_throughput", "rooms": "10", "occupants": "50"},
+                  "room_msgs_per_s", "messages into rooms"),
+                 ({"tag": "muc_throughput", "rooms": "10", "occupants": "50"},
+                  "deliveries_per_s", "deliveries to occupants"))),
+               ("mam", "messages/s, 50 pairs × 10, archive off and on",
+                (({"archive": "off", "pairs": "50", "window": "10"}, "rate", "archive off"),
+                 ({"archive": "on", "pairs": "50", "window": "10"}, "rate", "archive on"))),
+               ("mam", "archive appends/s (store of 100,000 rows)",
+                (({"kind": "store", "rows": "100000"}, "append_rows_per_s", "rows appended/s"),)),
                ("web", "messages/s, 50 pairs × 10: c2s (TCP) and WebSocket",
                 (({"transport": "tcp", "pairs": "50", "window": "10"}, "rate", "c2s over TCP"),
                  ({"transport": "ws", "pairs": "50", "window": "10"}, "rate", "WebSocket"))),
@@ -280,7 +295,7 @@ def _latest(rows: list[dict]) -> list[dict]:
 
 
 def _when(stamp: str) -> datetime:
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ" if len(stamp) > 17 else "%Y-%m-%dT%H:%MZ")
 
 
 def _short(stamp: str) -> str:

@@ -30,6 +30,8 @@ def test_history_has_each_scenario_for_each_server_and_the_cluster_figures():
         assert set(figures[scenario.title]) == {"ejabberd 23.01", "Prosody 0.12.3", "raftxmpp"}
     writes = figures["durable writes/s (3 nodes, 200 clients)"]
     assert writes["raw pysyncobj"] and writes["roster, leader"]
+    durable = figures["durable writes/s: fsync layer vs raw pysyncobj (window 200)"]
+    assert all(durable.values()) and durable  # its stamps have no seconds (10:48Z)
     web = figures["messages/s, 50 pairs × 10: c2s (TCP) and WebSocket"]
     assert web["WebSocket"] and web["c2s over TCP"]  # lines without tag=, matched by fields
     points = figures["messages/s, 50 pairs × window 10"]["raftxmpp"]
