@@ -4,7 +4,8 @@
 #   bench/xmppload        the shared generator, unchanged (what the anchors were measured with)
 #   bench/xmppload-x      the same plus bench/xmppload-extras.patch: -Q PORT (receivers of the
 #                         messages scenario connect to another node: cross-node) and -O (skip a
-#                         session IQ the server marks <optional/>)
+#                         session IQ the server marks <optional/>) and -M (stream management,
+#                         XEP-0198, in the messages scenario: enable, answer the server's <r/>)
 # Both binaries are gitignored. XMPPLOAD_DIR=DIR builds them into DIR instead (the smoke test).
 # Exits non-zero if the source or gcc is missing.
 set -euo pipefail

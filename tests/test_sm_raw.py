@@ -159,12 +159,12 @@ async def test_resume_after_an_abrupt_disconnect_sends_exactly_what_was_not_acke
     assert resumed.startswith(b"<resumed") and attr(resumed, "previd") == previd
     assert attr(resumed, "h") == "1"  # the server handled the client's one presence
     # m2 and m3 were parked in offline storage while detached: they come from there.
-    data = await again.until(b"m3</body>") + await again.until(b"</message>")
+    data = await again.until(b"m3</body>", timeout=30) + await again.until(b"</message>")
     assert b"m1" not in data and data.count(b"m2</body>") == 1
     await acked(again, 1)
     await again.send(PING % b"settled")
-    assert b"m1</body>" not in await again.until(b'id="settled"')
-    with trio.fail_after(10):  # delivered, then removed by id
+    assert b"m1</body>" not in await again.until(b'id="settled"', timeout=30)
+    with trio.fail_after(30):  # delivered, then removed by id
         while node.store.offline_count("alice@localhost"):
             await trio.sleep(0.05)
     assert node.router.sessions.local_session(_jid("alice@localhost/phone")) is session
@@ -219,12 +219,12 @@ async def test_unacked_messages_of_an_ended_session_go_offline_with_a_delay(node
     await send_chat(node, "bob", "alice@localhost/gone", ["lost1", "lost2"])
     await raw.until(b"lost2</body></message>")
     await raw.stream.aclose()
-    with trio.fail_after(10):
+    with trio.fail_after(30):
         while node.store.offline_count("alice@localhost") < 2:
             await trio.sleep(0.05)
     later = await authenticated(node, "alice", "later")
     await later.send(b"<presence/>")
-    data = await later.until(b"lost2</body>")
+    data = await later.until(b"lost2</body>", timeout=30)
     assert b"lost1" in data and b"urn:xmpp:delay" in data
 
 
@@ -238,7 +238,7 @@ async def test_unacked_messages_go_to_another_resource_when_there_is_one(node):
     await raw.until(b"moved</body></message>")
     await desk.send(b"<presence/>")  # now available with priority 0
     await raw.stream.aclose()
-    data = await desk.until(b"moved</body>", timeout=10) + await desk.until(b"</message>")
+    data = await desk.until(b"moved</body>", timeout=30) + await desk.until(b"</message>")
     assert b"urn:xmpp:delay" in data and b"Resent" in data
 
 
@@ -249,7 +249,7 @@ async def test_an_unacked_iq_request_is_answered_with_an_error(node):
                    b"<query xmlns='jabber:iq:version'/></iq>")
     await raw.until(b"jabber:iq:version")
     await raw.stream.aclose()
-    reply = await bob.until(b"</iq>", timeout=10)
+    reply = await bob.until(b"</iq>", timeout=30)
     assert b'type="error"' in reply and b"service-unavailable" in reply
 
 
@@ -263,7 +263,7 @@ async def test_a_detached_session_that_times_out_sends_its_messages_offline(node
         while not session.detached:
             await trio.sleep(0.02)
     await send_chat(node, "bob", "alice@localhost/timeout", ["queued"])
-    with trio.fail_after(10):
+    with trio.fail_after(30):
         while node.router.sessions.local_session(_jid("alice@localhost/timeout")) is not None \
                 or node.store.offline_count("alice@localhost") < 1:
             await trio.sleep(0.05)
