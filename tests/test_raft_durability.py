@@ -540,3 +540,15 @@ def test_an_empty_journal_file_is_a_new_journal(tmp_path):
     journal.add(b"x", 1, 1)
     journal._destroy()
     assert len(DurableJournal(str(tmp_path / "raft.journal"))) == 1
+
+
+def test_a_journal_without_its_meta_says_the_vote_is_unknown(tmp_path, caplog):
+    path = tmp_path / "raft.journal"
+    journal = DurableJournal(str(path))
+    journal.add(b"x", 1, 0)
+    journal.add(b"y", 2, 3)
+    journal.setCurrentTerm(3, "127.0.0.1:7002")
+    journal._destroy()
+    (tmp_path / "raft.journal.meta").unlink()  # e.g. a backup that left it out
+    DurableJournal(str(path))
+    assert "vote is unknown" in caplog.text

@@ -180,6 +180,10 @@ class DurableJournal(pysyncobj_journal.Journal):
                 self._rewrite(entries)
                 return
             self._entries, self._offsets, self._end = entries, offsets, valid_end
+            if not self._meta and any(term for _, _, term in entries[-1:]):
+                # Only a copy made without the .meta, or a version before 0.3.16, gets here.
+                log.warning("%s is missing: this node's Raft vote is unknown and its term "
+                            "is taken from the log", self.meta_path)
         os.chmod(self.path, 0o600)
         self._fd = os.open(self.path, os.O_RDWR)
 
