@@ -63,14 +63,18 @@ class Occupant:
             data = tail + chunk
             if not self.joined.is_set() and SELF.search(data):
                 self.joined.set()
+            scanned = 0
             for match in BODY.finditer(data):
                 mid = match.group(1).decode()
+                scanned = match.end()
                 if mid in self.seen:
                     self.duplicates += 1
                 else:
                     self.seen[mid] = now
                     self.order.append(mid)
-            tail = data[-64:]  # an id cut by a read boundary is found with the next chunk
+            # An id cut by a read boundary is found with the next chunk; one already
+            # counted is not kept for it.
+            tail = data[max(scanned, len(data) - 64):]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -78,13 +82,13 @@ def pct(values: list[float], q: float) -> float:
     return values[int(q * (len(values) - 1))] * 1000 if values else -1.0
 
 
-async def join_all(ports: list[int], rooms: int, per_room: int) -> tuple[list, dict]:
+async def join_all(ports: list[int], rooms: int, per_room: int, user) -> tuple[list, dict]:
     occupants, latencies = [], []
     tasks = []
     for r in range(rooms):
         for i in range(per_room):
             n = r * per_room + i
-            client = XmppClient(ports[n % len(ports)], f"u{n}")
+            client = XmppClient(ports[n % len(ports)], user(n))
             await client.login()
             client.writer.write(b"<presence/>")
             occupant = Occupant(client, r, i)
@@ -168,6 +172,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--server", choices=("raftxmpp", "ejabberd"), default="raftxmpp")
     ap.add_argument("--port", type=int, default=5222)
+    ap.add_argument("--user-prefix", default=None,
+                    help="accounts PREFIX<n> (default: u0.. on raftxmpp, created here; "
+                         "user1.. on ejabberd, as create_accounts.sh makes them)")
     a = ap.parse_args()
     out_path = Path(os.environ.get("RESULTS_FILE") or BENCH / "results" / "muc.txt")
     out_path.parent.mkdir(exist_ok=True)
@@ -175,6 +182,11 @@ def main() -> int:
     server = "raftxmpp-3" if a.server == "raftxmpp" else "ejabberd"
     head = f"server={server} date={stamp} commit={commit()} machine={benchlib.machine()}"
     users = a.rooms * a.occupants
+    first = 0 if a.server == "raftxmpp" else 1
+    prefix = a.user_prefix or ("u" if a.server == "raftxmpp" else "user")
+
+    def user(n: int) -> str:
+        return f"{prefix}{n + first}"
 
     def emit(tag: str, facts: dict, l1: float, cpu: str) -> None:
         values = " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
@@ -198,12 +210,13 @@ def main() -> int:
             benchlib.wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3
                                           for n in nodes), 30, "gossip between all nodes")
             for n in range(users):
-                nodes[0].admin("user.add", jid=f"u{n}@localhost", password="pw")
+                nodes[0].admin("user.add", jid=f"{user(n)}@localhost", password="pw")
             ports = [n.c2s_port for n in nodes]
             pids = [n.pid for n in nodes]
         else:
             ports = [a.port]
-            pids = [int(p) for p in subprocess.run(["pgrep", "-f", "beam"], capture_output=True,
+            pids = [int(p) for p in subprocess.run(["pgrep", "-u", "ejabberd", "-f", "beam.smp"],
+                                                   capture_output=True,
                                                    text=True).stdout.split()]
 
         async def sitting() -> None:
@@ -212,7 +225,7 @@ def main() -> int:
                 cpu0, gen0, t0 = [cpu_seconds(p) for p in pids], time.process_time(), \
                     time.monotonic()
                 if tag == "muc_join":
-                    occupants, facts = await join_all(ports, a.rooms, a.occupants)
+                    occupants, facts = await join_all(ports, a.rooms, a.occupants, user)
                     tasks = facts["tasks"]
                 else:
                     facts = await throughput(occupants, a.rooms, a.senders, a.window, a.seconds)
