@@ -552,3 +552,27 @@ def test_a_journal_without_its_meta_says_the_vote_is_unknown(tmp_path, caplog):
     (tmp_path / "raft.journal.meta").unlink()  # e.g. a backup that left it out
     DurableJournal(str(path))
     assert "vote is unknown" in caplog.text
+
+
+def test_a_leader_takes_answers_from_a_peer_without_the_new_fields(tmp_path):
+    # A rolling upgrade: a follower still on plain pysyncobj answers without term and seq.
+    events: list = []
+    node = make_node(tmp_path, events)
+    try:
+        become_leader(node, events)
+        node._SyncObj__sendAppendEntries()
+        old_style = {"type": "next_node_idx", "next_node_idx": 2, "reset": True,
+                     "success": False}
+        node._SyncObj__onMessageReceived(TCPNode(LEADER), old_style)
+        assert next_index(node, LEADER) == 2
+        node._SyncObj__onMessageReceived(TCPNode(LEADER), dict(
+            old_style, next_node_idx=3, reset=False, success=True))
+        assert node.getStatus()[f"match_idx_server_{LEADER}"] == 2
+        # and what the follower side sends an old leader carries only extra keys
+        appended = append(1, 0, entries(2, 2), term=node.raftCurrentTerm + 1)
+        node._SyncObj__onMessageReceived(TCPNode(LEADER), appended)
+        node.sync_journal()
+        answer = answers(events)[-1]
+        assert {"type", "next_node_idx", "reset", "success"} <= set(answer)
+    finally:
+        node._doDestroy()
