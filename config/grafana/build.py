@@ -116,6 +116,10 @@ ROWS: list[tuple[str, list[tuple[str, str, list[dict], str]]]] = [
         ("Offline messages delivered twice", "ops",
          [q(f"rate(raftxmpp_offline_redelivered_total{{{SEL}}}[{RATE}])")],
          "A claiming session ended before removing them: duplicates, never losses."),
+        ("Clients gone silent", "ops",
+         [q(f"sum(rate(raftxmpp_c2s_ping_timeouts_total{{{SEL}}}[{RATE}]))", "ping timeouts")],
+         "Connections closed because the client did not answer the server's ping "
+         "(XEP-0199): mobile clients losing their network."),
         ("Logins", "ops", rate_by("raftxmpp_c2s_logins_total", "outcome"),
          "SASL outcomes; refused = throttled or credentials not confirmable."),
     ]),
