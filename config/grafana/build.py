@@ -1,6 +1,7 @@
 """Writes raftxmpp.json, the Grafana dashboard of a raftxmpp cluster, beside this file.
 
     python config/grafana/build.py
+    python config/grafana/build.py --missing http://127.0.0.1:5280/metrics
 
 The JSON is what operators import (Dashboards → Import, or provisioning); this script
 is its source, so a panel is one line here rather than forty of JSON. One row per
@@ -241,6 +242,22 @@ def render() -> str:
     return json.dumps(dashboard(), indent=2, ensure_ascii=False) + "\n"
 
 
+def missing(metrics_url: str) -> list[str]:
+    """Metric families a node exports that no panel shows (for whoever adds a metric)."""
+    import urllib.request
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    shown = render()
+    families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    return sorted(f for f in families if f not in shown)
+
+
 if __name__ == "__main__":
-    OUT.write_text(render())
-    print(f"wrote {OUT}")
+    import sys
+
+    if sys.argv[1:2] == ["--missing"]:  # --missing http://127.0.0.1:5280/metrics
+        print("\n".join(missing(sys.argv[2])) or "every exported family is on the dashboard")
+    else:
+        OUT.write_text(render())
+        print(f"wrote {OUT}")
