@@ -134,3 +134,12 @@ def test_a_snapshot_from_before_rooms_restores_with_none():
     restored = ClusterState()
     restored.restore(data)
     assert restored.muc_rooms == {}
+
+
+def test_room_ops_are_gated_until_every_member_knows_them():
+    """Rolling upgrades: the room ops are newer than version 1, so a node holds them back
+    until every member advertised a version that applies them (raftxmpp.cluster.state)."""
+    from raftxmpp.cluster import state as sm
+
+    for name in muc_state.OPS:
+        assert sm.OP_VERSIONS.get(name, sm.VERSION) >= 2, name

@@ -840,7 +840,8 @@ def _muc_op(fn: Callable[[ClusterState, Command], Any]) -> Callable[[ClusterStat
     return op
 
 
-register_ops({name: _muc_op(fn) for name, fn in muc_state.OPS.items()})
+# New in version 2: submitters hold them back until every member knows them.
+register_ops({name: _muc_op(fn) for name, fn in muc_state.OPS.items()}, since=MAX_VERSION)
 
 
 def _archive_op(fn: Callable[[ClusterState, Command], Any]) -> Callable[[ClusterState, Command], Any]:
