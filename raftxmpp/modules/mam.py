@@ -160,6 +160,11 @@ class ArchiveWriter:
             log.error("archive batch of %d rows refused: %s", len(batch), exc)
             self._drop_front(len(batch), "dropped")
             return
+        except Exception:  # a bug here must not end the node: counted, logged, retried
+            log.exception("archive batch of %d rows failed", len(batch))
+            metrics.ARCHIVE_ROWS.labels("retried").inc(len(batch))
+            await trio.sleep(1.0)
+            return
         self._drop_front(len(batch), "committed")
 
     def _next_batch(self) -> list[Row]:
