@@ -296,3 +296,51 @@ def test_a_node_without_majority_routes_but_refuses_durable_writes_with_a_wait_e
         run(scenario())
     finally:
         cluster.kill_all()
+
+
+def test_a_node_cut_off_from_the_majority_does_not_answer_from_its_possibly_stale_copy(
+        tmp_path, tls):
+    """Issue 12, problem 6: vCard, private XML, the block list and a component's
+    registration were read from the local copy, which on a node cut off from the
+    majority may be old (a replaced vCard, a removed component). They are read behind a
+    Raft barrier now: the cut-off node answers "wait" (or refuses the component)."""
+    import signal
+    from xml.etree import ElementTree as ET
+
+    from tests.test_components_cluster import SECRET as COMPONENT_SECRET
+    from tests.test_components_cluster import RawComponent
+
+    cluster = Cluster(tmp_path, 3, tls_extra(tls)).start()
+    try:
+        cluster.leader()
+        node1, node2, node3 = cluster.nodes
+        node1.admin("component.add", domain="comp.localhost", secret=COMPONENT_SECRET)
+        alice_jid = account(node1, "cutoff")
+        queries = {"vcard": "<vCard xmlns='vcard-temp'/>",
+                   "private": "<query xmlns='jabber:iq:private'><x xmlns='urn:x:test'/></query>",
+                   "blocklist": "<blocklist xmlns='urn:xmpp:blocking'/>"}
+
+        async def scenario():
+            alice = client(node1, tls, alice_jid)
+            assert await alice.start()
+            for node in (node2, node3):
+                node.kill(signal.SIGSTOP)
+            await _until(lambda: node1.status()["leader"] is None, timeout=20)
+            for name, payload in queries.items():
+                iq = alice.make_iq_get(ito=alice.boundjid.bare if name == "vcard" else None)
+                iq.set_payload(ET.fromstring(payload))
+                try:
+                    await iq.send(timeout=20)
+                except slixmpp.exceptions.IqError as exc:
+                    assert exc.iq["error"]["type"] == "wait", (name, exc.iq)
+                else:
+                    raise AssertionError(f"{name} answered from a node without a majority")
+            alice.abort()
+
+        run(scenario(), timeout=120)
+        assert RawComponent.refusal(node1, "comp.localhost", COMPONENT_SECRET) == \
+            "remote-connection-failed"
+    finally:
+        for node in cluster.nodes:
+            node.kill(signal.SIGCONT)
+        cluster.kill_all()

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from raftxmpp import metrics
+from raftxmpp.cluster.raft import RaftUnavailable
 from raftxmpp.component.stream import Accepted, Action, Close, ComponentStream, Send, Stanza
 from raftxmpp.routing.components import LocalInstance
 from raftxmpp.xml.errors import StreamError
-from raftxmpp.xml.framer import StreamFramer
+from raftxmpp.xml.framer import StreamFramer, StreamOpened
 from raftxmpp.xml.ns import COMPONENT
 from raftxmpp.xml.stanza import STREAM_CLOSE
 
@@ -78,8 +79,22 @@ class ComponentConnection:
     async def _serve(self) -> None:
         while True:
             for event in await self._read_events():
-                for action in self.core.receive(event):
+                actions = (await self._unconfirmed() if isinstance(event, StreamOpened) else
+                           None) or self.core.receive(event)
+                for action in actions:
                     await self._perform(action)
+
+    async def _unconfirmed(self) -> list[Action] | None:
+        """The registration and secret are read behind a Raft barrier: a node cut off
+        from the majority may still hold a removed component or a replaced secret.
+        None when confirmed; else the actions that end the stream."""
+        try:
+            await self.node.raft.fresh()
+        except RaftUnavailable:
+            return self.core.fail(StreamError(
+                "remote-connection-failed", "this node cannot reach the cluster majority to "
+                "confirm the component's registration; try another node or later"))
+        return None
 
     async def _read_events(self) -> list:
         data = await self.transport.receive_some(READ_SIZE)

@@ -47,6 +47,7 @@ async def get_blocklist(request: IqRequest) -> etree._Element:
     if session is not None and not session.blocklist_requested:
         session.blocklist_requested = True
         request.router.sessions.publish(session)
+    await request.router.store.fresh()  # never an old list from a node cut off from the majority
     return _element("blocklist", sorted(request.router.store.blocklist(owner)))
 
 

@@ -37,6 +37,7 @@ def _key(element: etree._Element) -> str:
 async def get_private(request: IqRequest) -> etree._Element:
     wanted = _element(request)
     query = etree.Element(f"{{{ns.PRIVATE}}}query", nsmap={None: ns.PRIVATE})
+    await request.router.store.fresh()  # never an old copy from a node cut off from the majority
     stored = request.router.store.private(str(request.to_jid), _key(wanted))
     query.append(etree.fromstring(stored.encode(), _PARSER) if stored else
                  etree.Element(wanted.tag, nsmap={None: etree.QName(wanted).namespace}))

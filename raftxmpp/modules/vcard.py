@@ -18,6 +18,7 @@ def setup(router: Router) -> None:
 
 
 async def get_vcard(request: IqRequest) -> etree._Element:
+    await request.router.store.fresh()  # a node cut off from the majority may hold an old one
     stored = request.router.store.vcard(str(request.to_jid))
     if stored is None:
         return etree.Element(f"{{{ns.VCARD}}}vCard", nsmap={None: ns.VCARD})
