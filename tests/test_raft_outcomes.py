@@ -104,3 +104,30 @@ async def test_an_apply_that_raises_gives_an_error_result_instead_of_retrying_fo
     assert result[:2] == ("error", "internal-server-error")
     monkeypatch.undo()
     assert (await solo.submit(solo.command("barrier"), timeout=5))[0] == "ok"
+
+
+async def test_a_whole_state_query_does_not_hold_up_apply(solo):
+    """Issue 12, problem 4: digest() held the apply lock for seconds at 100,000 accounts
+    (no heartbeats, an election). It runs on a fork-frozen copy now."""
+    def slow_query(state) -> str:
+        time.sleep(3)  # in the child: the parent's Raft thread goes on
+        return str(state.applied)
+
+    async with trio.open_nursery() as nursery:
+        answers = []
+
+        async def query() -> None:
+            answers.append(await solo.read_frozen(slow_query))
+
+        nursery.start_soon(query)
+        await trio.sleep(0.3)
+        started = time.monotonic()
+        await solo.submit(solo.command("barrier"), timeout=5)
+        assert time.monotonic() - started < 2, "apply waited for the query"
+        assert not answers  # the query was still running meanwhile
+    assert answers and int(answers[0]) >= 0
+
+
+async def test_the_store_digest_is_the_state_digest(solo):
+    await Store(solo).register("dora@localhost", "pw")
+    assert await Store(solo).digest() == solo.read(lambda s: s.digest())

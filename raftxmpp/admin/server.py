@@ -164,7 +164,7 @@ async def state_digest(node: Node, args: dict) -> dict:
     if args.get("current"):
         await node.raft.barrier()
     status = node.raft.status()
-    return {"digest": node.store.digest(), "applied_index": status.get("applied_index")}
+    return {"digest": await node.store.digest(), "applied_index": status.get("applied_index")}
 
 
 # -- sessions ------------------------------------------------------------------------------------

@@ -184,6 +184,17 @@ class ClusterState:
 
     def snapshot(self) -> dict:
         return {
+            **self._tables(),
+            "archive": self.archive.image(),
+            "dedup": self.dedup,
+            "applied": self.applied,
+            "clock": self.clock,
+        }
+
+    def _tables(self) -> dict:
+        """The user-visible state (what the digest covers): everything in a snapshot but
+        the archive image (its rows are on disk) and the bookkeeping."""
+        return {
             "version": VERSION,
             "hosts": self.hosts,
             "accounts": self.accounts,
@@ -202,10 +213,6 @@ class ClusterState:
             "uploads": self.uploads,
             "upload_usage": self.upload_usage,
             "archive_prefs": self.archive_prefs,
-            "archive": self.archive.image(),
-            "dedup": self.dedup,
-            "applied": self.applied,
-            "clock": self.clock,
         }
 
     def restore(self, data: dict) -> None:
@@ -226,13 +233,12 @@ class ClusterState:
 
     def digest(self) -> str:
         """A hash of the user-visible state, equal on every node that applied the same log."""
-        canonical = json.dumps(
-            {k: v for k, v in self.snapshot().items()
-             if k not in ("dedup", "applied", "archive", "clock")},
-            sort_keys=True,
-            default=_canonical,
-        )
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return _digest_of(self._tables())
+
+
+def _digest_of(tables: dict) -> str:
+    canonical = json.dumps(tables, sort_keys=True, default=_canonical)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _canonical(value: Any) -> Any:

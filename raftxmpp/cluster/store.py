@@ -311,8 +311,9 @@ class Store(PubsubStore, MucStore, ArchiveStoreOps):  # pubsub_store, muc_store,
     def components(self) -> dict[str, dict]:
         return self._read(lambda s: copy.deepcopy(s.components))
 
-    def digest(self) -> str:
-        return self._read(lambda s: s.digest())
+    async def digest(self) -> str:
+        """The state's digest, computed off the apply lock (RaftNode.read_frozen)."""
+        return await self.raft.read_frozen(ClusterState.digest)
 
     # -- registered components (XEP-0114) ---------------------------------------------------------
 
