@@ -105,6 +105,10 @@ class Node:
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
         data_dir = self._prepare_data_dir(cfg.node.data_dir)
+        try:
+            membership.refuse_if_removed(data_dir)
+        except membership.MembershipError as exc:
+            raise NodeStartError(str(exc)) from None
         self._setup_tls(data_dir)
         listeners = await self._open_listeners()
         web_listeners = await self._open_web_listeners()

@@ -247,6 +247,11 @@ def test_a_node_joins_at_runtime_then_is_removed(tmp_path):
         wait_for(lambda: node4.admin("node.status")["removed"], 15, "node4 to know it was removed")
         assert http_status(ports["http"], "/ready") == 503
         node1.admin("user.add", jid="after-removal@localhost", password=PASSWORD)
+        # Restarted on its old data dir, it refuses to serve instead of queueing
+        # registrations into a cluster that removed it (issue 12, problem 6).
+        node4.kill()
+        with pytest.raises(AssertionError, match="was removed from its cluster"):
+            node4.start()
     finally:
         cluster.kill_all()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ import trio
 
 from raftxmpp.cluster.gossip import Gossip
 from raftxmpp.cluster.links import GOSSIP, STANZA, LinkError, Links
-from raftxmpp.cluster.raft import RaftUnavailable
+from raftxmpp.cluster.raft import RaftOutcomeUnknown, RaftUnavailable
 from raftxmpp.cluster.rpc import ANSWER, REQUEST, Rpc
 from raftxmpp.cluster.state import MAX_VERSION
 from raftxmpp.cluster.store import StoreError
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("raftxmpp.cluster")
 
 MEMBERSHIP_TTL = 60
+REMOVED_MARKER = "removed"  # in the data dir, once this node learnt it was removed
 REFUSED_MEANS_REMOVED = 3.0
 
 __all__ = ["ClusterMembership", "MembershipError", "LinkError", "join", "remembered_peers"]
@@ -90,9 +92,7 @@ class ClusterMembership:
             if self.name in members:
                 self._was_member = True
             elif self._was_member and members and not self.removed:
-                self.removed = True
-                log.warning("this node was removed from the cluster: it no longer serves "
-                            "durable writes")
+                self._mark_removed("its entry left the replicated member table")
             if members.get(self.name) != own and not self.removed:
                 await self._register(own)
             await trio.sleep(0.5)
@@ -150,11 +150,22 @@ class ClusterMembership:
         elif kind == "s2s-ack":  # a holder of an s2s stream has what we handed it
             self.node.router.s2s.acknowledged(peer, str(message["pair"]), int(message["seq"]))
         elif kind == "removed" and not self.removed:
-            self.removed = True
-            log.warning("node %s removed this node from the cluster: it no longer serves "
-                        "durable writes", peer)
+            self._mark_removed(f"node {peer} removed it")
         elif (handler := self.node.router.gossip_messages.get(kind)) is not None:
             handler(peer, message)  # a module's own ("pubsub-deliver")
+
+    def _mark_removed(self, reason: str) -> None:
+        """Stops durable writes here and remembers it in the data dir: restarted on the
+        same data, a removed node would otherwise serve its old state and keep trying
+        to register again."""
+        self.removed = True
+        log.warning("this node was removed from the cluster (%s): it no longer serves "
+                    "durable writes", reason)
+        try:
+            _write_private(self.node.config.node.data_dir / REMOVED_MARKER,
+                           json.dumps({"reason": reason, "at": time.time()}))
+        except OSError as exc:
+            log.error("cannot record the removal in the data dir: %s", exc)
 
     def _is_member(self, raft_address: str) -> bool:
         return raft_address in self.node.raft.members()
@@ -186,6 +197,16 @@ class ClusterMembership:
             raise MembershipError(exc.text) from None
         try:
             await self.node.raft.change_membership(action, address)
+        except RaftOutcomeUnknown:
+            # The change may still commit: a second change now could be in flight with
+            # it, which pysyncobj does not prevent. The lock stays until it expires.
+            log.warning("membership change %s %s: outcome unknown; the membership lock is "
+                        "kept until it expires in %ds", action, address, MEMBERSHIP_TTL)
+            raise
+        except BaseException:
+            await self._unlock(owner)  # the change surely did not happen
+            raise
+        try:
             if action == "remove":
                 # It gets no more log entries now: tell it directly, then forget it.
                 name = self._member_name(address)
@@ -194,11 +215,14 @@ class ClusterMembership:
                 await store.member_remove(address)
             log.info("membership change done: %s %s", action, address)
         finally:
-            try:
-                await store.membership_unlock(owner)
-            except (RaftUnavailable, StoreError):
-                log.warning("could not release the membership lock; it expires in %ds",
-                            MEMBERSHIP_TTL)
+            await self._unlock(owner)
+
+    async def _unlock(self, owner: str) -> None:
+        try:
+            await self.node.store.membership_unlock(owner)
+        except (RaftUnavailable, StoreError):
+            log.warning("could not release the membership lock; it expires in %ds",
+                        MEMBERSHIP_TTL)
 
     async def _on_join(self, request: dict) -> dict:
         raft = str(request.get("raft", ""))
@@ -209,6 +233,13 @@ class ClusterMembership:
         if raft not in self.node.raft.members():
             try:
                 await self.change("add", raft)
+            except RaftOutcomeUnknown as exc:
+                # It may be a member now: a member that never starts would count against
+                # every quorum, so the joiner starts either way (and is refused, then
+                # removed, if the add did not take).
+                log.warning("join of %s (%s): %s; it starts anyway", request.get("name"),
+                            raft, exc)
+                return {"peers": sorted(self.node.raft.members() | {raft})}
             except (MembershipError, RaftUnavailable) as exc:
                 return {"error": str(exc)}
         log.info("node %s (%s) joined the cluster", request.get("name"), raft)
@@ -234,6 +265,21 @@ def _write_private(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(partial, path)
+
+
+def refuse_if_removed(data_dir: Path) -> None:
+    """Raises MembershipError with a one-line message when this data dir belongs to a
+    node that was removed from its cluster."""
+    marker = data_dir / REMOVED_MARKER
+    if not marker.exists():
+        return
+    try:
+        reason = str(json.loads(marker.read_text()).get("reason", "unknown"))
+    except (OSError, ValueError, AttributeError):
+        reason = "unknown"
+    raise MembershipError(f"this node was removed from its cluster ({reason}); it does not "
+                          f"serve from {data_dir}: start it with an empty data dir and "
+                          "--join to bring it back")
 
 
 def remembered_peers(data_dir: Path) -> list[str] | None:

@@ -415,8 +415,13 @@ class RaftNode:
         with trio.move_on_after(timeout):
             await handoff.done.wait()
         if not handoff.outcome:
-            raise RaftUnavailable(f"{action} {address}: no commit within {timeout:g}s")
+            # pysyncobj applies a change as soon as it is appended: it may still commit.
+            raise RaftOutcomeUnknown(f"{action} {address}: no commit within {timeout:g}s; "
+                                     "it may still take effect")
         reason = handoff.outcome[0][1]
+        if reason in AMBIGUOUS:
+            raise RaftOutcomeUnknown(f"{action} {address}: the leader changed meanwhile; it "
+                                     "may still take effect")
         if reason != FAIL_REASON.SUCCESS:
             if reason == FAIL_REASON.REQUEST_DENIED:
                 raise RaftUnavailable(
