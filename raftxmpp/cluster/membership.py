@@ -177,9 +177,7 @@ class ClusterMembership:
         if self._refused_since is None:
             self._refused_since = now
         elif now - self._refused_since > REFUSED_MEANS_REMOVED and not self.removed:
-            self.removed = True
-            log.warning("%s and others no longer accept this node: it was removed from the "
-                        "cluster and no longer serves durable writes", peer)
+            self._mark_removed(f"{peer} and others no longer accept it")
 
     def _member_name(self, raft_address: str) -> str | None:
         members = self.node.raft.read(lambda s: dict(s.members))
