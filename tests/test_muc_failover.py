@@ -9,6 +9,8 @@ killed with SIGKILL mid-conversation.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.harness import Cluster, wait_for
@@ -105,3 +107,59 @@ def test_killing_the_ordering_node_hands_the_room_over(cluster, ca_file):
             await alice.client.stop()
 
     run(scenario(), 150)
+
+
+def test_a_temporary_room_ends_with_the_node_of_its_last_occupants(cluster, ca_file):
+    """§10.1.1 for a node's death: when the only occupants' node dies, a temporary room
+    is destroyed by the survivors (once), a persistent one stays."""
+    node1, node2 = cluster.nodes[:2]
+    a = account(node2, "alice")
+
+    async def scenario():
+        alice = await Member(node2, ca_file, a).start()
+        temporary = await instant_room(alice, "Alice")
+        persistent = await instant_room(alice, "Alice", persistentroom=True)
+        node2.kill()
+        wait_for(lambda: temporary not in {r["room"] for r in node1.admin("muc.list")}, 30,
+                 "the temporary room to be destroyed")
+        assert persistent in {r["room"] for r in node1.admin("muc.list")}
+        await abandon(alice)
+
+    run(scenario(), 120)
+
+
+def test_rooms_outlive_a_restart_of_the_whole_cluster(cluster, ca_file):
+    """Durable room state: configuration, affiliations and subject come back after every
+    node stopped and started again (the Raft log and dump, not memory)."""
+    node1, node2 = cluster.nodes[:2]
+    a, b = account(node1, "alice"), account(node2, "bob")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        room = await instant_room(alice, "Alice", persistentroom=True, roomname="Durable")
+        await alice.muc.set_affiliation(room, "member", jid=b, timeout=20)
+        alice.muc.set_subject(room, "kept")
+        await asyncio.wait_for(alice.subjects.get(), 20)  # the join's empty subject
+        while (await asyncio.wait_for(alice.subjects.get(), 20))["subject"] != "kept":
+            pass
+        await alice.client.stop()
+
+    run(scenario(), 120)
+    for node in cluster.nodes:
+        node.stop()
+    for node in cluster.nodes:
+        node.start()
+    cluster.leader()
+
+    def restored():
+        info = node2.admin("muc.info", room=room_of(node2))
+        return info["config"]["roomname"] == "Durable" and info["subject"]["text"] == "kept" \
+            and info["affiliations"] == {a: "owner", b: "member"}
+
+    wait_for(restored, 30, "the room's durable state on a restarted node")
+
+
+def room_of(node) -> str:
+    rooms = [r["room"] for r in node.admin("muc.list") if r["name"] == "Durable"]
+    assert len(rooms) == 1
+    return rooms[0]

@@ -209,6 +209,11 @@ def on_change(ctx: Muc, old: Occupant | None, new: Occupant | None) -> None:
     renamed = old is not None and new is not None and not leaving and old.nick != new.nick
     if not leaving and occupant.node != ctx.occupants.node_name:
         _settle_nick_race(ctx, occupant)
+    if leaving and occupant.node != ctx.occupants.node_name and \
+            not ctx.occupants.of_room(room) and ctx.orderer_of(room) == ctx.occupants.node_name:
+        # The last occupants went with their node: the room's ordering node ends a
+        # temporary room for them (one node does it, not every survivor).
+        _destroy_if_temporary(ctx, room)
     recipients = ctx.occupants.local_of_room(room)
     if leaving and occupant.node == ctx.occupants.node_name:
         recipients.append(occupant)  # the leaver hears its own unavailable
