@@ -17,7 +17,7 @@ from lxml import etree
 from raftxmpp.cluster.muc_state import AFFILIATIONS
 from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.modules.muc import config as room_config
-from raftxmpp.modules.muc import ns
+from raftxmpp.modules.muc import history, ns
 from raftxmpp.modules.muc.context import Muc
 from raftxmpp.modules.muc.occupants import ROLES, Occupant
 from raftxmpp.modules.muc.presence import leave, presence_of, role_for
@@ -101,7 +101,7 @@ def on_destroyed(ctx: Muc, peer: str, message: dict) -> None:
             etree.SubElement(destroy, f"{{{ns.MUC_USER}}}reason").text = str(message["re"])
         ctx.send_to(occupant.real_jid, stanza)
         ctx.occupants.remove(occupant, {"c": [], "s": True})
-    ctx.history.pop(room, None)
+    history.forget(ctx, room)
 
 
 # -- lists: §8.5, §9.5, §9.8, §10.5, §10.8 ----------------------------------------------------

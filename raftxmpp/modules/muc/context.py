@@ -41,6 +41,7 @@ class Muc:
     occupants: OccupantTable
     # room → its last messages (every node keeps them: history survives any node).
     history: dict[str, deque[HistoryEntry]] = field(default_factory=dict)
+    history_chars: int = 0  # of every room's history here (raftxmpp.modules.muc.history)
     # (room, bare JID) → (affiliation, until): affiliation changes announced by another
     # node, which this node's applied state may not show yet (a ban must hold at once).
     recent_affiliations: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)

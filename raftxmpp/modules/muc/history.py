@@ -19,13 +19,38 @@ from raftxmpp.routing.sessions import LocalSession
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 
 
+# Memory bounds besides [muc] history_length: characters kept per room, and on this node
+# for every room together (the rooms written to least recently lose theirs first).
+ROOM_CHARS = 256 * 1024
+NODE_CHARS = 64 * 1024 * 1024
+
+
 def remember(ctx: Muc, room: str, xml: str, ts: float) -> None:
-    if ctx.settings.history_length == 0:
+    if ctx.settings.history_length == 0 or len(xml) > ROOM_CHARS:
         return
-    kept = ctx.history.get(room)
+    kept = ctx.history.pop(room, None)  # re-inserted last: the dict is in write order
     if kept is None:
-        kept = ctx.history[room] = deque(maxlen=ctx.settings.history_length)
+        kept = deque(maxlen=ctx.settings.history_length)
+    if len(kept) == kept.maxlen:
+        ctx.history_chars -= kept[0].chars
     kept.append(HistoryEntry(ts, xml, len(xml)))
+    ctx.history_chars += len(xml)
+    ctx.history[room] = kept
+    while sum_chars(kept) > ROOM_CHARS:
+        ctx.history_chars -= kept.popleft().chars
+    while ctx.history_chars > NODE_CHARS and len(ctx.history) > 1:
+        oldest = next(iter(ctx.history))
+        forget(ctx, oldest)
+
+
+def sum_chars(kept: deque[HistoryEntry]) -> int:
+    return sum(e.chars for e in kept)
+
+
+def forget(ctx: Muc, room: str) -> None:
+    kept = ctx.history.pop(room, None)
+    if kept is not None:
+        ctx.history_chars -= sum_chars(kept)
 
 
 def _stamp(ts: float) -> str:

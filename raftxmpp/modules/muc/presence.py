@@ -190,7 +190,7 @@ async def _destroy_temporary(ctx: Muc, room: str) -> None:
     except (StoreError, RaftUnavailable) as exc:
         log.info("temporary room %s not destroyed now: %s", room, exc)
     else:
-        ctx.history.pop(room, None)
+        history.forget(ctx, room)
 
 
 # -- what occupants see ---------------------------------------------------------------------
