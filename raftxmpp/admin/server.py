@@ -145,6 +145,10 @@ async def cluster_change(node: Node, args: dict) -> str:
     if action == "remove" and address == node.raft.self_address:
         raise AdminError("a node cannot remove itself; run remove-peer against another member")
     try:
+        if action == "add" and node.cluster.add_needs_the_newcomer():
+            await node.cluster.start_add(address, "")
+            return (f"{address}; the change commits once that node runs: start it now, "
+                    "with the members as its peers")
         await node.cluster.change(action, address)
     except MembershipError as exc:
         raise AdminError(str(exc)) from None

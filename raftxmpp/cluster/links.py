@@ -55,6 +55,7 @@ HANDSHAKE_MAX = 4096
 FRAME_MAX = 4 * 1024 * 1024
 MAX_QUEUE_BYTES = 8 * 1024 * 1024
 HANDSHAKE_TIMEOUT = 5.0
+JOIN_TIMEOUT = 60.0  # a join request, answered after a Raft membership change
 READ_SIZE = 65536
 HANDSHAKE_VERSION = 2
 # Incoming connections not yet authenticated, per link listener: a cluster has a few
@@ -170,6 +171,14 @@ class Peer:
     connected: bool = False
     dropped: int = 0
     cancel: trio.CancelScope | None = None
+
+
+class ProofRefused(LinkError):
+    """The peer hung up right after our proof: most likely our secret is not its."""
+
+
+class SecretMismatch(LinkError):
+    """A member refused our join at the proof: our cluster secret is not its."""
 
 
 class NotMember(LinkError):
@@ -354,7 +363,10 @@ class Links:
             their_nonce = _nonce(challenge)
             proof = _proof(self.secret, "connector", nonce, their_nonce, self.name)
             await stream.send_all(frame(b"H", json.dumps({"proof": proof}).encode()))
-            welcome = await _read_json(stream, reader)
+            try:
+                welcome = await _read_json(stream, reader)
+            except LinkError as exc:  # an acceptor hangs up on a wrong proof, silently
+                raise ProofRefused(str(exc)) from None
             their_name = str(welcome["node"])
             if not hmac.compare_digest(str(welcome.get("proof", "")),
                                        _proof(self.secret, "acceptor", nonce, their_nonce, their_name)):
@@ -392,21 +404,32 @@ class Links:
                 {"node": self.name, "proof": proof, "member": member,
                  "encrypt": self.encrypt}).encode()))
             key = session_key(self.secret, their_nonce, nonce)
-            if joining:
-                await self._answer_join(stream, reader)
-                return None, reader, key
-            _check_same_encryption(hello, self.encrypt, their_name)
+            if not joining:
+                _check_same_encryption(hello, self.encrypt, their_name)
+        if joining:
+            # Outside the handshake's deadline: admitting a node is a Raft membership
+            # change, which can take longer than HANDSHAKE_TIMEOUT (it has its own).
+            await self._answer_join(stream, reader, their_name.removeprefix("join:"))
+            return None, reader, key
         if not member:
             return None, reader, key
         return their_name, reader, key
 
     # -- joining ------------------------------------------------------------------------------------------
 
-    async def _answer_join(self, stream: trio.SocketStream, reader: FrameReader) -> None:
-        with trio.fail_after(60):
-            request = await _read_json(stream, reader, kind=JOIN)
-            reply = await self.on_join(request) if self.on_join else {"error": "joining not served"}
-            await stream.send_all(frame(JOIN, json.dumps(reply).encode()))
+    async def _answer_join(self, stream: trio.SocketStream, reader: FrameReader,
+                           their_name: str) -> None:
+        try:
+            with trio.fail_after(JOIN_TIMEOUT):
+                request = await _read_json(stream, reader, kind=JOIN)
+                reply = (await self.on_join(request) if self.on_join
+                         else {"error": "joining not served"})
+                await stream.send_all(frame(JOIN, json.dumps(reply).encode()))
+        except _LINK_ERRORS as exc:  # the joiner is told nothing: say it here
+            log.warning("join request from %s failed: %r", their_name, exc)
+            raise
+        if "error" in reply:
+            log.warning("refused the join of %s: %s", their_name, reply["error"])
 
     async def request_join(self, member: Address, request: dict, timeout: float = 60) -> dict:
         """Asks a member to add us to the cluster; returns its answer (the member list)."""
@@ -417,6 +440,10 @@ class Links:
                 self.name = f"join:{self_name}"
                 try:
                     await self._handshake_out(stream, None)
+                except ProofRefused:
+                    raise SecretMismatch(
+                        "the member closed the connection after our proof of the cluster "
+                        "secret: this node's [cluster] secret is not the cluster's") from None
                 finally:
                     self.name = self_name
                 await stream.send_all(frame(JOIN, json.dumps(request).encode()))

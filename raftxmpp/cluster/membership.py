@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from raftxmpp.cluster.gossip import Gossip
-from raftxmpp.cluster.links import GOSSIP, STANZA, LinkError, Links
+from raftxmpp.cluster.links import GOSSIP, STANZA, LinkError, Links, SecretMismatch
 from raftxmpp.cluster.raft import RaftOutcomeUnknown, RaftUnavailable
 from raftxmpp.cluster.rpc import ANSWER, REQUEST, Rpc
 from raftxmpp.cluster.state import MAX_VERSION
@@ -69,11 +69,13 @@ class ClusterMembership:
         self.removed = False
         self._was_member = False
         self._refused_since: float | None = None
+        self._nursery: trio.Nursery | None = None  # for a join's change that outlives its answer
 
     # -- running ------------------------------------------------------------------------------------
 
     async def run(self, listener: trio.SocketListener, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             await nursery.start(self.rpc.run)
             await nursery.start(self.links.serve, listener)
             nursery.start_soon(self.gossip.run)
@@ -185,7 +187,8 @@ class ClusterMembership:
 
     # -- membership changes ------------------------------------------------------------------------------
 
-    async def change(self, action: str, address: str) -> None:
+    async def change(self, action: str, address: str,
+                     on_locked: Callable[[], None] | None = None) -> None:
         """Adds or removes one Raft member, holding the cluster-wide lock while it happens."""
         store = self.node.store
         owner = f"{self.name}:{uuid.uuid4().hex[:8]}"
@@ -193,6 +196,8 @@ class ClusterMembership:
             await store.membership_lock(owner, MEMBERSHIP_TTL)
         except StoreError as exc:
             raise MembershipError(exc.text) from None
+        if on_locked is not None:
+            on_locked()
         try:
             await self.node.raft.change_membership(action, address)
         except RaftOutcomeUnknown:
@@ -229,6 +234,12 @@ class ClusterMembership:
         except ValueError:
             return {"error": f"bad raft address {raft!r}"}
         if raft not in self.node.raft.members():
+            if self.add_needs_the_newcomer():
+                try:
+                    await self.start_add(raft, str(request.get("name")))
+                except (MembershipError, RaftUnavailable) as exc:
+                    return {"error": str(exc)}
+                return {"peers": sorted(self.node.raft.members() | {raft})}
             try:
                 await self.change("add", raft)
             except RaftOutcomeUnknown as exc:
@@ -243,10 +254,50 @@ class ClusterMembership:
         log.info("node %s (%s) joined the cluster", request.get("name"), raft)
         return {"peers": sorted(self.node.raft.members())}
 
+    def add_needs_the_newcomer(self) -> bool:
+        """pysyncobj counts a new member in the quorum once the change is appended, so
+        when the members up are fewer than the new quorum (a single node growing to
+        two, or one of three down) the add commits only after the new node runs."""
+        members = self.node.raft.status().get("members", {})
+        up = sum(1 for alive in members.values() if alive)
+        return up < (len(members) + 1) // 2 + 1
+
+    async def start_add(self, raft: str, name: str) -> None:
+        """Takes the membership lock and submits the add, whose commit waits for the new
+        node's vote: it returns then, so that the new node can start (waiting for the
+        commit first would wait forever). The lock is held until the commit."""
+        await self._nursery.start(self._add_in_background, raft, name)
+        log.info("node %s (%s) may start now: the add commits with its vote", name, raft)
+
+    async def _add_in_background(self, raft: str, name: str,
+                                 task_status=trio.TASK_STATUS_IGNORED) -> None:
+        locked = False
+
+        def on_locked() -> None:
+            nonlocal locked
+            locked = True
+            task_status.started()
+
+        try:
+            await self.change("add", raft, on_locked=on_locked)
+        except (MembershipError, RaftUnavailable) as exc:
+            if not locked:
+                raise  # to the join's answer
+            log.error("join of %s (%s) did not commit: %s; if it stays out, remove it with "
+                      "`raftxmpp cluster remove-peer %s`", name, raft, exc, raft)
+            return
+        log.info("node %s (%s) joined the cluster", name, raft)
+
 
 async def join(links: Links, member: Address, request: dict, data_dir: Path) -> list[str]:
     """Asks a member to add us; returns the Raft peers to start with, and keeps them."""
-    answer = await links.request_join(member, request)
+    try:
+        answer = await links.request_join(member, request)
+    except SecretMismatch as exc:
+        raise MembershipError(
+            f"{exc} (a node started without [cluster] secret uses a random one kept in its "
+            "data_dir/raft.secret: give this node a copy of that file as [cluster] "
+            "secret_file; README: Growing a single node)") from None
     if "error" in answer:
         raise MembershipError(f"{member} refused the join: {answer['error']}")
     peers = [p for p in answer["peers"] if p != request["raft"]]
