@@ -38,6 +38,9 @@ class FakeRaft:
     def members(self) -> set[str]:
         return set(self._members)
 
+    def status(self) -> dict:
+        return {"members": dict.fromkeys(self._members, True)}  # every member up
+
     def read(self, query):
         return query(SimpleNamespace(members={}))
 
@@ -75,7 +78,7 @@ async def test_a_join_whose_add_may_have_committed_still_gets_peers_to_start_wit
 
 
 async def test_a_join_that_surely_failed_is_refused():
-    cluster, _ = _membership(RaftUnavailable("refused"))
+    cluster, _ = _membership(RaftUnavailable("refused"), {"a:1", "c:1"})
     answer = await cluster._on_join({"name": "n4", "raft": "127.0.0.1:9"})
     assert "error" in answer
 
