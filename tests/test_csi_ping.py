@@ -86,7 +86,7 @@ async def test_an_inactive_client_gets_presence_late_and_messages_at_once(node):
     await desk.send(b"<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
     await desk.until(b'id="sync"')
     session = node.router.sessions.local_session(JID.parse("alice@localhost/phone"))
-    with trio.fail_after(5):
+    with trio.fail_after(20):
         while not (session.csi and session.csi.held):
             await trio.sleep(0.02)
     assert len(session.csi.held) == 1  # collapsed: only "two" waits
@@ -105,7 +105,7 @@ async def test_active_flushes_what_was_held(node):
     desk = await authenticated(node, "carol", "desk")
     await desk.send(b"<presence><status>later</status></presence>")
     session = node.router.sessions.local_session(JID.parse("carol@localhost/phone"))
-    with trio.fail_after(5):
+    with trio.fail_after(20):
         while not (session.csi and session.csi.held):
             await trio.sleep(0.02)
     await watcher.send(b"<active xmlns='urn:xmpp:csi:0'/>")

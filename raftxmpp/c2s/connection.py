@@ -439,6 +439,7 @@ class C2SConnection:
         out or is ended (a conflict, a kick, a full queue, the node stopping)."""
         session.owner = None
         session.detached_at = time.time()
+        self._forget_stream()
         self.router.sessions.publish(session)
         metrics.SM_SESSIONS.labels("detached").inc()
         metrics.SM_DETACHED.labels("detached").inc()
@@ -454,6 +455,14 @@ class C2SConnection:
         if session.closing is None:
             metrics.SM_SESSIONS.labels("expired").inc()
         return False
+
+    def _forget_stream(self) -> None:
+        """A detached session may wait minutes: the closed channel's parser and the
+        negotiation state go now, only the session (its queue and counters) stays."""
+        framer = getattr(self.transport, "framer", None)
+        if framer is not None:
+            self.transport.framer = None
+        self.core = None
 
     async def _end_session(self, session: LocalSession) -> None:
         """The session is over: out of the table, its hooks run, its unacked stanzas on."""
