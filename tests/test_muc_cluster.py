@@ -625,3 +625,36 @@ def test_voice_request_reaches_the_moderator_who_grants_it(cluster, ca_file):
         await stop_all(alice, bob)
 
     run(scenario(), 120)
+
+
+def test_iqs_to_an_occupant_are_passed_on_and_vcards_answered(cluster, ca_file):
+    """An IQ to an occupant JID reaches the occupant (on another node) from the asker's
+    occupant JID, and the answer comes back from the occupant JID (real JIDs stay
+    hidden); a vCard request is answered with the occupant's account vCard."""
+    node1, node2 = cluster.nodes[:2]
+    a, b = account(node1, "alice"), account(node2, "bob")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        bob = await Member(node2, ca_file, b).start()
+        for m in (alice, bob):
+            m.client.register_plugin("xep_0092")
+            m.client.register_plugin("xep_0054")
+        card = alice.client.plugin["xep_0054"].make_vcard()
+        card["FN"] = "Alice Liddell"
+        await alice.client.plugin["xep_0054"].publish_vcard(card, timeout=20)
+        room = await instant_room(alice, "Alice")
+        await bob.join(room, "Bob")
+        await bob.presence_of("Alice")
+        version = await bob.client.plugin["xep_0092"].get_version(f"{room}/Alice", timeout=20)
+        assert str(version["from"]) == f"{room}/Alice"
+        assert version["software_version"]["name"]
+        vcard = await bob.client.plugin["xep_0054"].get_vcard(f"{room}/Alice", local=False,
+                                                              cached=False, timeout=20)
+        assert vcard["vcard_temp"]["FN"] == "Alice Liddell"
+        with pytest.raises(IqError) as err:
+            await bob.client.plugin["xep_0092"].get_version(f"{room}/Nobody", timeout=20)
+        assert err.value.condition == "item-not-found"
+        await stop_all(alice, bob)
+
+    run(scenario(), 120)

@@ -7,6 +7,7 @@
 - history.py    the discussion history sent on join, kept on every node
 - occupants.py  the occupant table: gossiped entries, each written by its session's node
 - config.py     the muc#roomconfig form and hashed room passwords
+- forwarding.py IQs to occupant JIDs, passed on and answered back (vCards from the store)
 
 Durable room data goes through the store's named muc operations
 (raftxmpp.cluster.muc_store); this package never touches the node or Raft.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import weakref
 from functools import partial
 
-from raftxmpp.modules.muc import admin, messages, occupants, presence, service
+from raftxmpp.modules.muc import admin, forwarding, messages, occupants, presence, service
 from raftxmpp.modules.muc.context import Muc
 from raftxmpp.routing.router import Router
 
@@ -40,7 +41,8 @@ def setup(router: Router) -> None:
     for kind, handler in ((messages.ORDER, messages.on_order),
                           (messages.DELIVER, messages.on_deliver),
                           (admin.ROLE, admin.on_role), (admin.AFFILIATION, admin.on_affiliation),
-                          (admin.DESTROYED, admin.on_destroyed)):
+                          (admin.DESTROYED, admin.on_destroyed),
+                          (forwarding.ANSWER, forwarding.on_answer)):
         router.gossip_messages[kind] = partial(handler, ctx)
     router.add_hook("session-closed", partial(presence.on_session_closed, ctx))
     router.add_hook("client-presence", partial(presence.on_client_presence, ctx))

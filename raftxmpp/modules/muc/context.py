@@ -45,6 +45,8 @@ class Muc:
     # (room, bare JID) → (affiliation, until): affiliation changes announced by another
     # node, which this node's applied state may not show yet (a ban must hold at once).
     recent_affiliations: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
+    # Forwarded IQ id → whom its answer is for (raftxmpp.modules.muc.forwarding.Pending).
+    forwarded: dict[str, Any] = field(default_factory=dict)
     # (room, real JID) → (tokens, last refill) of the occupant's message rate.
     buckets: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from lxml import etree
 
 from raftxmpp.jid import JID
-from raftxmpp.modules.muc import admin, messages, ns, presence
+from raftxmpp.modules.muc import admin, forwarding, messages, ns, presence
 from raftxmpp.modules.muc.context import Muc
 from raftxmpp.routing.local import IQ, MESSAGE, PRESENCE
 from raftxmpp.routing.sessions import LocalSession
@@ -25,6 +25,8 @@ async def route(ctx: Muc, stanza: etree._Element, target: JID,
                 sender: LocalSession | None) -> None:
     """A stanza for the service or one of its rooms, arriving on this node."""
     if stanza.get("type") in ("result", "error") and stanza.tag == IQ:
+        if sender is not None and target.resource is not None:
+            forwarding.answered(ctx, stanza, sender)
         return
     if sender is None:
         # From another server, or re-routed from a node link: rooms serve this cluster's
@@ -107,7 +109,13 @@ async def _room_iq(ctx: Muc, stanza: etree._Element, room: str, nick: str | None
         if key == ("get", f"{{{ns.PING}}}ping"):
             _self_ping(ctx, stanza, room, nick, sender)
             return
-        raise StanzaError("service-unavailable", text="this service does not pass on IQs")
+        asker = ctx.occupants.get(room, sender.full_jid)
+        if asker is None:
+            raise StanzaError("not-acceptable", text="join the room to ask its occupants")
+        targets = ctx.occupants.by_nick(room, nick)
+        forwarding.refuse_without_targets(targets)
+        await forwarding.forward(ctx, stanza, payload, asker, targets, sender)
+        return
     record = ctx.store.muc_room(room)
     if record is None or (record["locked"] and
                           record["affiliations"].get(sender.bare_jid) != "owner"):
