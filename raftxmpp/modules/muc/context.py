@@ -45,6 +45,9 @@ class Muc:
     # (room, bare JID) → (affiliation, until): affiliation changes announced by another
     # node, which this node's applied state may not show yet (a ban must hold at once).
     recent_affiliations: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
+    # room → (subject, until): a subject change ordered through the room, which this
+    # node's applied state may not show yet (a join right after it must see it).
+    recent_subjects: dict[str, tuple[dict, float]] = field(default_factory=dict)
     # Forwarded IQ id → whom its answer is for (raftxmpp.modules.muc.forwarding.Pending).
     forwarded: dict[str, Any] = field(default_factory=dict)
     # (room, real JID) → (tokens, last refill) of the occupant's message rate.
@@ -70,6 +73,19 @@ class Muc:
         if recent is not None and recent[1] > time.monotonic():
             return recent[0]
         return record["affiliations"].get(bare, "none")
+
+    def subject(self, room: str, record: dict) -> dict | None:
+        """The room's subject: the newest one ordered here, else the applied state's."""
+        recent = self.recent_subjects.get(room)
+        if recent is not None and recent[1] > time.monotonic():
+            return recent[0]
+        return record["subject"]
+
+    def subject_ordered(self, room: str, subject: dict) -> None:
+        now = time.monotonic()
+        if len(self.recent_subjects) > 10_000:
+            self.recent_subjects = {k: v for k, v in self.recent_subjects.items() if v[1] > now}
+        self.recent_subjects[room] = (subject, now + RECENT_SECONDS)
 
     def announced(self, room: str, changes: dict[str, str]) -> None:
         now = time.monotonic()

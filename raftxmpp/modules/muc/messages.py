@@ -135,10 +135,14 @@ def on_deliver(ctx: Muc, peer: str, message: dict) -> None:
     room, xml = str(message["room"]), str(message["x"])
     if message.get("h"):
         history.remember(ctx, room, xml, float(message["ts"]))
+    stanza = etree.fromstring(xml, _PARSER)
+    subject = stanza.find(f"{{{ns.CLIENT}}}subject")
+    if subject is not None and not message.get("h"):
+        ctx.subject_ordered(room, {"text": subject.text or "",
+                                   "nick": JID.parse(stanza.get("from")).resource or ""})
     recipients = ctx.occupants.local_of_room(room)
     if not recipients:
         return
-    stanza = etree.fromstring(xml, _PARSER)
     # Serialised once per node, not once per occupant: only "to" differs (the hot path:
     # one room message is as many writes as the room has occupants).
     stanza.set("to", _TO_MARK)

@@ -89,7 +89,7 @@ async def join(ctx: Muc, stanza: etree._Element, room: str, nick: str,
     ctx.occupants.put(occupant)  # the others hear of it; the joiner, here:
     sender.send_stanza(_self_presence(ctx, record["config"], occupant, [201] if created else []))
     history.send_on_join(ctx, room, sender, muc_x)
-    sender.send_stanza(subject_message(room, record["subject"]))
+    sender.send_stanza(subject_message(room, ctx.subject(room, record)))
 
 
 def rejoin(ctx: Muc, stanza: etree._Element, current: Occupant, sender: LocalSession) -> None:
@@ -107,7 +107,7 @@ def rejoin(ctx: Muc, stanza: etree._Element, current: Occupant, sender: LocalSes
         ctx.occupants.put(occupant)
     sender.send_stanza(_self_presence(ctx, record["config"], occupant, []))
     history.send_on_join(ctx, current.room, sender, stanza.find(f"{{{ns.MUC}}}x"))
-    sender.send_stanza(subject_message(current.room, record["subject"]))
+    sender.send_stanza(subject_message(current.room, ctx.subject(current.room, record)))
 
 
 async def _room_to_enter(ctx: Muc, room: str, bare: str, locked: bool) -> tuple[dict, bool]:
