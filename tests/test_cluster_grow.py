@@ -122,6 +122,12 @@ def test_a_single_node_with_data_grows_to_three_then_loses_the_first(tmp_path, c
                  "equal digests on the survivors")
         assert "bob@localhost" in login(node2, tls, "alice@localhost")
         login(node2, tls, "carol@localhost")
+
+        # Restarted on its data (its config still lists no peers), node1 finds the others
+        # in its journal and catches up: it must not lead a cluster of its own.
+        node1.start()
+        settled(nodes, 3)
+        login(node1, tls, "carol@localhost")
     finally:
         for node in nodes:
             node.kill()

@@ -31,7 +31,7 @@ class FakeRaft:
         self.failure = failure
         self._members = members
 
-    async def change_membership(self, action: str, address: str) -> None:
+    async def change_membership(self, action: str, address: str, timeout: float) -> None:
         if self.failure is not None:
             raise self.failure
 

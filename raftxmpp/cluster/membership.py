@@ -188,7 +188,8 @@ class ClusterMembership:
     # -- membership changes ------------------------------------------------------------------------------
 
     async def change(self, action: str, address: str,
-                     on_locked: Callable[[], None] | None = None) -> None:
+                     on_locked: Callable[[], None] | None = None,
+                     timeout: float = 10.0) -> None:
         """Adds or removes one Raft member, holding the cluster-wide lock while it happens."""
         store = self.node.store
         owner = f"{self.name}:{uuid.uuid4().hex[:8]}"
@@ -199,7 +200,7 @@ class ClusterMembership:
         if on_locked is not None:
             on_locked()
         try:
-            await self.node.raft.change_membership(action, address)
+            await self.node.raft.change_membership(action, address, timeout)
         except RaftOutcomeUnknown:
             # The change may still commit: a second change now could be in flight with
             # it, which pysyncobj does not prevent. The lock stays until it expires.
@@ -279,7 +280,9 @@ class ClusterMembership:
             task_status.started()
 
         try:
-            await self.change("add", raft, on_locked=on_locked)
+            # Its commit waits for the new node to start and to receive the whole log or
+            # snapshot: longer than a change among running members, within the lock's TTL.
+            await self.change("add", raft, on_locked=on_locked, timeout=MEMBERSHIP_TTL * 0.75)
         except (MembershipError, RaftUnavailable) as exc:
             if not locked:
                 raise  # to the join's answer
