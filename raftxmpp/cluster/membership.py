@@ -286,8 +286,9 @@ class ClusterMembership:
         except (MembershipError, RaftUnavailable) as exc:
             if not locked:
                 raise  # to the join's answer
-            log.error("join of %s (%s) did not commit: %s; if it stays out, remove it with "
-                      "`raftxmpp cluster remove-peer %s`", name, raft, exc, raft)
+            log.error("adding %s (%s) did not commit: %s; the cluster lacks a quorum until "
+                      "that node runs (or a member that is down comes back): start it",
+                      name or "a node", raft, exc)
             return
         log.info("node %s (%s) joined the cluster", name, raft)
 
