@@ -268,7 +268,8 @@ class ClusterMembership:
         node's vote: it returns then, so that the new node can start (waiting for the
         commit first would wait forever). The lock is held until the commit."""
         await self._nursery.start(self._add_in_background, raft, name)
-        log.info("node %s (%s) may start now: the add commits with its vote", name, raft)
+        log.info("%s (%s) may start now: the add commits with its vote",
+                 f"node {name}" if name else "the new node", raft)
 
     async def _add_in_background(self, raft: str, name: str,
                                  task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -290,7 +291,7 @@ class ClusterMembership:
                       "that node runs (or a member that is down comes back): start it",
                       name or "a node", raft, exc)
             return
-        log.info("node %s (%s) joined the cluster", name, raft)
+        log.info("%s (%s) joined the cluster", f"node {name}" if name else "a node", raft)
 
 
 async def join(links: Links, member: Address, request: dict, data_dir: Path) -> list[str]:
