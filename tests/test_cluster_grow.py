@@ -135,12 +135,18 @@ def test_a_single_node_with_data_grows_to_three_then_loses_the_first(tmp_path, c
 
 def test_a_single_node_grows_by_add_peer_then_start(tmp_path, ca_file):
     """`cluster add-peer` on a single node cannot wait for the commit (it needs the new
-    node's vote): it answers at once, and the change commits once the node starts."""
+    node's vote): it answers at once, and the change commits once the node starts and
+    has received node1's snapshot."""
     tls = ca_file
-    node1 = single_node(tmp_path, tls).start()
+    node1 = single_node(tmp_path, tls)
+    node1.config_path.write_text(node1.config_path.read_text().replace(
+        "[cluster]", "[cluster]\nsnapshot_interval = 1"))
+    node1.start()
     nodes = [node1]
     try:
         node1.admin("user.add", jid="early@localhost", password=PASSWORD)
+        # node2 then catches up from a snapshot, not from the first entries of the log.
+        wait_for(lambda: (node1.data_dir / "raft.dump").exists(), 30, "node1's first snapshot")
         node2 = newcomer(tmp_path, "node2", node1, tls, [node1.ports["raft"]])
         added = cli("cluster", "add-peer", node2.raft_address, "--config", str(node1.config_path))
         assert added.returncode == 0, added.stderr
