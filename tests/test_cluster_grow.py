@@ -174,6 +174,6 @@ def test_a_join_with_a_wrong_secret_is_a_one_line_error(tmp_path, ca_file):
         assert len(errors) == 1 and "Traceback" not in result.stderr + result.stdout, result.stderr
         assert "secret" in errors[0] and "raft.secret" in errors[0], errors[0]
         assert len(node1.status()["members"]) == 1
-        assert "wrong cluster secret" in node1.log()
+        assert "wrong cluster secret (this node uses its own random secret" in node1.log()
     finally:
         node1.kill()

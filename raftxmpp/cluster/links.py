@@ -205,6 +205,7 @@ class Links:
         self.peers: dict[str, Peer] = {}
         self._nursery: trio.Nursery | None = None
         self._handshaking = 0  # incoming connections not yet authenticated
+        self.wrong_secret_hint = ""  # what the operator should do, appended to that warning
         self._refused_pending = 0
 
     # -- sending ---------------------------------------------------------------------------------------
@@ -395,7 +396,8 @@ class Links:
             answer = await _read_json(stream, reader)
             expected = _proof(self.secret, "connector", their_nonce, nonce, their_name)
             if not hmac.compare_digest(str(answer.get("proof", "")), expected):
-                log.warning("refused a link claiming to be %s: wrong cluster secret", their_name)
+                log.warning("refused a link claiming to be %s: wrong cluster secret%s",
+                            their_name, self.wrong_secret_hint)
                 raise LinkError("wrong cluster secret")
             joining = their_name.startswith("join:")
             member = joining or self.is_member(str(hello.get("raft", "")))

@@ -56,6 +56,10 @@ class ClusterMembership:
         self.links = Links(self.name, secret, cfg.cluster.link, self._on_frame, self._on_join,
                            raft=str(cfg.cluster.raft), is_member=self._is_member,
                            on_refused=self._refused, encrypt=cfg.cluster.encrypt_links)
+        if cfg.cluster_secret() is None:
+            self.links.wrong_secret_hint = (
+                f" (this node uses its own random secret, {cfg.node.data_dir / 'raft.secret'}: "
+                "give a node that joins a copy of it as [cluster] secret_file)")
         self.gossip = Gossip(self.name, self.links, self._on_gossip_change,
                              self._on_gossip_message)
         node.router.sessions.attach(self.gossip, self.links)
