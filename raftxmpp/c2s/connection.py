@@ -111,6 +111,7 @@ class C2SConnection:
         self.admission = admission
         self.login = LoginGuard(guards.auth if guards else None, self.ip)
         self._credentials_stale = False
+        self._in_worker = False  # core.receive runs in a worker thread (PLAIN's PBKDF2)
         self.write_started: float | None = None  # when the write in progress began
         self._nursery: trio.Nursery | None = None
         self._leftover: list = []  # events read with the one that bound or resumed
@@ -145,22 +146,34 @@ class C2SConnection:
                 if self._starts_sasl(event):
                     await self._make_credentials_current()
                 await self.login.before(self.core.claimed_account(event))
-                await self._perform(self._receive_before_bind(event))
+                await self._perform(await self._receive_before_bind(event))
                 if self.session is not None:
                     # A client may pipeline stanzas (or <enable/>) behind its bind or
                     # resume: they belong to the session.
                     self._leftover = events[i + 1:]
                     return
 
-    def _receive_before_bind(self, event) -> list:
+    async def _receive_before_bind(self, event) -> list:
         """core.receive, plus the login throttle's bookkeeping around SASL."""
         core = self.core
         failures = core.auth_failures
-        actions = core.receive(event)
+        if self._derives_key(event):
+            # PLAIN derives the SCRAM key (PBKDF2, ~1 ms of CPU): in a worker thread,
+            # where hashlib releases the GIL, so the loop serves the other connections.
+            self._in_worker = True
+            try:
+                actions = await trio.to_thread.run_sync(core.receive, event)
+            finally:
+                self._in_worker = False
+        else:
+            actions = core.receive(event)
         self.login.outcome(failed=core.auth_failures > failures, succeeded=core.authenticated)
         if core.authenticated and self.admission is not None:
             self.admission.authenticated()
         return actions
+
+    def _derives_key(self, event) -> bool:
+        return self._starts_sasl(event) and event.element.get("mechanism") == "PLAIN"
 
     def _starts_sasl(self, event) -> bool:
         return (self.core.state is State.AUTH and isinstance(event, StanzaReceived)
@@ -178,6 +191,11 @@ class C2SConnection:
     def _lookup_credentials(self, user: str, domain: str):
         """The SASL mechanisms' account lookup; refuses throttled logins first, the same
         way for accounts that exist and accounts that do not."""
+        if self._in_worker:  # the throttle's shared state lives on the trio thread
+            return trio.from_thread.run_sync(self._lookup_credentials_here, user, domain)
+        return self._lookup_credentials_here(user, domain)
+
+    def _lookup_credentials_here(self, user: str, domain: str):
         account = f"{user}@{domain}"
         self.login.begin(account)
         if self._credentials_stale:
