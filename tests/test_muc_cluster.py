@@ -658,3 +658,43 @@ def test_iqs_to_an_occupant_are_passed_on_and_vcards_answered(cluster, ca_file):
         await stop_all(alice, bob)
 
     run(scenario(), 120)
+
+
+def test_the_room_archive_answers_mam_queries_on_any_node(cluster, ca_file):
+    """XEP-0313 on the room JID: the ordered messages are archived once, by the room, with
+    the stanza-id every occupant saw; a newcomer on another node pages through them; an
+    outcast may not read them."""
+    node1, node2, node3 = cluster.nodes
+    a, b, c = account(node1, "alice"), account(node2, "bob"), account(node3, "carol")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        carol = await Member(node3, ca_file, c).start()
+        for m in (alice, carol):
+            m.client.register_plugin("xep_0313")
+            m.client.register_plugin("xep_0059")
+        room = await instant_room(alice, "Alice", persistentroom=True)
+        ids = []
+        for i in range(4):
+            alice.client.send_message(mto=room, mbody=f"archived {i}", mtype="groupchat")
+            msg = await asyncio.wait_for(alice.groupchat.get(), 20)
+            ids.append(msg.xml.find("{urn:xmpp:sid:0}stanza-id").get("id"))
+        info = await carol.client.plugin["xep_0030"].get_info(jid=room, timeout=20)
+        assert "urn:xmpp:mam:2" in info["disco_info"]["features"]
+        await carol.join(room, "Carol", maxstanzas=0)
+        mam = carol.client.plugin["xep_0313"]
+        found = [m async for m in mam.iterate(jid=room, rsm={"max": 3})]
+        assert [m["mam_result"]["forwarded"]["stanza"]["body"] for m in found] == \
+            [f"archived {i}" for i in range(4)]
+        assert [m["mam_result"]["id"] for m in found] == ids
+        assert {str(m["mam_result"]["forwarded"]["stanza"]["from"]) for m in found} == \
+            {f"{room}/Alice"}
+        await alice.muc.set_affiliation(room, "outcast", jid=b, timeout=20)
+        bob = await Member(node2, ca_file, b).start()
+        bob.client.register_plugin("xep_0313")
+        with pytest.raises(IqError) as err:
+            await bob.client.plugin["xep_0313"].retrieve(jid=room, timeout=20)
+        assert err.value.condition == "forbidden"
+        await stop_all(alice, bob, carol)
+
+    run(scenario(), 120)

@@ -66,8 +66,9 @@ def op_archive_append(state: ClusterState, command: Command) -> int:
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
         raise Refused("bad-request", "max_per_account must be a non-negative integer")
     checked = [_row(row) for row in rows]
-    # Rows of an account removed meanwhile are not archived (it has no archive now).
-    checked = [row for row in checked if row[0] in state.accounts]
+    # Rows of an account (or room, XEP-0045's archive) removed meanwhile are not archived
+    # (it has no archive now).
+    checked = [row for row in checked if row[0] in state.accounts or row[0] in state.muc_rooms]
     return state.archive.append(_position(state), checked, keep)
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from raftxmpp.cluster import archive_state
+
 Command = dict[str, Any]
 
 TABLES = ("muc_rooms",)
@@ -166,6 +168,8 @@ def op_muc_destroy(state: Any, command: Command) -> bool:
     elif not _may_act(record, actor, ("owner",)):
         raise Refused("forbidden", "only an owner destroys the room")
     del state.muc_rooms[room]
+    # Its archive goes with it: a new room of the same name must not show old talk.
+    archive_state.forget_account(state, room)
     return True
 
 

@@ -23,6 +23,7 @@ from lxml import etree
 
 from raftxmpp import metrics
 from raftxmpp.jid import JID, InvalidJID
+from raftxmpp.modules.muc import archive as room_archive
 from raftxmpp.modules.muc import history, ns
 from raftxmpp.modules.muc.admin import AFFILIATION, ROLE
 from raftxmpp.modules.muc.context import Muc
@@ -123,8 +124,10 @@ def on_order(ctx: Muc, peer: str, message: dict) -> None:
     room, xml = str(message["room"]), str(message["x"])
     stanza = etree.fromstring(xml, _PARSER)
     if stanza.find(f"{{{ns.CLIENT}}}body") is not None:
+        sid = secrets.token_urlsafe(12)
         etree.SubElement(stanza, f"{{{ns.STANZA_ID}}}stanza-id", nsmap={None: ns.STANZA_ID},
-                         id=secrets.token_urlsafe(12), by=room)
+                         id=sid, by=room)
+        room_archive.keep(ctx, room, JID.parse(stanza.get("from")).resource or "", sid, stanza)
     metrics.MUC_ORDERED.inc()
     ctx.to_all({"t": DELIVER, "room": room, "x": etree.tostring(stanza).decode(),
                 "ts": time.time(), "h": stanza.find(f"{{{ns.CLIENT}}}body") is not None})

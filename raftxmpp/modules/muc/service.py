@@ -11,6 +11,7 @@ from lxml import etree
 
 from raftxmpp.jid import JID
 from raftxmpp.modules.muc import admin, forwarding, messages, ns, presence
+from raftxmpp.modules.muc import archive as room_archive
 from raftxmpp.modules.muc.context import Muc
 from raftxmpp.routing.local import IQ, MESSAGE, PRESENCE
 from raftxmpp.routing.sessions import LocalSession
@@ -126,6 +127,9 @@ async def _room_iq(ctx: Muc, stanza: etree._Element, room: str, nick: str | None
         answer(sender, stanza, _query(ns.DISCO_ITEMS))  # §6.5: occupants are private
     elif key == ("get", f"{{{ns.PING}}}ping"):
         answer(sender, stanza, None)
+    elif etree.QName(payload).namespace == room_archive.MAM:
+        answer(sender, stanza, await room_archive.query(ctx, stanza, payload, room, record,
+                                                        sender))
     elif payload.tag in (f"{{{ns.MUC_OWNER}}}query", f"{{{ns.MUC_ADMIN}}}query"):
         answer(sender, stanza, await admin.handle(ctx, stanza, payload, room, record, sender))
     else:
@@ -156,6 +160,8 @@ def room_info(ctx: Muc, room: str, record: dict) -> etree._Element:
                 "muc_public" if config["publicroom"] else "muc_hidden",
                 "muc_nonanonymous" if config["whois"] == "anyone" else "muc_semianonymous",
                 ns.STANZA_ID]
+    if room_archive.enabled(ctx):
+        features.append(room_archive.MAM)
     for feature in features:
         etree.SubElement(query, f"{{{ns.DISCO_INFO}}}feature", var=feature)
     from raftxmpp.modules.pubsub.forms import Field, build
