@@ -67,7 +67,8 @@ def settled(nodes: list[NodeProcess], size: int) -> None:
     """Every node lists `size` members, one leader, and the same state digest."""
     def agreed():
         statuses = [n.status() for n in nodes]
-        return (all(len(s["members"]) == size and s["has_quorum"] for s in statuses)
+        return (all(len(s["members"]) == size and s["has_quorum"] and s["leader"]
+                    for s in statuses)
                 and len({s["leader"] for s in statuses}) == 1
                 and len(digests(nodes)) == 1)
 
@@ -123,10 +124,18 @@ def test_a_single_node_with_data_grows_to_three_then_loses_the_first(tmp_path, c
         assert "bob@localhost" in login(node2, tls, "alice@localhost")
         login(node2, tls, "carol@localhost")
 
+        # A fourth node joins while node1 is down: 2 up of the 4 members, so this add
+        # too commits only with the joiner's vote.
+        node4 = newcomer(tmp_path, "node4", node1, tls)
+        node4.start("--join", f"127.0.0.1:{node2.ports['link']}")
+        nodes.append(node4)
+        settled([node2, node3, node4], 4)
+        assert "bob@localhost" in login(node4, tls, "alice@localhost")
+
         # Restarted on its data (its config still lists no peers), node1 finds the others
         # in its journal and catches up: it must not lead a cluster of its own.
         node1.start()
-        settled(nodes, 3)
+        settled(nodes, 4)
         login(node1, tls, "carol@localhost")
     finally:
         for node in nodes:
