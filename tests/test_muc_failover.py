@@ -163,3 +163,72 @@ def room_of(node) -> str:
     rooms = [r["room"] for r in node.admin("muc.list") if r["name"] == "Durable"]
     assert len(rooms) == 1
     return rooms[0]
+
+
+def test_room_messages_under_a_kill_reach_the_survivors_once_in_one_order(cluster, ca_file):
+    """A room workload through a kill -9 of the room's ordering node: every message its
+    sender saw echoed (accepted) reaches every occupant on the surviving nodes exactly
+    once, and all survivors see the room's messages in the same order."""
+    owner = account(cluster.nodes[0], "owner")
+
+    async def scenario():
+        founder = await Member(cluster.nodes[0], ca_file, owner).start()
+        room = await instant_room(founder, "Founder", persistentroom=True)
+        orderer = cluster.nodes[0].admin("muc.info", room=room)["orderer"]
+        survivors = [n for n in cluster.nodes if n.name != orderer]
+        doomed = next(n for n in cluster.nodes if n.name == orderer)
+        members = []
+        for i, node in enumerate([*survivors, *survivors]):
+            member = await Member(node, ca_file, account(node, f"occ{i}")).start()
+            await member.join(room, f"Occ{i}")
+            members.append(member)
+        victim = await Member(doomed, ca_file, account(doomed, "victim")).start()
+        await victim.join(room, "Victim")
+        for member in members:
+            await member.presence_of("Victim")
+        sent: dict[str, list[str]] = {m.jid: [] for m in members}
+
+        async def talk(member: Member, count: int) -> None:
+            for n in range(count):
+                body = f"{member.jid}-{n}"
+                sent[member.jid].append(body)
+                member.client.send_message(mto=room, mbody=body, mtype="groupchat")
+                await asyncio.sleep(0.02)
+
+        first = asyncio.gather(*(talk(m, 15) for m in members[:2]))
+        await asyncio.sleep(0.1)
+        doomed.kill()
+        await first
+        for node in survivors:  # until then a message may go to the dead node (no echo)
+            wait_for(lambda n=node: n.admin("muc.info", room=room)["orderer"] != orderer, 30,
+                     "every survivor to name another ordering node")
+        await asyncio.gather(*(talk(m, 10) for m in members[2:]))
+        # Drain: every member's copies until the last message of each sender has come
+        # (or nothing more arrives for a while).
+        seen: dict[str, list[str]] = {m.jid: [] for m in members}
+
+        async def drain(member: Member) -> None:
+            while True:
+                try:
+                    _, body = await member.next_body(timeout=5)
+                except TimeoutError:
+                    return
+                seen[member.jid].append(body)
+
+        await asyncio.gather(*(drain(m) for m in members))
+        accepted = {b for m in members for b in seen[m.jid] if b.startswith(m.jid + "-")}
+        for member in members:
+            got = seen[member.jid]
+            assert len(got) == len(set(got)), f"{member.jid} got a message twice"
+            missing = accepted - set(got)
+            assert not missing, f"{member.jid} missed accepted messages {sorted(missing)}"
+        reference = seen[members[0].jid]
+        for member in members[1:]:
+            assert seen[member.jid] == reference, "survivors saw different orders"
+        later = [b for m in members[2:] for b in sent[m.jid]]
+        assert set(later) <= accepted, "messages after the handover were lost"
+        for member in (*members, founder):
+            await member.client.stop()
+        await abandon(victim)
+
+    run(scenario(), 180)
