@@ -12,6 +12,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -695,6 +696,44 @@ def test_the_room_archive_answers_mam_queries_on_any_node(cluster, ca_file):
         with pytest.raises(IqError) as err:
             await bob.client.plugin["xep_0313"].retrieve(jid=room, timeout=20)
         assert err.value.condition == "forbidden"
+        await stop_all(alice, bob, carol)
+
+    run(scenario(), 120)
+
+
+def test_nickname_registration_reserves_the_nick_everywhere(cluster, ca_file):
+    """§7.10: registering a nick (the muc#register form) makes a member; §7.12 the
+    x-roomuser-item node tells the user its nick; nobody else may enter with it."""
+    node1, node2, node3 = cluster.nodes
+    a, b, c = account(node1, "alice"), account(node2, "bob"), account(node3, "carol")
+
+    async def scenario():
+        alice = await Member(node1, ca_file, a).start()
+        bob = await Member(node2, ca_file, b).start()
+        carol = await Member(node3, ca_file, c).start()
+        room = await instant_room(alice, "Alice")
+        iq = bob.client.make_iq_get(queryxmlns="jabber:iq:register", ito=room)
+        form = (await iq.send(timeout=20)).xml.find(".//{jabber:x:data}x")
+        assert form is not None and form.find(
+            "{jabber:x:data}field[@var='muc#register_roomnick']") is not None
+        submit = bob.client.make_iq_set(ito=room)
+        query = ET.SubElement(submit.xml, "{jabber:iq:register}query")
+        x = ET.SubElement(query, "{jabber:x:data}x", type="submit")
+        for var, value in (("FORM_TYPE", "http://jabber.org/protocol/muc#register"),
+                           ("muc#register_roomnick", "Bobby")):
+            ET.SubElement(ET.SubElement(x, "{jabber:x:data}field", var=var),
+                          "{jabber:x:data}value").text = value
+        await submit.send(timeout=20)
+        info = await bob.client.plugin["xep_0030"].get_info(jid=room, node="x-roomuser-item",
+                                                            timeout=20)
+        assert [i[3] for i in info["disco_info"]["identities"]] == ["Bobby"]
+        wait_for(lambda: node3.admin("muc.info", room=room)["nicks"] == {b: "Bobby"}, 20,
+                 "carol's node to have applied the registration")
+        with pytest.raises(PresenceError) as err:
+            await carol.join(room, "Bobby")
+        assert err.value.condition == "conflict"
+        presence = await bob.join(room, "Bobby")
+        assert item_of(presence).get("affiliation") == "member"
         await stop_all(alice, bob, carol)
 
     run(scenario(), 120)

@@ -143,3 +143,16 @@ def test_room_ops_are_gated_until_every_member_knows_them():
 
     for name in muc_state.OPS:
         assert sm.OP_VERSIONS.get(name, sm.VERSION) >= 2, name
+
+
+def test_a_registered_nick_is_its_owners_and_makes_a_member():
+    state = created()
+    assert run(state, "muc_register_nick", jid=ROOM, actor=BOB, nick="Bobby") == \
+        ("ok", {BOB: "Bobby"})
+    assert state.muc_rooms[ROOM]["affiliations"][BOB] == "member"
+    assert run(state, "muc_register_nick", jid=ROOM, actor=CAROL, nick="Bobby")[1] == "conflict"
+    assert muc_state.registered_nick_owner(state.muc_rooms[ROOM], "Bobby") == BOB
+    run(state, "muc_set_affiliations", jid=ROOM, actor=ALICE, changes={CAROL: "outcast"})
+    assert run(state, "muc_register_nick", jid=ROOM, actor=CAROL, nick="C")[1] == "forbidden"
+    assert run(state, "muc_register_nick", jid=ROOM, actor=BOB, nick="") == ("ok", {BOB: "Bobby"})
+    assert muc_state.registered_nick_owner(state.muc_rooms[ROOM], "Bobby") is None

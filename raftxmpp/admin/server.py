@@ -459,6 +459,7 @@ async def muc_info(node: Node, args: dict) -> dict:
     ctx = muc.context(node.router)
     return {"room": room, "config": config, "affiliations": record["affiliations"],
             "subject": record["subject"], "locked": record["locked"],
+            "nicks": record.get("nicks", {}),
             "orderer": ctx.orderer_of(room),
             "occupants": [{"nick": o.nick, "jid": o.real_jid, "role": o.role,
                            "affiliation": o.affiliation, "node": o.node}

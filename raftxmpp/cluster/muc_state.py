@@ -211,6 +211,38 @@ def op_muc_set_affiliations(state: Any, command: Command) -> dict[str, str]:
     return changed
 
 
+MAX_NICK = 1023
+
+
+def op_muc_register_nick(state: Any, command: Command) -> dict[str, str]:
+    """§7.10: registers `actor`'s nick in the room (or cancels it: nick ""), making a
+    user without an affiliation a member; returns the room's registered nicks' change.
+    A nick registered by another user is a conflict; outcasts may not register."""
+    room, actor = _room_jid(command), _text(command, "actor")
+    nick = _text(command, "nick", MAX_NICK, empty=True)
+    record = _record(state, room)
+    nicks = record.setdefault("nicks", {})
+    if affiliation(record, actor) == "outcast":
+        raise Refused("forbidden", "outcasts may not register")
+    if nick and any(n == nick and jid != actor for jid, n in nicks.items()):
+        raise Refused("conflict", "that nickname is registered by someone else")
+    if not nick:
+        return {actor: nicks.pop(actor, "")}
+    if len(nicks) >= MAX_AFFILIATIONS:
+        raise Refused("resource-constraint", "too many registered nicknames")
+    nicks[actor] = nick
+    if affiliation(record, actor) == "none":
+        record["affiliations"][actor] = "member"
+    return {actor: nick}
+
+
+def registered_nick_owner(record: dict, nick: str) -> str | None:
+    for jid, registered in record.get("nicks", {}).items():
+        if registered == nick:
+            return jid
+    return None
+
+
 def op_muc_subject(state: Any, command: Command) -> bool:
     """Sets the subject (§8.1); who may was checked by the module, which knows roles."""
     room = _room_jid(command)

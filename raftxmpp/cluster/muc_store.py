@@ -39,6 +39,9 @@ class MucStore:
                                    changes: dict[str, str]) -> dict[str, str]:
         return await self._write("muc_set_affiliations", jid=room, actor=actor, changes=changes)
 
+    async def muc_register_nick(self, room: str, actor: str, nick: str) -> dict[str, str]:
+        return await self._write("muc_register_nick", jid=room, actor=actor, nick=nick)
+
     async def muc_subject(self, room: str, text: str, nick: str) -> bool:
         return await self._write("muc_subject", jid=room, text=text, nick=nick)
 

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from lxml import etree
 
-from raftxmpp.cluster.muc_state import default_config
+from raftxmpp.cluster.muc_state import default_config, registered_nick_owner
 from raftxmpp.cluster.raft import RaftUnavailable
 from raftxmpp.cluster.store import StoreError
 from raftxmpp.modules.muc import history, ns
@@ -150,7 +150,7 @@ def _check_entry(ctx: Muc, record: dict, room: str, nick: str, affiliation: str,
         if given is None or not password_matches(config["secret"], given):
             raise StanzaError("not-authorized", text="a password is required")
     others = [o for o in ctx.occupants.by_nick(room, nick) if o.bare_jid != bare]
-    if others:
+    if others or registered_nick_owner(record, nick) not in (None, bare):
         raise StanzaError("conflict", text="that nickname is taken")
     limit = min(config["maxusers"], ctx.settings.max_occupants)
     if affiliation not in ("owner", "admin") and len(ctx.occupants.of_room(room)) >= limit:
@@ -168,7 +168,9 @@ def role_for(config: dict, affiliation: str) -> str:
 
 def change_nick(ctx: Muc, occupant: Occupant, nick: str) -> None:
     """§7.6: the others see the old nick leave (303) and the new one come."""
-    if any(o.bare_jid != occupant.bare_jid for o in ctx.occupants.by_nick(occupant.room, nick)):
+    record = ctx.store.muc_room(occupant.room) or {}
+    if any(o.bare_jid != occupant.bare_jid for o in ctx.occupants.by_nick(occupant.room, nick)) \
+            or registered_nick_owner(record, nick) not in (None, occupant.bare_jid):
         raise StanzaError("conflict", text="that nickname is taken")
     ctx.occupants.put(replace(occupant, nick=nick))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from lxml import etree
 
 from raftxmpp.jid import JID
-from raftxmpp.modules.muc import admin, forwarding, messages, ns, presence
+from raftxmpp.modules.muc import admin, forwarding, messages, ns, presence, registration
 from raftxmpp.modules.muc import archive as room_archive
 from raftxmpp.modules.muc.context import Muc
 from raftxmpp.routing.local import IQ, MESSAGE, PRESENCE
@@ -121,8 +121,14 @@ async def _room_iq(ctx: Muc, stanza: etree._Element, room: str, nick: str | None
     if record is None or (record["locked"] and
                           record["affiliations"].get(sender.bare_jid) != "owner"):
         raise StanzaError("item-not-found", text="no such room")
-    if key == ("get", f"{{{ns.DISCO_INFO}}}query"):
+    if key == ("get", f"{{{ns.DISCO_INFO}}}query") and \
+            payload.get("node") == registration.USER_ITEM:
+        answer(sender, stanza, registration.user_item(record, payload.get("node"), sender))
+    elif key == ("get", f"{{{ns.DISCO_INFO}}}query"):
         answer(sender, stanza, room_info(ctx, room, record))
+    elif payload.tag == f"{{{registration.REGISTER}}}query":
+        answer(sender, stanza, await registration.handle(ctx, stanza, payload, room, record,
+                                                         sender))
     elif key == ("get", f"{{{ns.DISCO_ITEMS}}}query"):
         answer(sender, stanza, _query(ns.DISCO_ITEMS))  # §6.5: occupants are private
     elif key == ("get", f"{{{ns.PING}}}ping"):
@@ -153,7 +159,7 @@ def room_info(ctx: Muc, room: str, record: dict) -> etree._Element:
     query = _query(ns.DISCO_INFO)
     etree.SubElement(query, f"{{{ns.DISCO_INFO}}}identity", category="conference",
                      type="text", name=config["roomname"] or room.partition("@")[0])
-    features = [ns.MUC, ns.SELF_PING, "muc_persistent" if config["persistentroom"] else
+    features = [ns.MUC, ns.SELF_PING, registration.REGISTER, "muc_persistent" if config["persistentroom"] else
                 "muc_temporary", "muc_membersonly" if config["membersonly"] else "muc_open",
                 "muc_moderated" if config["moderatedroom"] else "muc_unmoderated",
                 "muc_passwordprotected" if config["passwordprotectedroom"] else "muc_unsecured",
