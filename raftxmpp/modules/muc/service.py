@@ -118,9 +118,11 @@ async def _room_iq(ctx: Muc, stanza: etree._Element, room: str, nick: str | None
         await forwarding.forward(ctx, stanza, payload, asker, targets, sender)
         return
     record = ctx.store.muc_room(room)
-    if record is None or (record["locked"] and
-                          record["affiliations"].get(sender.bare_jid) != "owner"):
-        raise StanzaError("item-not-found", text="no such room")
+    if not _visible(record, sender):
+        await ctx.store.fresh()  # made or configured through another node a moment ago?
+        record = ctx.store.muc_room(room)
+        if not _visible(record, sender):
+            raise StanzaError("item-not-found", text="no such room")
     if key == ("get", f"{{{ns.DISCO_INFO}}}query") and \
             payload.get("node") == registration.USER_ITEM:
         answer(sender, stanza, registration.user_item(record, payload.get("node"), sender))
@@ -140,6 +142,12 @@ async def _room_iq(ctx: Muc, stanza: etree._Element, room: str, nick: str | None
         answer(sender, stanza, await admin.handle(ctx, stanza, payload, room, record, sender))
     else:
         raise StanzaError("service-unavailable")
+
+
+def _visible(record: dict | None, sender: LocalSession) -> bool:
+    """A locked room (being configured) exists for its owners only (§10.1.3)."""
+    return record is not None and (not record["locked"] or
+                                   record["affiliations"].get(sender.bare_jid) == "owner")
 
 
 def _self_ping(ctx: Muc, stanza: etree._Element, room: str, nick: str,
