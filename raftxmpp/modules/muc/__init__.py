@@ -18,7 +18,15 @@ from __future__ import annotations
 import weakref
 from functools import partial
 
-from raftxmpp.modules.muc import admin, forwarding, messages, occupants, presence, service
+from raftxmpp.modules.muc import (
+    admin,
+    archive,
+    forwarding,
+    messages,
+    occupants,
+    presence,
+    service,
+)
 from raftxmpp.modules.muc.context import Muc
 from raftxmpp.routing.router import Router
 
@@ -42,7 +50,8 @@ def setup(router: Router) -> None:
                           (messages.DELIVER, messages.on_deliver),
                           (admin.ROLE, admin.on_role), (admin.AFFILIATION, admin.on_affiliation),
                           (admin.DESTROYED, admin.on_destroyed),
-                          (forwarding.ANSWER, forwarding.on_answer)):
+                          (forwarding.ANSWER, forwarding.on_answer),
+                          (archive.DRAIN, archive.on_drain), (archive.DRAINED, archive.on_drained)):
         router.gossip_messages[kind] = partial(handler, ctx)
     router.add_hook("session-closed", partial(presence.on_session_closed, ctx))
     router.add_hook("client-presence", partial(presence.on_client_presence, ctx))

@@ -50,6 +50,8 @@ class Muc:
     recent_subjects: dict[str, tuple[dict, float]] = field(default_factory=dict)
     # Forwarded IQ id → whom its answer is for (raftxmpp.modules.muc.forwarding.Pending).
     forwarded: dict[str, Any] = field(default_factory=dict)
+    # Room-archive queries waiting for the ordering node's commit (raftxmpp.modules.muc.archive).
+    drains: dict[int, Any] = field(default_factory=dict)
     # (room, real JID) → (tokens, last refill) of the occupant's message rate.
     buckets: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
 
