@@ -23,7 +23,7 @@ gone). Mounting again first removes the entries whose creation was never made du
 change, because the daemon itself does not survive the power loss).
 
 `LazyDisk` is the controller's side: mount, lose power, unmount, with deadlines.
-Needs root and /dev/fuse, and pyfuse3 (libfuse3).
+Needs root and /dev/fuse, and pyfuse3 (libfuse3), which `available()` installs.
 
 Run as `python -m chaos.lazyfs BACKING MOUNTPOINT PENDING_FILE`.
 """
@@ -513,10 +513,49 @@ def _mounted(path: Path) -> bool:
         return False
 
 
-def available() -> str | None:
-    """None when lazy disks can be mounted here, else why not."""
+# pyfuse3 builds against libfuse3-dev, which pip cannot install: the test extras leave it
+# out (so `pip install -e '.[test]'` works on a fresh machine) and a run that needs a lazy
+# disk installs it here, as the runner installs nftables.
+PYFUSE3 = "pyfuse3>=3.2"
+DEBIAN_PACKAGES = ("libfuse3-dev", "fuse3", "pkg-config")
+
+
+def _install_missing() -> None:
+    global pyfuse3
+    if pyfuse3 is not None and shutil.which("fusermount3"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return  # available() says what is missing
+    policy = Path("/usr/sbin/policy-rc.d")
+    ours = not policy.exists()
+    if ours:  # no packaged service starts during the install
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    lock = ["-o", "DPkg::Lock::Timeout=600"]
+    try:
+        subprocess.run(["apt-get", *lock, "update", "-qq"], env=env, capture_output=True,
+                       timeout=900, check=False)
+        subprocess.run(["apt-get", *lock, "install", "-y", "-qq", *DEBIAN_PACKAGES], env=env,
+                       capture_output=True, timeout=900, check=False)
+    finally:
+        if ours:
+            policy.unlink(missing_ok=True)
     if pyfuse3 is None:
-        return "pyfuse3 is not installed (apt-get install libfuse3-dev fuse3 pkg-config; pip install pyfuse3)"
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", PYFUSE3],
+                       capture_output=True, timeout=900, check=False)
+        with contextlib.suppress(ImportError):
+            import pyfuse3 as module
+            pyfuse3 = module
+
+
+def available() -> str | None:
+    """None when lazy disks can be mounted here (after installing what is missing and can
+    be installed), else why not."""
+    _install_missing()
+    if pyfuse3 is None:
+        return (f"pyfuse3 is not installed and could not be (apt-get install "
+                f"{' '.join(DEBIAN_PACKAGES)}; pip install '{PYFUSE3}')")
     if os.geteuid() != 0:
         return "mounting FUSE file systems needs root here"
     if not os.path.exists("/dev/fuse"):

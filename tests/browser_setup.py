@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
+
+from tests.debian import SetupError, apt_install, run
 
 CONVERSE_VERSION = "14.0.0"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -18,41 +19,15 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1")
 
 
-class SetupError(Exception):
-    pass
-
-
 def cache_dir() -> Path:
     base = os.environ.get("RAFTXMPP_TEST_CACHE") or Path.home() / ".cache" / "raftxmpp-tests"
     return Path(base)
 
 
-def _run(command: list[str], what: str, **kwargs) -> None:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900, **kwargs)
-    if result.returncode != 0:
-        raise SetupError(f"{what} failed ({' '.join(command)}):\n{result.stderr[-2000:]}")
-
-
-def _apt_install(*packages: str) -> None:
-    """apt-get install, with a policy-rc.d that keeps any service from starting."""
-    policy = Path("/usr/sbin/policy-rc.d")
-    had_policy = policy.exists()
-    if not had_policy:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    try:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        _run(["apt-get", "update", "-qq"], "apt-get update", env=env)
-        _run(["apt-get", "install", "-y", "-qq", *packages], f"installing {packages}", env=env)
-    finally:
-        if not had_policy:
-            policy.unlink(missing_ok=True)
-
-
 def chromium() -> tuple[str, str]:
     """(browser, driver) paths, installing Debian's packages if needed."""
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        _apt_install("chromium", "chromium-driver")
+        apt_install("chromium", "chromium-driver")
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (browser and driver):
         raise SetupError("chromium and chromedriver are still missing after apt-get install")
@@ -66,10 +41,10 @@ def converse_dist() -> Path:
     if (dist / "converse.min.js").exists():
         return dist
     if shutil.which("npm") is None:
-        _apt_install("npm")
+        apt_install("npm")
     prefix.mkdir(parents=True, exist_ok=True)
-    _run(["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
-          "--ignore-scripts", f"converse.js@{CONVERSE_VERSION}"], "npm install converse.js")
+    run(["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
+         "--ignore-scripts", f"converse.js@{CONVERSE_VERSION}"], "npm install converse.js")
     if not (dist / "converse.min.js").exists():
         raise SetupError(f"npm installed converse.js but {dist} has no converse.min.js")
     return dist

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import dns.resolver
 
+from tests.debian import ensure_command
 from tests.harness import wait_for
 
 CLONE_NEWNET = 0x40000000
@@ -192,30 +193,8 @@ def issue_certificate(ca, base: Path, domain: str) -> tuple[Path, Path]:
 
 
 def ensure_prosody() -> str:
-    """Debian's prosody, installed when missing; its packaged service never starts
-    (a /usr/sbin/policy-rc.d that exits 101 is in place during the install)."""
-    path = shutil.which("prosody")
-    if path is not None:
-        return path
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    policy = Path("/usr/sbin/policy-rc.d")
-    ours = not policy.exists()
-    if ours:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600,
-                       check=False)
-        result = subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y",
-                                 "-qq", "prosody"], env=env, capture_output=True, text=True,
-                                timeout=900, check=False)
-    finally:
-        if ours:
-            policy.unlink(missing_ok=True)
-    path = shutil.which("prosody")
-    if path is None:
-        raise AssertionError(f"cannot install prosody: {result.stderr[-500:]}")
-    return path
+    """Debian's prosody, installed when missing (its packaged service never starts)."""
+    return ensure_command("prosody", "prosody")
 
 
 class Prosody:

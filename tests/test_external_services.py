@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import shutil
 import socket
 import struct
 import subprocess
@@ -21,6 +20,7 @@ import trio
 from raftxmpp import config as config_mod
 from raftxmpp.modules import external_services
 from raftxmpp.node import Node
+from tests.debian import ensure_command
 from tests.harness import free_ports, listener_sections, wait_for
 from tests.test_c2s_raw import PASSWORD, authenticated
 from tests.test_sm_raw import attr
@@ -117,9 +117,7 @@ async def test_the_feature_is_in_disco(node):
 @pytest.fixture
 def coturn(tmp_path, turn_port):
     """Debian's coturn with use-auth-secret, on a loopback port, for the test only."""
-    binary = shutil.which("turnserver")
-    if binary is None:
-        pytest.skip("coturn is not installed (apt-get install coturn)")
+    binary = ensure_command("turnserver", "coturn")
     relay_low = free_ports(1)[0]
     with open(tmp_path / "turn.log", "wb") as log:
         process = subprocess.Popen(

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests import browser_setup
+from tests import debian
 from tests.harness import Cluster, free_ports, wait_for
 from tests.test_cli import ROOT
 from tests.test_ops import HEADER, PASSWORD, PLAINTEXT, Metrics, XMPPClient, scrape
@@ -50,7 +50,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "10s", "$job": "raftxmpp", "$instance":
 @pytest.fixture(scope="module")
 def promtool() -> str:
     if shutil.which("promtool") is None:
-        browser_setup._apt_install("prometheus")  # policy-rc.d keeps its service stopped
+        debian.apt_install("prometheus")  # policy-rc.d keeps its service stopped
     path = shutil.which("promtool")
     assert path, "promtool is missing after installing Debian's prometheus package"
     return path
