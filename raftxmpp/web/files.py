@@ -3,7 +3,8 @@
 Files live under `data_dir/uploads/files/<first two hex digits>/<slot id>`: the path is
 built from the slot id alone (32 hex digits, checked before any path is made), never
 from a name a client chose, so no URL can reach outside the directory. A file is
-written to `uploads/tmp/` first, fsynced, and renamed into place only once whole and
+written to `uploads/tmp/` first, fsynced, and renamed into place (the directories that
+name it synced too, so a power loss keeps it) only once whole and
 (for a copy from a peer) once its SHA-256 matched.
 
 Copies move over the authenticated node links (raftxmpp.cluster.rpc), in chunks of
@@ -56,6 +57,10 @@ class FileStore:
         self._fetching: dict[str, trio.Lock] = {}
         for directory in (self.files, self.tmp):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # A new directory's name is durable only once the directory holding it is synced
+        # (POSIX); without this a power loss took `files/` and every kept file with it.
+        for directory in (root.parent, root):
+            _fsync_directory(directory)
         for stale in self.tmp.iterdir():  # a crash mid-write leaves only temp files
             stale.unlink(missing_ok=True)
 
@@ -106,6 +111,9 @@ class FileStore:
         final.parent.mkdir(exist_ok=True, mode=0o700)
         os.replace(temp, final)
         await trio.to_thread.run_sync(_fsync_directory, final.parent)
+        # The prefix directory may be new (made here or by a concurrent _keep that has not
+        # synced it yet): its name in files/ must be durable before the file counts as kept.
+        await trio.to_thread.run_sync(_fsync_directory, self.files)
 
     # -- copies on peers ------------------------------------------------------------------------------
 
