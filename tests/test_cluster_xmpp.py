@@ -10,6 +10,7 @@ import pytest
 import slixmpp
 
 from tests.harness import Cluster, NodeProcess, free_ports, wait_for
+from tests.im_nodes import start_cluster, tls_extra
 from tests.xmpp_client import Client, run, unique
 
 pytestmark = pytest.mark.cluster
@@ -23,16 +24,9 @@ def tls(ca_file):
     return ca_file
 
 
-def tls_extra(tls) -> str:
-    return f'\n[tls]\ncertificate = "{tls / "cert.pem"}"\nkey = "{tls / "key.pem"}"\n'
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, tls):
-    c = Cluster(tmp_path_factory.mktemp("cluster"), 3, tls_extra(tls)).start()
-    c.leader()
-    wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3 for n in c.nodes), 20,
-             "every node to see the others by gossip")
+    c = start_cluster(tmp_path_factory.mktemp("cluster"), tls_extra(tls))
     yield c
     c.kill_all()
 

@@ -26,7 +26,9 @@ from raftxmpp.component.stream import handshake_digest
 from raftxmpp.jid import JID
 from raftxmpp.xml.framer import StanzaReceived, StreamClosed, StreamFramer, StreamOpened
 from raftxmpp.xml.ns import COMPONENT, STREAM, STREAMS_ERR
+from tests import im_nodes
 from tests.harness import Cluster, wait_for
+from tests.im_nodes import tls_extra
 from tests.test_cli import raftxmpp
 from tests.xmpp_client import Client, run, unique
 
@@ -169,12 +171,7 @@ def tls(ca_file):
 
 
 def start_cluster(base, tls=None) -> Cluster:
-    extra = f'\n[tls]\ncertificate = "{tls / "cert.pem"}"\nkey = "{tls / "key.pem"}"\n' if tls else ""
-    cluster = Cluster(base, 3, extra).start()
-    cluster.leader()
-    wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3 for n in cluster.nodes), 20,
-             "every node to see the others by gossip")
-    return cluster
+    return im_nodes.start_cluster(base, tls_extra(tls) if tls else "")
 
 
 @pytest.fixture(scope="module")

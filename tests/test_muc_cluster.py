@@ -19,7 +19,8 @@ import pytest
 from slixmpp.exceptions import IqError, PresenceError
 from slixmpp.plugins.xep_0004.stanza import Form
 
-from tests.harness import Cluster, wait_for
+from tests.harness import wait_for
+from tests.im_nodes import start_cluster, tls_extra
 from tests.xmpp_client import Client, run, unique
 
 pytestmark = pytest.mark.cluster
@@ -31,14 +32,10 @@ MUC_USER = "http://jabber.org/protocol/muc#user"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, ca_file):
-    extra = f'\n[tls]\ncertificate = "{ca_file / "cert.pem"}"\nkey = "{ca_file / "key.pem"}"\n'
     # Archive rows wait up to 1 s for their batch: a room message reaches its occupants
     # well before its row commits, which the room-archive test relies on.
-    extra += "\n[archive]\nflush_interval = 1.0\n"
-    c = Cluster(tmp_path_factory.mktemp("muc"), 3, extra).start()
-    c.leader()
-    wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3 for n in c.nodes), 20,
-             "every node to see the others by gossip")
+    extra = tls_extra(ca_file) + "\n[archive]\nflush_interval = 1.0\n"
+    c = start_cluster(tmp_path_factory.mktemp("muc"), extra)
     yield c
     c.kill_all()
 

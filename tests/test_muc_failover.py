@@ -13,7 +13,8 @@ import asyncio
 
 import pytest
 
-from tests.harness import Cluster, wait_for
+from tests.harness import wait_for
+from tests.im_nodes import start_cluster, tls_extra
 from tests.test_muc_cluster import Member, account, codes, instant_room
 from tests.xmpp_client import run
 
@@ -22,11 +23,7 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture
 def cluster(tmp_path, ca_file):
-    extra = f'\n[tls]\ncertificate = "{ca_file / "cert.pem"}"\nkey = "{ca_file / "key.pem"}"\n'
-    c = Cluster(tmp_path, 3, extra).start()
-    c.leader()
-    wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3 for n in c.nodes), 20,
-             "every node to see the others by gossip")
+    c = start_cluster(tmp_path, tls_extra(ca_file))
     yield c
     c.kill_all()
 

@@ -21,6 +21,7 @@ from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.plugins.xep_0004.stanza import Form
 
 from tests.harness import Cluster, wait_for
+from tests.im_nodes import start_cluster, tls_extra
 from tests.xmpp_client import Client, run, unique
 
 pytestmark = pytest.mark.cluster
@@ -35,11 +36,7 @@ OMEMO_DEVICES = "eu.siacs.conversations.axolotl.devicelist"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, ca_file):
-    extra = f'\n[tls]\ncertificate = "{ca_file / "cert.pem"}"\nkey = "{ca_file / "key.pem"}"\n'
-    c = Cluster(tmp_path_factory.mktemp("pubsub"), 3, extra).start()
-    c.leader()
-    wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3 for n in c.nodes), 20,
-             "every node to see the others by gossip")
+    c = start_cluster(tmp_path_factory.mktemp("pubsub"), tls_extra(ca_file))
     yield c
     c.kill_all()
 

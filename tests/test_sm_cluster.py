@@ -10,7 +10,8 @@ import urllib.request
 import pytest
 
 from tests.harness import Cluster, wait_for
-from tests.test_cluster_xmpp import account, client, tls_extra
+from tests.im_nodes import start_cluster, tls_extra
+from tests.test_cluster_xmpp import account, client
 from tests.test_sm_clients import lose_connection, reconnect
 from tests.xmpp_client import TIMEOUT, run
 
@@ -24,10 +25,7 @@ def tls(ca_file):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, tls):
-    c = Cluster(tmp_path_factory.mktemp("smcluster"), 3, tls_extra(tls)).start()
-    c.leader()
-    wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3 for n in c.nodes), 20,
-             "every node to see the others by gossip")
+    c = start_cluster(tmp_path_factory.mktemp("smcluster"), tls_extra(tls))
     yield c
     c.kill_all()
 
