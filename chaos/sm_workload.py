@@ -106,10 +106,19 @@ class SmConnection(xmpp.Connection):
 
 
 class Stats:
-    def __init__(self) -> None:
+    def __init__(self, trace: Path | None = None) -> None:
         self.events: Counter[str] = Counter()
         self.acked: dict[str, set[str]] = {}
         self.received: dict[str, Counter[str]] = {}
+        # What happened when, for finding out why a message was lost (--trace FILE):
+        # sends and acks, receiver sessions and what they got, kills and restarts.
+        self._trace = open(trace, "w") if trace is not None else None  # noqa: SIM115
+        self._t0 = time.monotonic()
+
+    def trace(self, ev: str, **fields) -> None:
+        if self._trace is not None:
+            fields.update(ev=ev, t=round(time.monotonic() - self._t0, 3))
+            self._trace.write(json.dumps(fields) + "\n")
 
 
 class Sender:
@@ -121,11 +130,13 @@ class Sender:
         self.last_h = 0
         self.acked = run.stats.acked.setdefault(to, set())
         self.serial = 0
+        self.node = ""
 
     def on_acked(self, h: int) -> None:
         covered = (h - self.last_h) % WRAP
         for body in self.unacked[:covered]:
             self.acked.add(body)
+            self.run.stats.trace("acked", body=body, node=self.node)
         del self.unacked[:covered]
         self.last_h = h
 
@@ -135,6 +146,7 @@ class Sender:
             conn = await self.run.connect(rng)
             if conn is None:
                 continue
+            self.node = conn.node
             try:
                 await conn.authenticate(self.name, PASSWORD)
                 await conn.bind("desk")
@@ -161,6 +173,7 @@ class Sender:
 
     def _send(self, conn: SmConnection, body: str) -> None:
         conn.message(self.to, body, body)
+        self.run.stats.trace("sent", body=body, node=conn.node)
         self.unacked.append(body)
 
     async def _final_ack(self, conn: SmConnection) -> None:
@@ -179,29 +192,36 @@ class Receiver:
         self.received = run.stats.received.setdefault(self.jid, Counter())
         self.previd: str | None = None
         self.handled = 0
+        self.node = ""
 
     def on_stanza(self, element: etree._Element) -> None:
         if element.tag == f"{{{xmpp.CLIENT}}}message":
             body = xmpp.body_of(element)
             if body:
                 self.received[body] += 1
+                self.run.stats.trace("received", body=body, to=self.name, node=self.node)
 
     async def session(self, rng: random.Random, hold: float) -> None:
         conn = await self.run.connect(rng)
         if conn is None:
             return
         conn.on_stanza = self.on_stanza
+        self.node = conn.node
         stats = self.run.stats.events
+        trace = self.run.stats.trace
         try:
             await conn.authenticate(self.name, PASSWORD)
             resumed = False
             if self.previd is not None:
-                resumed, _ = await conn.resume(self.previd, self.handled)
+                resumed, h = await conn.resume(self.previd, self.handled)
                 stats["resumed" if resumed else "resume_failed"] += 1
+                trace("resumed" if resumed else "resume_failed", to=self.name, node=conn.node,
+                      h=h, handled=self.handled)
             if not resumed:
                 await conn.bind("phone")
                 self.previd = await conn.enable()
                 conn.presence()
+                trace("bound", to=self.name, node=conn.node)
             deadline = time.monotonic() + hold
             while time.monotonic() < deadline and not conn.closed.is_set():
                 self.handled = conn.handled
@@ -213,6 +233,7 @@ class Receiver:
             self.handled = conn.handled if conn.counting else self.handled
             stats["receiver_errors"] += 1
         finally:
+            trace("cut", to=self.name, node=conn.node, handled=self.handled)
             conn.abort()  # the phone loses its network: no stream close
 
     async def loop(self, stop: asyncio.Event) -> None:
@@ -236,6 +257,7 @@ class SmRun:
         live = [n for n in self.cluster.nodes if n.alive()]
         node = rng.choice(live or self.cluster.nodes)
         conn = SmConnection("127.0.0.1", node.ports["c2s_tls"], "localhost", self.tls)
+        conn.node = node.name
         try:
             await conn.open()
             return conn
@@ -254,13 +276,16 @@ class SmRun:
             victim = rng.choice(self.cluster.nodes)
             victim.kill()
             self.stats.events["kills"] += 1
+            self.stats.trace("kill", node=victim.name)
             await asyncio.sleep(5)
             await asyncio.to_thread(victim.start)
+            self.stats.trace("started", node=victim.name)
             await asyncio.to_thread(self.cluster.leader, 30)
 
 
 async def main_async(args: argparse.Namespace, cluster: Cluster) -> dict:
     run = SmRun(args, cluster)
+    run.stats = Stats(args.trace)
     senders, receivers = [], []
     for i in range(args.pairs):
         for name in (f"sms{i}", f"smr{i}"):
@@ -307,6 +332,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kill-every", type=float, default=20.0)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--trace", type=Path, default=None,
+                        help="write every send, ack, receipt, session and kill here (JSON lines)")
     args = parser.parse_args()
     base = args.dir or Path(tempfile.mkdtemp(prefix="sm-chaos-"))
     cluster = Cluster(base, 3)
