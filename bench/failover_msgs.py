@@ -37,7 +37,8 @@ def established(ports: list[int]) -> int:
     want = {f"{p:04X}" for p in ports}
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            lines = open(name).read().splitlines()[1:]
+            with open(name) as f:
+                lines = f.read().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
@@ -101,7 +102,7 @@ def main() -> int:
     base.mkdir(parents=True)
     nodes = [BenchNode(BENCH / "cluster-3" / f"node{i}.toml", base / f"node{i}.log")
              for i in (1, 2, 3)]
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%FT%TZ")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%FT%TZ")
     tree = os.environ.get("RAFTXMPP_TREE", "checkout")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     p99 = {"none": [], "kill": []}

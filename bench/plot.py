@@ -9,7 +9,11 @@ Writes three PNGs beside RESULTS.md (or into DIR):
   latest sitting of each (median of its reps, whiskers min..max, the issue's target dashed);
 - figure-history.png: each figure's median at every sitting in the results, per server;
 - figure-cluster.png: the cluster figures of the latest sitting (failover per kill,
-  durable writes against raw pysyncobj, cross-node against same-node messages).
+  durable writes against raw pysyncobj, cross-node against same-node messages);
+- figure-issue22.png: the latest bench/sitting22.sh sitting (issue 22's table: archives
+  and stream management on, logins and idle connections over TLS with SCRAM-SHA-256),
+  each goal drawn relative to ejabberd's median of the same sitting, and the messages per
+  second of server CPU, which a loaded machine distorts least.
 
 A sitting is what one script run appended: the lines under one '# <server> <timestamp>'
 header (anchors.sh, single_node.sh), or the lines sharing one date= (the other scripts).
@@ -122,6 +126,21 @@ def history(results: Path) -> dict[str, dict[str, list[tuple[str, float]]]]:
                  ("raw_leader_w200", "writes_per_s", "raw pysyncobj"))),
                ("failover", "failover after kill -9 of the leader, s",
                 (("failover", "failover_s", "median of kills"),)),
+               ("failover_msgs", "message p99 ms around a leader kill (50 × 1, across nodes)",
+                (("msgs_p50_w1_kill", "p99_ms", "leader killed"),
+                 ("msgs_p50_w1_none", "p99_ms", "no kill"))),
+               ("sitting22", "messages/s, 50 × 10, SM + archive (sitting22)",
+                tuple(({"tag": "msg_sm_p50_w10", "server": s}, "msgs_per_s", LABELS[s])
+                      for s in SERVERS)),
+               ("sitting22", "messages/s, 500 × 1, archive on (sitting22)",
+                tuple(({"tag": "msg_p500_w1", "server": s}, "msgs_per_s", LABELS[s])
+                      for s in SERVERS)),
+               ("sitting22", "logins/s over TLS, SCRAM-SHA-256 (sitting22)",
+                tuple(({"tag": "login_tls", "server": s}, "logins_per_s", LABELS[s])
+                      for s in ("ejabberd", "raftxmpp"))),
+               ("sitting22", "KiB per idle TLS connection (sitting22)",
+                tuple(({"tag": "idle_tls", "server": s}, "kb_per_conn", LABELS[s])
+                      for s in ("ejabberd", "raftxmpp"))),
                ("cross_node", "messages/s across nodes, 50 × 10",
                 (("cross_node_p50_w10", "msgs_per_s", "cross-node"),
                  ("same_node_p50_w10", "msgs_per_s", "same node"))),
@@ -165,6 +184,32 @@ def history(results: Path) -> dict[str, dict[str, list[tuple[str, float]]]]:
 
 
 # -- drawing (matplotlib imported here only) --------------------------------------------------------
+
+
+# Issue 22's single-server figures (bench/sitting22.sh): (title, tag, key, goal, what the goal is).
+ISSUE22 = (
+    ("messages/s, 50 × 10, SM + archive on", "msg_sm_p50_w10", "msgs_per_s", 1.8, "× ejabberd"),
+    ("messages/s, 500 × 1, archive on", "msg_p500_w1", "msgs_per_s", 1.0, "× ejabberd"),
+    ("logins/s, 2000, 100 at once, TLS + SCRAM-SHA-256", "login_tls", "logins_per_s", 2.0,
+     "× ejabberd"),
+    ("KiB per idle TLS connection (login + roster)", "idle_tls", "kb_per_conn", 20.0, "KiB"),
+    ("messages per server CPU-second, 50 × 10, SM + archive", "msg_sm_p50_w10", "per_cpu_s",
+     1.8, "× ejabberd"),
+    ("messages per server CPU-second, 500 × 1", "msg_p500_w1", "per_cpu_s", 1.0, "× ejabberd"),
+)
+
+
+def issue22_rows(results: Path) -> list[dict]:
+    """The latest sitting of sitting22.txt, with per_cpu_s = msgs_per_s / server CPU share."""
+    sittings = by_sitting(read_results(results / "sitting22.txt"))
+    if not sittings:
+        return []
+    rows = sittings[max(sittings)]
+    for row in rows:
+        rate, cpu = number(row.get("msgs_per_s")), number(row.get("server_cpu"))
+        if rate is not None and cpu:
+            row["per_cpu_s"] = str(rate / (cpu / 100))
+    return rows
 
 
 def _pyplot():
@@ -275,6 +320,37 @@ def draw_cluster(results: Path, out: Path) -> Path:
     return _save(fig, out / "figure-cluster.png")
 
 
+def draw_issue22(results: Path, out: Path) -> Path | None:
+    rows = issue22_rows(results)
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
+    for ax, (title, tag, key, goal, unit) in zip(axes.flat, ISSUE22, strict=True):
+        medians = {}
+        for i, server in enumerate(SERVERS):
+            found = spread([r for r in rows if r.get("server") == server], tag, key)
+            if found is None:
+                continue
+            median, low, high = medians[server] = found
+            ax.bar(i, median, color=COLOURS[server], yerr=[[median - low], [high - median]],
+                   capsize=4)
+            ax.annotate(f"{median:,.0f}" if median >= 100 else f"{median:.1f}", (i, median),
+                        textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+        line = goal if unit == "KiB" else goal * medians["ejabberd"][0] if "ejabberd" in medians else None
+        if line is not None:
+            ax.axhline(line, color="black", linestyle="--", linewidth=1)
+            ax.annotate(f"goal {goal:g} {unit}", (2.45, line), fontsize=7, va="bottom", ha="right")
+        ax.set_xticks(range(3), [LABELS[s] for s in SERVERS], fontsize=8)
+        ax.set_title(title, fontsize=9)
+    loads = [number(r.get("load1")) for r in rows if number(r.get("load1")) is not None]
+    fig.suptitle(f"Issue 22 sitting {rows[0]['sitting']}: fresh server per test, median of reps "
+                 f"[min..max], servers alternated; load1 {min(loads):.1f}–{max(loads):.1f} on 2 cores",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out / "figure-issue22.png")
+
+
 def _tree_label(tree: str | None) -> str:
     """' (name)' for rows that say which code they measured (tree=hash(name)), else ''."""
     if tree is None:
@@ -313,8 +389,9 @@ def main() -> None:
     parser.add_argument("results", nargs="?", type=Path, default=BENCH / "results")
     parser.add_argument("--out", type=Path, default=BENCH)
     args = parser.parse_args()
-    for draw in (draw_scenarios, draw_history, draw_cluster):
-        print(f"wrote {draw(args.results, args.out)}")
+    for draw in (draw_scenarios, draw_history, draw_cluster, draw_issue22):
+        if (path := draw(args.results, args.out)) is not None:
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 """report.py: the figures of issue 9 from the latest sitting in bench/results/, side by side.
 
 usage: python3 bench/report.py [RESULTS_DIR]
+       python3 bench/report.py --issue22 [RESULTS_DIR]   (issue 22's table: bench/sitting22.sh,
+       cross_node.sh, the last 3 raft_writes.py runs, failover_msgs.py; medians, goals)
 
 Takes, per file, the latest sitting only: for ejabberd.txt / prosody.txt / raftxmpp.txt the
 lines after the last '# ...' header that starts a run (bench/anchors.sh, bench/single_node.sh);
@@ -62,7 +64,91 @@ def med(rows: list[dict], tag: str, key: str) -> tuple[float | None, str]:
     return m, text
 
 
+def _sections(path: Path) -> list[list[dict]]:
+    """Every '# ...' sitting of a file (lines up to the next header), oldest first."""
+    out: list[list[dict]] = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            if " done " not in line:
+                out.append([])
+        elif line.startswith("server=") and out:
+            out[-1].append(dict(KV.findall(line)))
+    return out
+
+
+def per_cpu(rows: list[dict], server: str, tag: str) -> float | None:
+    vals = [num(r["msgs_per_s"]) / (num(r["server_cpu"]) / 100) for r in rows
+            if r.get("server") == server and r.get("tag") == tag
+            and num(r.get("msgs_per_s")) and num(r.get("server_cpu"))]
+    return statistics.median(vals) if vals else None
+
+
+def issue22(d: Path) -> None:
+    sittings = [s for s in _sections(d / "sitting22.txt") if s]
+    rows = sittings[-1] if sittings else []
+    by = {s: [r for r in rows if r.get("server") == s] for s in ("ejabberd", "prosody", "raftxmpp")}
+    print("| figure | ejabberd 23.01 | Prosody 0.12.3 | raftxmpp | raftxmpp / ejabberd | goal |")
+    print("|---|---|---|---|---|---|")
+    figures = [("messages/s, 50 × 10, SM + archive on", "msg_sm_p50_w10", "msgs_per_s", "≥ 1.8 ×"),
+               ("messages/s, 500 × 1 (archive on)", "msg_p500_w1", "msgs_per_s", "≥ 1.0 ×"),
+               ("logins/s, 2000, 100 at once, TLS + SCRAM-SHA-256", "login_tls", "logins_per_s", "≥ 2 ×"),
+               ("KiB per idle TLS connection, after login + roster", "idle_tls", "kb_per_conn", "≤ 20"),
+               ("messages/s, 50 × 10, archive off (raftxmpp only)", "msg_p50_w10_noarch", "msgs_per_s", ""),
+               ("messages/s, 500 × 1, archive off (raftxmpp only)", "msg_p500_w1_noarch", "msgs_per_s", "")]
+    for label, tag, key, goal in figures:
+        cells = [med(by[s], tag, key)[1] for s in ("ejabberd", "prosody", "raftxmpp")]
+        e, x = med(by["ejabberd"], tag, key)[0], med(by["raftxmpp"], tag, key)[0]
+        ratio = f"{x / e:.2f}" if e and x is not None and key != "kb_per_conn" else "—"
+        print(f"| {label} | {' | '.join(cells)} | {ratio} | {goal} |")
+    for tag, label in (("msg_sm_p50_w10", "50 × 10, SM + archive"), ("msg_p500_w1", "500 × 1")):
+        vals = {s: per_cpu(rows, s, tag) for s in ("ejabberd", "prosody", "raftxmpp")}
+        cells = [f"{v:,.0f}" if v else "-" for v in vals.values()]
+        ratio = f"{vals['raftxmpp'] / vals['ejabberd']:.2f}" if vals["raftxmpp"] and vals["ejabberd"] else "—"
+        print(f"| messages per server CPU-second, {label} | {' | '.join(cells)} | {ratio} | |")
+    loads = [num(r.get("load1")) for r in rows if num(r.get("load1")) is not None]
+    if loads:
+        print(f"\nload1 before each test: {min(loads):.1f}–{max(loads):.1f} "
+              f"(median {statistics.median(loads):.1f}); {len(rows)} runs")
+    xn = latest_dated(d / "cross_node.txt")
+    for tag, label in (("p50_w10", "50 × 10"), ("p500_w1", "500 × 1")):
+        ratios = [num(r.get("ratio")) for r in xn if r.get("tag") == f"cross_node_{tag}"]
+        ratios = [r for r in ratios if r is not None]
+        s, x = med(xn, f"same_node_{tag}", "msgs_per_s"), med(xn, f"cross_node_{tag}", "msgs_per_s")
+        if ratios:
+            print(f"| cross-node / same-node, {label} | median of {len(ratios)} paired ratios "
+                  f"{statistics.median(ratios):.2f} [{min(ratios):.2f}..{max(ratios):.2f}]; "
+                  f"cross {x[1]}, same {s[1]} msg/s | ≥ 0.9 |")
+    rw = [dict(KV.findall(x)) for x in (d / "raft_writes.txt").read_text().splitlines()
+          if x.startswith("server=")] if (d / "raft_writes.txt").exists() else []
+    dates = sorted({r["date"] for r in rw if "date" in r})[-3:]
+    for tag in ("raft_roster_leader", "raft_offline_leader", "raft_roster_follower"):
+        ratios, pairs = [], []
+        for date in dates:
+            run = {r["tag"]: num(r.get("writes_per_s")) for r in rw if r.get("date") == date}
+            if run.get(tag) and run.get("raw_leader_w200"):
+                ratios.append(run[tag] / run["raw_leader_w200"])
+                pairs.append(f"{run[tag]:,.0f}/{run['raw_leader_w200']:,.0f}")
+        if ratios:
+            print(f"| durable writes/s vs raw pysyncobj (window 200), {tag[5:]} | median "
+                  f"{statistics.median(ratios):.2f} of {', '.join(f'{r:.2f}' for r in ratios)} "
+                  f"({'; '.join(pairs)} w/s) | ≥ 0.7 |")
+    fm = latest_dated(d / "failover_msgs.txt")
+    for mode in ("kill", "none"):
+        m = [r for r in fm if r.get("tag", "").endswith("_" + mode)]
+        if m:
+            p99 = [num(r["p99_ms"]) for r in m]
+            mx = [num(r["max_ms"]) for r in m]
+            print(f"| message p99 / max ms, 50 × 1 across nodes, {'leader killed' if mode == 'kill' else 'no kill'}"
+                  f" | p99 median {statistics.median(p99):,.0f} [{min(p99):,.0f}..{max(p99):,.0f}], "
+                  f"max {', '.join(f'{v:,.0f}' for v in mx)} | {'≤ 1,000' if mode == 'kill' else ''} |")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--issue22"]:
+        issue22(Path(sys.argv[2]) if len(sys.argv) > 2 else BENCH / "results")
+        return
     d = Path(sys.argv[1]) if len(sys.argv) > 1 else BENCH / "results"
     ej, pr, rx = (latest_section(d / f"{s}.txt") for s in ("ejabberd", "prosody", "raftxmpp"))
     rw, fo, jo, xn = (latest_dated(d / f"{s}.txt") for s in ("raft_writes", "failover", "join", "cross_node"))

@@ -162,7 +162,7 @@ class Client:
             final_bare = f"c=biws,r={fields['r']}".encode()
             auth_msg = bare + b"," + challenge + b"," + final_bare
             signature = hmac.digest(hashlib.new(h, client_key).digest(), auth_msg, h)
-            proof = bytes(a ^ b for a, b in zip(client_key, signature))
+            proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
             final = final_bare + b",p=" + base64.b64encode(proof)
             self.writer.write(f"<response xmlns='{SASL}'>{base64.b64encode(final).decode()}"
                               "</response>".encode())
@@ -200,7 +200,7 @@ class Client:
         try:
             self.writer.write(b"</stream:stream>")
             await asyncio.wait_for(self._until(b"</stream:stream>"), 5)
-        except (OSError, ConnectionError, asyncio.TimeoutError, ssl.SSLError):
+        except (TimeoutError, OSError, ConnectionError, ssl.SSLError):
             pass
         self.writer.close()
 
@@ -245,7 +245,7 @@ async def run(args) -> str:
                     clients.append(c)
                 else:
                     await c.close()
-            except (OSError, ConnectionError, asyncio.TimeoutError, ssl.SSLError, KeyError) as exc:
+            except (TimeoutError, OSError, ConnectionError, ssl.SSLError, KeyError) as exc:
                 fails.append(user)
                 if len(errors) < 3:
                     errors.append(repr(exc)[:300])
