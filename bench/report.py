@@ -2,8 +2,8 @@
 """report.py: the figures of issue 9 from the latest sitting in bench/results/, side by side.
 
 usage: python3 bench/report.py [RESULTS_DIR]
-       python3 bench/report.py --issue22 [RESULTS_DIR]   (issue 22's table: bench/sitting22.sh,
-       cross_node.sh, the last 3 raft_writes.py runs, failover_msgs.py; medians, goals)
+       python3 bench/report.py --issue22 [RESULTS_DIR]   (issue 22's table: the latest bench/sitting22.sh
+       sitting, and the cross_node.sh / raft_writes.py / failover_msgs.py runs since it began)
 
 Takes, per file, the latest sitting only: for ejabberd.txt / prosody.txt / raftxmpp.txt the
 lines after the last '# ...' header that starts a run (bench/anchors.sh, bench/single_node.sh);
@@ -78,6 +78,12 @@ def _sections(path: Path) -> list[list[dict]]:
     return out
 
 
+def _dated(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [dict(KV.findall(x)) for x in path.read_text().splitlines() if x.startswith("server=")]
+
+
 def per_cpu(rows: list[dict], server: str, tag: str) -> float | None:
     vals = [num(r["msgs_per_s"]) / (num(r["server_cpu"]) / 100) for r in rows
             if r.get("server") == server and r.get("tag") == tag
@@ -101,6 +107,12 @@ def issue22(d: Path) -> None:
         cells = [med(by[s], tag, key)[1] for s in ("ejabberd", "prosody", "raftxmpp")]
         e, x = med(by["ejabberd"], tag, key)[0], med(by["raftxmpp"], tag, key)[0]
         ratio = f"{x / e:.2f}" if e and x is not None and key != "kb_per_conn" else "—"
+        paired = sorted(num(a[key]) / num(b[key]) for a in by["raftxmpp"] for b in by["ejabberd"]
+                        if a.get("tag") == tag == b.get("tag") and a.get("rep") == b.get("rep")
+                        and num(a.get(key)) and num(b.get(key)))
+        if paired and key != "kb_per_conn":  # each repetition's pair ran back to back
+            ratio += f" (paired by rep: median {statistics.median(paired):.2f} of " \
+                     f"{', '.join(f'{r:.2f}' for r in paired)})"
         print(f"| {label} | {' | '.join(cells)} | {ratio} | {goal} |")
     for tag, label in (("msg_sm_p50_w10", "50 × 10, SM + archive"), ("msg_p500_w1", "500 × 1")):
         vals = {s: per_cpu(rows, s, tag) for s in ("ejabberd", "prosody", "raftxmpp")}
@@ -111,18 +123,19 @@ def issue22(d: Path) -> None:
     if loads:
         print(f"\nload1 before each test: {min(loads):.1f}–{max(loads):.1f} "
               f"(median {statistics.median(loads):.1f}); {len(rows)} runs")
-    xn = latest_dated(d / "cross_node.txt")
+    since = min((r["date"] for r in rows if "date" in r), default="")
+    xn = [r for r in _dated(d / "cross_node.txt")
+          if r.get("date", "") >= since and r.get("pairs_ok") != "0"]  # failed runs left out
     for tag, label in (("p50_w10", "50 × 10"), ("p500_w1", "500 × 1")):
         ratios = [num(r.get("ratio")) for r in xn if r.get("tag") == f"cross_node_{tag}"]
-        ratios = [r for r in ratios if r is not None]
+        ratios = [r for r in ratios if r]  # 0.00: a run whose same-node half failed
         s, x = med(xn, f"same_node_{tag}", "msgs_per_s"), med(xn, f"cross_node_{tag}", "msgs_per_s")
         if ratios:
             print(f"| cross-node / same-node, {label} | median of {len(ratios)} paired ratios "
                   f"{statistics.median(ratios):.2f} [{min(ratios):.2f}..{max(ratios):.2f}]; "
                   f"cross {x[1]}, same {s[1]} msg/s | ≥ 0.9 |")
-    rw = [dict(KV.findall(x)) for x in (d / "raft_writes.txt").read_text().splitlines()
-          if x.startswith("server=")] if (d / "raft_writes.txt").exists() else []
-    dates = sorted({r["date"] for r in rw if "date" in r})[-3:]
+    rw = _dated(d / "raft_writes.txt")
+    dates = sorted({r["date"] for r in rw if r.get("date", "") >= since})
     for tag in ("raft_roster_leader", "raft_offline_leader", "raft_roster_follower"):
         ratios, pairs = [], []
         for date in dates:

@@ -12,7 +12,8 @@
 #   idle_tls         bench/tls_login.py idle: KiB of server RSS per idle TLS connection after
 #                    login (SCRAM-SHA-256) and a roster fetch, 2000 connections
 #   msg_p50_w10_noarch / msg_p500_w1_noarch  raftxmpp only, [archive] off: the previous
-#                    sittings' configuration, for the regression check
+#                    sittings' configuration, for the regression check; with ANCHOR_MAM=0 the
+#                    anchors run them too, without mod_mam (the shared configs' features)
 # Prosody runs the two message tests only (0.12 offers no SCRAM-SHA-256; no TLS in its config).
 # The anchors run from bench/data/anchors22, a copy of ../shared/bench with the configs
 # derived here (ejabberd: + a direct-TLS listener on 5223, SCRAM-SHA-256 keys, mod_mam;
@@ -33,6 +34,7 @@ STAMP=$(date -u +%FT%TZ)
 rm -rf "$W"; mkdir -p "$W"; cp -r "$SH/." "$W/"; rm -rf "$W/results"; mkdir -p "$W/results"
 cp "$BENCH/xmppload" "$W/xmppload"
 "$PY" - "$W/configs/ejabberd.yml" "$W/configs/prosody.cfg.lua" <<'EOF'
+import os
 import sys
 ej, pr = sys.argv[1], sys.argv[2]
 t = open(ej).read()
@@ -51,13 +53,16 @@ tls = """  -
 t = t.replace("    backlog: 1024\ndisable_sasl_mechanisms:", "    backlog: 1024\n" + tls + "disable_sasl_mechanisms:", 1)
 assert "port: 5223" in t
 t = t.replace("auth_password_format: scram", "auth_password_format: scram\nauth_scram_hash: sha256", 1)
-t = t.replace("  mod_mqtt: {}\n", "  mod_mam:\n    default: always\n  mod_mqtt: {}\n", 1)
-assert "mod_mam:\n    default: always" in t and "auth_scram_hash" in t
+mam = os.environ.get("ANCHOR_MAM", "1") == "1"
+if mam:
+    t = t.replace("  mod_mqtt: {}\n", "  mod_mam:\n    default: always\n  mod_mqtt: {}\n", 1)
+assert ("mod_mam:\n    default: always" in t) == mam and "auth_scram_hash" in t
 open(ej, "w").write("# bench/sitting22.sh: + direct TLS on 5223, SCRAM-SHA-256 keys, mod_mam (mnesia)\n" + t)
 p = open(pr).read()
-p = p.replace('"version";', '"version"; "mam";', 1)
-assert '"mam"' in p
-p += '\ndefault_archive_policy = true\narchive_expires_after = "never"\n'
+if mam:
+    p = p.replace('"version";', '"version"; "mam";', 1)
+    assert '"mam"' in p
+    p += '\ndefault_archive_policy = true\narchive_expires_after = "never"\n'
 open(pr, "w").write("-- bench/sitting22.sh: + mod_mam (internal storage), every message archived\n" + p)
 EOF
 [ $? = 0 ] || exit 2
@@ -107,7 +112,8 @@ fi
 
 run_test() { # SERVER TAG REP
   local s=$1 tag=$2 rep=$3 p line l1 cfg=$RAFT_ON
-  case $tag in *_noarch) [ "$s" = raftxmpp ] || return 0; cfg=$RAFT_OFF;; esac
+  # *_noarch: raftxmpp with [archive] off; the anchors too when ANCHOR_MAM=0 (no mod_mam)
+  case $tag in *_noarch) [ "$s" = raftxmpp ] || [ "${ANCHOR_MAM:-1}" = 0 ] || return 0; cfg=$RAFT_OFF;; esac
   case $tag in login_tls|idle_tls) [ "$s" = prosody ] && return 0;; esac
   # raftxmpp starts from the accounts-only data dir every time (no archive or log of earlier tests)
   if [ "$s" = raftxmpp ]; then rm -rf "$BENCH/data/single"; cp -r "$BENCH/data/single-accounts" "$BENCH/data/single"; fi
