@@ -146,9 +146,11 @@ def offered_mechanisms(
     return offered
 
 
+@functools.lru_cache(maxsize=8)
 def tls_server_end_point(cert_der: bytes) -> bytes:
     """RFC 5929 §4.1 channel binding data: the server certificate hashed with the hash of
-    its signature algorithm, MD5 and SHA-1 replaced by SHA-256.
+    its signature algorithm, MD5 and SHA-1 replaced by SHA-256. Cached: every TLS
+    connection asks for the node's one certificate (an X.509 parse each time before).
 
     Raises ValueError when the type is undefined for the certificate, as for Ed25519 and
     Ed448 signatures, which use no separate hash.
