@@ -22,7 +22,10 @@
 set -u
 source "$(dirname "$0")/lib.sh"
 REPS=${1:-3}; CONF=$BENCH/node.toml; LOG=$BENCH/data/single.log
-SH=${SHARED_BENCH:-/work/shared/bench}; W=$BENCH/data/anchors22
+SH=${SHARED_BENCH:-$BENCH/../../shared/bench}   # ../shared next to the checkout (or a worktree's)
+[ -f "$SH/fresh.sh" ] || SH=$BENCH/../../../shared/bench
+[ -f "$SH/fresh.sh" ] || { echo "no ../shared/bench next to the checkout (set SHARED_BENCH)" >&2; exit 2; }
+W=$BENCH/data/anchors22
 OUT=${RESULTS_FILE:-$BENCH/results/sitting22.txt}
 TAGS=${TAGS:-"msg_sm_p50_w10 msg_p500_w1 login_tls idle_tls msg_p50_w10_noarch msg_p500_w1_noarch"}
 SERVERS=${SERVERS:-"raftxmpp ejabberd prosody"}
