@@ -5,6 +5,7 @@ acknowledged. Three real node processes; kill -9 for the failures."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import urllib.request
 
 import pytest
@@ -158,3 +159,57 @@ def holder_stream(node, full_jid: str) -> str | None:
         if entry["full_jid"] == full_jid:
             return entry["stream"]
     return None
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open bug (issue 16, chaos/RESULTS.md): b1 waits in node3's link queue for the dead "
+    "node1; when node1 restarts it gets b1 before gossip has given it the session table, "
+    "re-routes it as if alice had no session, and it never reaches her session on node3"))
+def test_killing_the_node_of_an_attached_receiver_loses_nothing_acknowledged(tmp_path, tls):
+    """Found by `python -m chaos.sm_workload --seed 18 --kill-every 10 --trace` (chaos/RESULTS.md):
+    alice's phone is attached on node1 when node1 is killed -9; bob (on node3) writes to
+    her full JID right after the kill (b1: the session table still names node1, so it is
+    queued on the link to node1) and after gossip declared node1 dead (b2); the server
+    acknowledges both. alice's resumption on node3 fails, she binds a new session there
+    with initial presence, node1 comes back: both must reach her. (With her new session
+    on node2 instead, both do.)"""
+    cluster = Cluster(tmp_path, 3, tls_extra(tls)).start()
+    try:
+        cluster.leader()
+        node1, node2, node3 = cluster.nodes
+        wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3 for n in cluster.nodes),
+                 20, "gossip")
+        alice_jid, bob_jid = account(node2, "sma-alice"), account(node3, "sma-bob")
+
+        async def scenario():
+            alice = sm_client(node1, tls, alice_jid, "phone")
+            bob = sm_client(node3, tls, bob_jid, "desk")
+            assert await alice.start() and await bob.start()
+            await asyncio.wait_for(alice.events["sm_enabled"].get(), TIMEOUT)
+            await asyncio.wait_for(bob.events["sm_enabled"].get(), TIMEOUT)
+            await poll(lambda: holder(node3, f"{alice_jid}/phone") == "node1", 15,
+                       "node3 to see alice on node1")
+            node1.kill()
+            bob.send_message(f"{alice_jid}/phone", "b1", mtype="chat")
+            await all_acked(bob)
+            await asyncio.sleep(3)  # past gossip's DEAD_AFTER: node1's entries are purged
+            bob.send_message(f"{alice_jid}/phone", "b2", mtype="chat")
+            await all_acked(bob)
+            started = asyncio.get_running_loop().create_future()
+            alice.add_event_handler("session_start", lambda _: started.done()
+                                    or started.set_result(True))
+            assert await reconnect(alice, node3.c2s_port) == "failed"
+            await asyncio.wait_for(started, TIMEOUT * 2)  # a new session on node3
+            alice.send_presence()
+            node1.start()
+            got = []
+            with contextlib.suppress(Exception):
+                for _ in range(2):
+                    got.append((await alice.next_message(timeout=20))["body"])
+            assert sorted(got) == ["b1", "b2"]
+            await alice.stop()
+            await bob.stop()
+
+        run(scenario(), timeout=150)
+    finally:
+        cluster.kill_all()
