@@ -154,3 +154,26 @@ def test_policies_are_those_the_state_machine_accepts():
 def test_a_stanza_without_a_sender_hashes_the_empty_key(policy):
     """A server-generated stanza has no 'from': every node must still agree on one key."""
     assert balancing_key(policy, None, JID.parse("room@muc.localhost/nick")) == ""
+
+
+def test_a_single_bucket_sends_every_key_to_that_buckets_owner():
+    """buckets = 1 is a bucket policy too (not modulo): bucket 0's owner among the three
+    is node2#0 (OWNERS_OF_3[0]), where modulo would send bob@localhost to node3#0."""
+    assert choose("source", 1, "bob@localhost", INSTANCES, ()) == "node2#0"
+
+
+def test_random_draws_from_the_rng_it_is_given():
+    class Recording:
+        """An rng that notes what it was asked to choose from and takes the last."""
+
+        def __init__(self):
+            self.asked = []
+
+        def choice(self, seq):
+            self.asked.append(tuple(seq))
+            return seq[-1]
+
+    rng = Recording()
+    assert choose("random", 0, None, INSTANCES, (), rng) == "node3#0"
+    assert choose("random", 0, None, INSTANCES, ("node1#0", "node2#0"), rng) == "node2#0"
+    assert rng.asked == [INSTANCES, ("node1#0", "node2#0")]
