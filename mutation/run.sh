@@ -13,11 +13,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 work=${MUTATION_DIR:-/tmp/raftxmpp-mutation}
 python=${PYTHON:-python}
 "$python" -c "import mutmut" 2>/dev/null || "$python" -m pip install -q "mutmut==3.8.1"
+commit=$(git -C "$root" rev-parse --short HEAD)  # the files copied are this commit's
 rm -rf "$work"
 mkdir -p "$work"
 (cd "$root" && git ls-files -z | xargs -0 cp --parents -t "$work")
 cd "$work"
 nice -n 10 "$python" -m mutmut run "$@" || true  # survivors are a result, not an error
 "$python" -m mutmut results > results.txt || true
-echo "commit $(git -C "$root" rev-parse --short HEAD), $(date -u +%Y-%m-%d)"
+echo "commit $commit, $(date -u +%Y-%m-%d)"
 "$python" "$root/mutation/score.py" "$work"
