@@ -13,6 +13,7 @@ import itertools
 import pytest
 
 from raftxmpp import credentials
+from raftxmpp.cluster import archive_state, muc_state, pubsub_state
 from raftxmpp.cluster import state as sm
 from raftxmpp.cluster.state import ClusterState
 
@@ -194,3 +195,87 @@ def test_removing_a_roster_item_bumps_the_version_by_one_and_drops_its_request(s
     assert bob not in state.rosters[ALICE]["pending_in"]
     assert ok(state.apply(cmd("roster_remove", jid=ALICE, contact=bob))) is None
     assert state.rosters[ALICE]["ver"] == ver + 1
+
+
+def test_a_member_that_advertised_no_version_counts_as_version_1(state):
+    """What a submitter may send: the oldest version of the Raft members, 1 for one that
+    advertised none (code from before gating) or is not in the table yet; 1 with none."""
+    assert sm.cluster_version(state, set()) == 1
+    ok(state.apply(cmd("member_set", name="n1", raft="r:1", link="l:1", version=2)))
+    assert sm.cluster_version(state, {"r:1"}) == 2
+    assert sm.cluster_version(state, {"r:1", "r:9"}) == 1  # r:9 is not in the table yet
+    ok(state.apply(cmd("member_set", name="n2", raft="r:2", link="l:2")))
+    assert sm.cluster_version(state, {"r:1", "r:2"}) == 1
+
+
+def test_unblocking_everything_with_no_block_list_unblocks_nothing(state):
+    assert ok(state.apply(cmd("unblock", jid=ALICE, items=[]))) == []
+    assert ok(state.apply(cmd("unblock", jid=ALICE, items=["b@x"]))) == []
+    assert state.blocklists == {}
+
+
+# -- how ops are registered (run at import, so called again here) --------------------------
+
+
+@pytest.fixture
+def op_tables(monkeypatch):
+    """Fresh copies of the op tables, so registering in a test changes nothing after it."""
+    monkeypatch.setattr(sm, "OPS", dict(sm.OPS))
+    monkeypatch.setattr(sm, "OP_VERSIONS", dict(sm.OP_VERSIONS))
+
+
+def _op_a(state, command):
+    return "a"
+
+
+def _op_b(state, command):
+    return "b"
+
+
+def test_register_ops_records_the_version_that_introduced_an_op(op_tables):
+    sm.register_ops({"test_old": _op_a})
+    sm.register_ops({"test_new": _op_b}, since=2)
+    assert sm.OPS["test_old"] is _op_a and sm.OPS["test_new"] is _op_b
+    assert "test_old" not in sm.OP_VERSIONS
+    assert sm.OP_VERSIONS["test_new"] == 2
+    sm.register_ops({"test_old": _op_a})  # the same function again is no change
+
+
+@pytest.mark.parametrize("since", [0, 3])
+def test_register_ops_refuses_a_version_this_code_does_not_have(op_tables, since):
+    with pytest.raises(ValueError, match="since must be from 1 to 2"):
+        sm.register_ops({"test_x": _op_a}, since=since)
+    assert "test_x" not in sm.OPS
+
+
+def test_register_ops_refuses_a_second_op_under_a_taken_name(op_tables):
+    sm.register_ops({"test_x": _op_a})
+    with pytest.raises(ValueError, match="op test_x is registered twice"):
+        sm.register_ops({"test_x": _op_b})
+    assert sm.OPS["test_x"] is _op_a
+
+
+def test_the_versions_of_the_registered_ops():
+    """Version 2 brought the clock, offline claims and MUC; pubsub and the archive are 1."""
+    assert sm.OP_VERSIONS["tick"] == 2
+    assert sm.OP_VERSIONS["offline_claim"] == 2 and sm.OP_VERSIONS["offline_remove"] == 2
+    assert sm.OP_VERSIONS["muc_create"] == 2
+    assert "pubsub_publish" not in sm.OP_VERSIONS and "archive_append" not in sm.OP_VERSIONS
+
+
+@pytest.mark.parametrize(("wrap", "refused_by", "text"), [
+    (sm._pubsub_op, lambda: pubsub_state.Refused("conflict", "item-forbidden", "why"),
+     "[item-forbidden] why"),
+    (sm._muc_op, lambda: muc_state.Refused("conflict", "why"), "why"),
+    (sm._archive_op, lambda: archive_state.Refused("conflict", "why"), "why"),
+])
+def test_a_feature_modules_refusal_becomes_a_rejection(wrap, refused_by, text):
+    def refusing(state, command):
+        raise refused_by()
+
+    op = wrap(refusing)
+    with pytest.raises(sm.Rejected) as info:
+        op(None, {})
+    assert (info.value.condition, info.value.text) == ("conflict", text)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert wrap(_op_a)(None, {}) == "a"
