@@ -279,3 +279,65 @@ def test_a_feature_modules_refusal_becomes_a_rejection(wrap, refused_by, text):
     assert (info.value.condition, info.value.text) == ("conflict", text)
     assert info.value.__cause__ is None and info.value.__suppress_context__
     assert wrap(_op_a)(None, {}) == "a"
+
+
+# -- components: what is stored, every refusal word for word -----------------------------
+
+SECRET = b"h" * 32
+BALANCING_LIST = "random, source, destination, bare_source, bare_destination"
+
+
+def test_a_component_is_stored_with_random_balancing_and_no_buckets_by_default(state):
+    assert ok(state.apply(cmd("component_add", domain="c.example", secret_hash=SECRET))) is True
+    assert state.components == {"c.example": {"secret_hash": SECRET, "balancing": "random",
+                                              "buckets": 0}}
+    assert ok(state.apply(cmd("component_add", domain="c.example", secret_hash=SECRET,
+                              balancing="source", buckets=64))) is False  # an update
+    assert state.components == {"c.example": {"secret_hash": SECRET, "balancing": "source",
+                                              "buckets": 64}}
+
+
+def test_the_extremes_a_component_may_have(state):
+    assert ok(state.apply(cmd("component_add", domain="d" * 1023, secret_hash=b"s" * 16,
+                              buckets=65536))) is True
+    assert state.components["d" * 1023] == {"secret_hash": b"s" * 16, "balancing": "random",
+                                            "buckets": 65536}
+
+
+COMPONENT_REFUSALS = [
+    ({"domain": "d" * 1024}, "domain must be a non-empty string of at most 1023 chars"),
+    ({"secret_hash": b"s" * 15}, "secret_hash must be bytes"),
+    ({"secret_hash": "s" * 32}, "secret_hash must be bytes"),
+    ({"balancing": "round-robin"}, f"balancing must be one of {BALANCING_LIST}"),
+    ({"buckets": 65537}, "buckets must be an integer from 0 to 65536"),
+    ({"buckets": -1}, "buckets must be an integer from 0 to 65536"),
+    ({"buckets": "8"}, "buckets must be an integer from 0 to 65536"),
+]
+
+
+@pytest.mark.parametrize(("args", "text"), COMPONENT_REFUSALS)
+def test_a_bad_component_is_refused_word_for_word(state, args, text):
+    command = cmd("component_add", **{"domain": "c.example", "secret_hash": SECRET, **args})
+    assert state.apply(command) == ("error", "bad-request", text)
+    assert state.components == {}
+
+
+def test_a_served_host_is_refused_as_a_component_word_for_word(state):
+    ok(state.apply(cmd("host_add", host="example.net")))
+    assert state.apply(cmd("component_add", domain="example.net", secret_hash=SECRET)) == \
+        ("error", "conflict", "example.net is a served host")
+
+
+# -- last activity ----------------------------------------------------------------------------
+
+
+def test_a_logout_without_a_status_records_an_empty_one(state):
+    assert ok(state.apply(cmd("last_logout", jid=ALICE))) is True
+    assert state.accounts[ALICE]["last_status"] == ""
+
+
+def test_a_logout_status_may_be_1024_characters_and_no_more(state):
+    assert ok(state.apply(cmd("last_logout", jid=ALICE, status="s" * 1024))) is True
+    assert state.apply(cmd("last_logout", jid=ALICE, status="s" * 1025)) == \
+        ("error", "bad-request", "status must be a string of at most 1024 chars")
+    assert state.accounts[ALICE]["last_status"] == "s" * 1024
