@@ -341,3 +341,83 @@ def test_a_logout_status_may_be_1024_characters_and_no_more(state):
     assert state.apply(cmd("last_logout", jid=ALICE, status="s" * 1025)) == \
         ("error", "bad-request", "status must be a string of at most 1024 chars")
     assert state.accounts[ALICE]["last_status"] == "s" * 1024
+
+
+# -- refusals word for word: condition and the whole text -------------------------------------
+
+WORD_FOR_WORD = [
+    ("block", {"jid": ALICE, "items": []}, "bad-request", "block needs at least one item"),
+    ("block", {"jid": ALICE, "items": "b@x"}, "bad-request", "items must be a list of JIDs"),
+    ("block", {"jid": ALICE, "items": ["b@x", ""]}, "bad-request", "items must be a list of JIDs"),
+    ("set_credentials", {"jid": ALICE, "credentials": {"SCRAM-SHA-1": 1}}, "bad-request",
+     "credentials are not SCRAM keys"),
+    ("vcard_set", {"jid": ALICE, "vcard": 7}, "bad-request", "vcard must be a string"),
+    ("motd_seen", {"jid": ALICE, "version": -1}, "bad-request",
+     "version must be a non-negative integer"),
+    ("motd_set", {"text": "hi", "edit": "yes"}, "bad-request", "edit must be true or false"),
+    ("motd_set", {"text": "t" * 4097}, "bad-request",
+     "text must be a non-empty string of at most 4096 chars"),
+    ("roster_set", {"jid": ALICE, "contact": "b@x", "name": "n" * 1024}, "bad-request",
+     "name must be a string"),
+    ("roster_set", {"jid": ALICE, "contact": "b@x", "name": 7}, "bad-request",
+     "name must be a string"),
+    ("member_set", {"name": "n1", "raft": "r:1", "link": "l:1", "version": 0}, "bad-request",
+     "version must be a positive integer"),
+    ("member_set", {"name": "n1", "raft": "r:1", "link": "l:1", "version": 1_000_001},
+     "bad-request", "version must be a positive integer"),
+    ("member_set", {"name": "n1", "raft": "r:1", "link": "l:1", "version": True},
+     "bad-request", "version must be a positive integer"),
+    ("member_set", {"name": "n1", "raft": "r:1", "link": "l:1", "version": "2"},
+     "bad-request", "version must be a positive integer"),
+    ("offline_remove", {"jid": ALICE, "ids": "1"}, "bad-request",
+     "ids must be a list of message ids"),
+    ("membership_unlock", {"owner": "o" * 257}, "bad-request",
+     "owner must be a non-empty string of at most 256 chars"),
+]
+
+
+@pytest.mark.parametrize(("op", "args", "condition", "text"), WORD_FOR_WORD,
+                         ids=[f"{w[0]}-{i}" for i, w in enumerate(WORD_FOR_WORD)])
+def test_a_bad_command_is_refused_word_for_word(state, op, args, condition, text):
+    before = state.digest()
+    assert state.apply(cmd(op, **args)) == ("error", condition, text)
+    assert state.digest() == before
+
+
+def test_the_extreme_accepted_values_of_the_small_ops(state):
+    ok(state.apply(cmd("member_set", name="n1", raft="r:1", link="l:1", version=1)))
+    ok(state.apply(cmd("member_set", name="n2", raft="r:2", link="l:2", version=1_000_000)))
+    assert state.members["n1"]["version"] == 1 and state.members["n2"]["version"] == 1_000_000
+    assert ok(state.apply(cmd("motd_seen", jid=ALICE, version=0))) is True
+    assert state.accounts[ALICE]["motd_seen"] == 0
+    ok(state.apply(cmd("roster_set", jid=ALICE, contact="b@x", name="n" * 1023)))
+    assert state.rosters[ALICE]["items"]["b@x"]["name"] == "n" * 1023
+    assert ok(state.apply(cmd("motd_set", text="t" * 4096))) == 1
+
+
+def test_a_roster_item_without_groups_or_limit_has_no_groups_and_no_bound(state):
+    for contact in ("b@x", "c@x", "d@x"):
+        ok(state.apply(cmd("roster_set", jid=ALICE, contact=contact, name=None)))
+    assert sorted(state.rosters[ALICE]["items"]) == ["b@x", "c@x", "d@x"]
+    assert state.rosters[ALICE]["items"]["b@x"]["groups"] == []
+
+
+def test_setting_credentials_and_unregistering_say_true(state):
+    assert ok(state.apply(cmd("set_credentials", jid=ALICE,
+                              credentials=credentials.derive("new-pw", 4096)))) is True
+    state.pubsub[ALICE] = {"urn:xmpp:avatar:data": {}}  # the account's PEP service
+    assert ok(state.apply(cmd("unregister", jid=ALICE))) is True
+    assert ALICE not in state.pubsub and ALICE not in state.accounts
+
+
+def test_a_logout_at_the_same_time_as_the_recorded_one_replaces_it(state):
+    assert ok(state.apply(cmd("last_logout", jid=ALICE, ts=T0, status="first"))) is True
+    assert ok(state.apply(cmd("last_logout", jid=ALICE, ts=T0, status="second"))) is True
+    assert state.accounts[ALICE]["last_status"] == "second"
+
+
+def test_the_first_logout_is_recorded_whatever_its_time():
+    fresh = ClusterState()
+    ok(fresh.apply(cmd("register", ts=0.5, jid=ALICE, credentials=CREDS)))
+    assert ok(fresh.apply(cmd("last_logout", ts=0.5, jid=ALICE))) is True
+    assert fresh.accounts[ALICE]["last_logout"] == 0.5

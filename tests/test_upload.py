@@ -273,3 +273,47 @@ def test_uploads_survive_snapshot_and_restore():
     assert restored.uploads == state.uploads and restored.upload_usage == {"a@h": 10}
     assert restored.digest() == state.digest()
     assert restored.apply(_slot_command()) == state.apply(_slot_command())  # dedup kept
+
+
+def _stored_command(command_id: str = "t1", **extra) -> dict:
+    return {"v": 1, "id": command_id, "ts": 101.0, "op": "upload_stored", "jid": "a@h",
+            "slot": SLOT, "sha256": "0" * 64, "holders": ["n1"], **extra}
+
+
+def test_upload_stored_keeps_the_file_expiry_or_none():
+    state = _state()
+    state.apply(_slot_command())
+    assert state.apply(_stored_command(file_expires=900.0)) == ("ok", True)
+    assert state.uploads[SLOT]["file_expires"] == 900.0
+    state.apply(_slot_command("s2", "cd" * 16))
+    assert state.apply(_stored_command("t2", slot="cd" * 16)) == ("ok", True)
+    assert state.uploads["cd" * 16]["file_expires"] is None
+
+
+UPLOAD_STORED_REFUSALS = [
+    ({"sha256": "0" * 63}, "bad-request", "sha256 must be 64 lowercase hex digits"),
+    ({"sha256": "A" * 64}, "bad-request", "sha256 must be 64 lowercase hex digits"),
+    ({"sha256": "X" * 64}, "bad-request", "sha256 must be 64 lowercase hex digits"),
+    ({"sha256": "0" * 65}, "bad-request", "sha256 must be a non-empty string of at most 64 chars"),
+    ({"holders": "n1"}, "bad-request", "holders must be node names"),
+    ({"holders": [1]}, "bad-request", "holders must be node names"),
+    ({"file_expires": "soon"}, "bad-request", "file_expires must be a time or none"),
+    ({"jid": "b@h"}, "item-not-found", f"no upload slot {SLOT} for b@h"),
+]
+
+
+@pytest.mark.parametrize(("extra", "condition", "text"), UPLOAD_STORED_REFUSALS)
+def test_upload_stored_refuses_word_for_word(extra, condition, text):
+    state = _state()
+    state.apply(_slot_command())
+    assert state.apply(_stored_command(**extra)) == ("error", condition, text)
+    assert not state.uploads[SLOT]["stored"]
+
+
+def test_upload_stored_with_another_hash_is_a_conflict_word_for_word():
+    state = _state()
+    state.apply(_slot_command())
+    state.apply(_stored_command())
+    assert state.apply(_stored_command("t2", sha256="1" * 64)) == \
+        ("error", "conflict", "the slot holds another file already")
+    assert state.uploads[SLOT]["sha256"] == "0" * 64
