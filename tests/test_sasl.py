@@ -17,6 +17,7 @@ from cryptography.x509.oid import NameOID
 from scramp import ScramClient
 
 from raftxmpp import credentials
+from raftxmpp.c2s import sasl
 from raftxmpp.c2s.sasl import SaslFailure, SaslServer, offered_mechanisms, tls_server_end_point
 
 DOMAIN = "example.com"
@@ -585,3 +586,29 @@ def test_tls_server_end_point_is_undefined_for_ed25519_certificates():
     der = certificate(ed25519.Ed25519PrivateKey.generate(), None)
     with pytest.raises(ValueError):
         tls_server_end_point(der)
+
+
+# --- the gs2 authzid (RFC 5802 §5.1, §7), read exactly -----------------------------
+
+
+@pytest.mark.parametrize(("field", "authzid"), [
+    ("a=x", "x"),  # one character is a saslname
+    ("a=a=2Cb=3Dc@example.com", "a,b=c@example.com"),  # "=2C" is ",", "=3D" is "="
+    ("a==3D=2C", "=,"),
+])
+def test_a_gs2_authzid_is_unescaped(field, authzid):
+    gs2, bare = sasl._Gs2Header.parse(f"n,{field},n=alice,r=abc")
+    assert (gs2.flag, gs2.authzid, gs2.raw, bare) == ("n", authzid, f"n,{field},", "n=alice,r=abc")
+
+
+@pytest.mark.parametrize("field", ["b=alice", "a=", "a=al=ice"])
+def test_a_bad_gs2_authzid_is_malformed_request_word_for_word(field):
+    with pytest.raises(SaslFailure) as failure:
+        sasl._Gs2Header.parse(f"n,{field},n=alice,r=abc")
+    assert (failure.value.condition, failure.value.text) == ("malformed-request", "bad gs2 authzid")
+
+
+def test_scram_with_a_one_character_authzid_is_invalid_authzid():
+    with pytest.raises(SaslFailure) as failure:
+        scram_with_authzid(sasl_server("SCRAM-SHA-256"), "x")
+    assert failure.value.condition == "invalid-authzid"

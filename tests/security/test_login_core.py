@@ -66,3 +66,18 @@ def test_fake_salts_are_stable_for_one_cluster_secret_and_differ_for_another():
     assert salt(secret) != salt("another-cluster-secret-entirely")
     assert salt(secret) != salt(secret, "ghost2")
     assert len(base64.b64decode(salt(secret))) == 32  # scramp's real salts are 32 bytes
+
+
+def test_the_fake_salt_key_is_rfc_5869_hkdf_sha256_with_its_own_salt_and_label():
+    # HKDF-SHA256(ikm = the secret, salt = b"raftxmpp cluster secret",
+    # info = b"raftxmpp unknown-account SCRAM salt v1", L = 32), computed once with
+    # RFC 5869's two HMAC steps in a script that does not import raftxmpp: every node of
+    # a cluster, whatever its version, must derive the same key.
+    assert sasl.unknown_account_key("a-cluster-secret-of-32-characters").hex() == \
+        "c5142f4f133ebd4b034e62a71811353f06bf2f6b169547df0f1806a964d5c7a7"
+
+
+def test_the_account_of_a_first_message_with_extensions_after_the_nonce():
+    # client-first-message-bare = [reserved-mext ","] username "," nonce ["," extensions]
+    assert sasl.claimed_localpart("SCRAM-SHA-256", b"n,,n=carol,r=abc,x=ext", "localhost") \
+        == "carol"
