@@ -421,3 +421,95 @@ def test_the_first_logout_is_recorded_whatever_its_time():
     ok(fresh.apply(cmd("register", ts=0.5, jid=ALICE, credentials=CREDS)))
     assert ok(fresh.apply(cmd("last_logout", ts=0.5, jid=ALICE))) is True
     assert fresh.accounts[ALICE]["last_logout"] == 0.5
+
+
+MORE_WORD_FOR_WORD = [
+    ("offline_store", {"jid": ALICE, "message_id": "m", "stanza": "<m/>"}, "bad-request",
+     "stanza must be bytes"),
+    ("offline_store", {"jid": ALICE, "message_id": "m" * 257, "stanza": b"<m/>"}, "bad-request",
+     "message_id must be a non-empty string of at most 256 chars"),
+    ("offline_store", {"jid": "nobody@example.com", "message_id": "m", "stanza": b"<m/>"},
+     "item-not-found", "no account nobody@example.com"),
+    ("private_set", {"jid": ALICE, "key": "{urn:x}x", "xml": 7}, "bad-request",
+     "xml must be a string"),
+    ("roster_set", {"jid": ALICE, "contact": "b@x", "groups": "g"}, "bad-request",
+     "groups must be non-empty strings"),
+    ("roster_set", {"jid": ALICE, "contact": "b@x", "groups": ["g", ""]}, "bad-request",
+     "groups must be non-empty strings"),
+    ("roster_subscription", {"jid": ALICE, "contact": "b@x", "event": "in-bogus"}, "bad-request",
+     "unknown subscription event 'in-bogus'"),
+    ("roster_subscription", {"jid": ALICE, "contact": "b@x", "event": "in-subscribe",
+                             "request": "r" * 4097}, "bad-request",
+     "request must be a string of at most 4096 chars"),
+    ("roster_subscription", {"jid": ALICE, "contact": "b@x", "event": "in-subscribe",
+                             "limit": -1}, "bad-request", "limit must be a non-negative integer"),
+    ("roster_subscription", {"jid": ALICE, "contact": "b@x", "event": "in-subscribe",
+                             "limit": "1"}, "bad-request", "limit must be a non-negative integer"),
+    ("membership_lock", {"owner": "n1", "ttl": 0}, "bad-request",
+     "ttl must be from 0 to 600 seconds"),
+]
+
+
+@pytest.mark.parametrize(("op", "args", "condition", "text"), MORE_WORD_FOR_WORD,
+                         ids=[f"{w[0]}-{i}" for i, w in enumerate(MORE_WORD_FOR_WORD)])
+def test_more_bad_commands_are_refused_word_for_word(state, op, args, condition, text):
+    before = state.digest()
+    assert state.apply(cmd(op, **args)) == ("error", condition, text)
+    assert state.digest() == before
+
+
+def test_an_offline_message_keeps_its_id_time_and_bytes_up_to_its_queue_limit(state):
+    assert ok(state.apply(cmd("offline_store", ts=T0 + 1, jid=ALICE, message_id="m" * 256,
+                              stanza=b"<m/>", limit=2))) == 1
+    assert state.offline[ALICE] == [{"id": "m" * 256, "ts": T0 + 1, "stanza": b"<m/>"}]
+    assert ok(state.apply(cmd("offline_store", jid=ALICE, message_id="m2", stanza=b"<n/>"))) == 2
+    assert ok(state.apply(cmd("offline_store", jid=ALICE, message_id="m3", stanza=b"<o/>"))) == 3
+    assert state.apply(cmd("offline_store", jid=ALICE, message_id="m4", stanza=b"<p/>",
+                           limit=3)) == ("error", "resource-constraint", "offline queue is full")
+
+
+def test_a_claim_without_a_time_is_refused_word_for_word(state):
+    # apply() refuses such a command before the op; the op keeps its own guard.
+    with pytest.raises(sm.Rejected) as info:
+        sm.op_offline_claim(state, {"jid": ALICE, "session": "s", "ts": "now"})
+    assert (info.value.condition, info.value.text) == ("bad-request", "ts must be a time")
+
+
+def test_private_xml_is_stored_and_says_true(state):
+    assert ok(state.apply(cmd("private_set", jid=ALICE, key="{urn:x}x", xml="<x/>"))) is True
+    assert state.private[ALICE] == {"{urn:x}x": "<x/>"}
+
+
+def test_a_full_roster_is_refused_word_for_word_and_each_change_bumps_the_version_once(state):
+    first = ok(state.apply(cmd("roster_set", jid=ALICE, contact="b@x", name=None, limit=1)))
+    assert first["ver"] == 1
+    assert state.apply(cmd("roster_set", jid=ALICE, contact="c@x", name=None, limit=1)) == \
+        ("error", "resource-constraint", "roster is full")
+    assert ok(state.apply(cmd("roster_set", jid=ALICE, contact="b@x", name="B", limit=1)))["ver"] == 2
+
+
+def test_subscription_traffic_for_a_missing_account_is_dropped_exactly(state):
+    assert ok(state.apply(cmd("roster_subscription", jid="nobody@example.com", contact="b@x",
+                              event="in-subscribe"))) == \
+        {"changed": False, "item": None, "ver": 0, "action": "drop"}
+
+
+def test_a_waiting_request_keeps_its_text_up_to_the_limits(state):
+    result = ok(state.apply(cmd("roster_subscription", jid=ALICE, contact="b@x",
+                                event="in-subscribe", request="r" * 4096, limit=1)))
+    assert result == {"changed": False, "item": None, "ver": 0, "action": "deliver"}
+    assert state.rosters[ALICE]["pending_in"] == {"b@x": "r" * 4096}
+    assert state.apply(cmd("roster_subscription", jid=ALICE, contact="c@x",
+                           event="in-subscribe", limit=1)) == \
+        ("error", "resource-constraint", "too many subscription requests are waiting")
+    ok(state.apply(cmd("roster_subscription", jid=ALICE, contact="d@x", event="in-subscribe")))
+    assert state.rosters[ALICE]["pending_in"]["d@x"] == ""  # no request, no status: empty
+
+
+def test_a_subscription_step_reports_the_roster_version(state):
+    result = ok(state.apply(cmd("roster_subscription", jid=ALICE, contact="b@x",
+                                event="out-subscribe")))
+    assert result["changed"] is True and result["ver"] == 1 and result["action"] == "deliver"
+    again = ok(state.apply(cmd("roster_subscription", jid=ALICE, contact="b@x",
+                               event="out-subscribe")))
+    assert again == {"changed": False, "item": result["item"], "ver": 1, "action": "deliver"}

@@ -317,3 +317,75 @@ def test_upload_stored_with_another_hash_is_a_conflict_word_for_word():
     assert state.apply(_stored_command("t2", sha256="1" * 64)) == \
         ("error", "conflict", "the slot holds another file already")
     assert state.uploads[SLOT]["sha256"] == "0" * 64
+
+
+def test_upload_slot_records_exactly_what_was_asked():
+    state = _state()
+    slot = {"jid": "a@h", "name": "f.txt", "size": 10, "type": "text/plain", "created": 100.0,
+            "expires": 400.0, "stored": False, "sha256": None, "holders": [],
+            "file_expires": None}
+    assert state.apply(_slot_command()) == ("ok", slot)
+    assert state.uploads[SLOT] == slot
+
+
+def test_upload_slot_extremes_are_accepted():
+    state = _state()
+    assert state.apply(_slot_command(name="n" * 255, type="t" * 255, size=5, quota=0))[0] == "ok"
+    assert state.apply(_slot_command("s2", "cd" * 16, name="a b", size=10, quota=25))[0] == "ok"
+    assert state.apply(_slot_command("s3", "ef" * 16, size=10, quota=25))[0] == "ok"  # 25 of 25
+    assert state.upload_usage["a@h"] == 25
+
+
+UPLOAD_SLOT_REFUSALS = [
+    ({"slot": "ab" * 16 + "c"}, "bad-request", "slot must be a non-empty string of at most 32 chars"),
+    ({"slot": "ab" * 15}, "bad-request", "slot must be 32 lowercase hex digits"),
+    ({"slot": "XX" * 16}, "bad-request", "slot must be 32 lowercase hex digits"),
+    ({"name": "n" * 256}, "bad-request", "name must be a non-empty string of at most 255 chars"),
+    ({"type": "t" * 256}, "bad-request", "type must be a non-empty string of at most 255 chars"),
+    ({"name": "."}, "bad-request", "the file name must not contain / or control characters"),
+    ({"name": ".."}, "bad-request", "the file name must not contain / or control characters"),
+    ({"name": "a\x1fb"}, "bad-request", "the file name must not contain / or control characters"),
+    ({"size": -1}, "bad-request", "size must be a non-negative integer"),
+    ({"max_size": True}, "bad-request", "max_size must be a non-negative integer"),
+    ({"quota": "x"}, "bad-request", "quota must be a non-negative integer"),
+    ({"expires": "soon"}, "bad-request", "expires must be a time"),
+    ({"size": 0}, "not-acceptable", "file too large: at most 100 bytes"),
+    ({"jid": "nobody@h"}, "item-not-found", "no account nobody@h"),
+]
+
+
+@pytest.mark.parametrize(("extra", "condition", "text"), UPLOAD_SLOT_REFUSALS)
+def test_upload_slot_refuses_word_for_word(extra, condition, text):
+    state = _state()
+    assert state.apply(_slot_command(**extra)) == ("error", condition, text)
+    assert state.uploads == {} and state.upload_usage == {}
+
+
+def test_upload_slot_conflict_and_quota_word_for_word():
+    state = _state()
+    state.apply(_slot_command(size=20))
+    assert state.apply(_slot_command("s2")) == ("error", "conflict", "slot id already used")
+    assert state.apply(_slot_command("s3", "cd" * 16, size=6)) == \
+        ("error", "resource-constraint", "upload quota of 25 bytes reached")
+
+
+def test_upload_delete_of_a_stored_file_goes_by_the_file_expiry():
+    state = _state()
+    state.apply(_slot_command())  # the slot expires at 400
+    state.apply(_stored_command(file_expires=900.0))
+    delete = {"v": 1, "id": "d1", "ts": 200.0, "op": "upload_delete", "jid": "a@h",
+              "slot": SLOT, "before": 500.0}
+    assert state.apply(delete) == ("ok", False)
+    assert state.apply({**delete, "id": "d2", "before": "later"}) == ("ok", False)
+    assert state.apply({**delete, "id": "d3", "before": 900.0}) == ("ok", True)  # expired at 900
+
+
+def test_upload_delete_gives_back_exactly_the_slots_size():
+    state = _state()
+    state.apply(_slot_command(size=10))
+    state.apply(_slot_command("s2", "cd" * 16, size=1))
+    delete = {"v": 1, "id": "d1", "ts": 200.0, "op": "upload_delete", "jid": "a@h", "slot": SLOT}
+    assert state.apply(delete) == ("ok", True)
+    assert state.upload_usage == {"a@h": 1}
+    assert state.apply({**delete, "id": "d2", "slot": "cd" * 16}) == ("ok", True)
+    assert state.upload_usage == {}
