@@ -612,3 +612,71 @@ def test_scram_with_a_one_character_authzid_is_invalid_authzid():
     with pytest.raises(SaslFailure) as failure:
         scram_with_authzid(sasl_server("SCRAM-SHA-256"), "x")
     assert failure.value.condition == "invalid-authzid"
+
+
+# --- every failure's condition and text, word for word ------------------------------
+
+
+def _failure(server, first: bytes, then: bytes | None = None) -> tuple[str, str | None]:
+    with pytest.raises(SaslFailure) as failure:
+        server.start(first)
+        if then is not None:
+            server.respond(then)
+    return failure.value.condition, failure.value.text
+
+
+@pytest.mark.parametrize(("mechanism", "channel_binding", "first", "expected"), [
+    ("PLAIN", None, b"\xff\0alice\0pw", ("malformed-request", "PLAIN message is not UTF-8")),
+    ("PLAIN", None, b"alice pw",
+     ("malformed-request", "PLAIN message is not authzid NUL authcid NUL passwd")),
+    ("PLAIN", None, plain("", "alice", "wrong"), ("not-authorized", None)),
+    ("SCRAM-SHA-256", CB, b"p=tls-server-end-point,,n=alice,r=abc",
+     ("malformed-request", "channel binding with a non-PLUS mechanism")),
+    ("SCRAM-SHA-256-PLUS", CB, b"n,,n=alice,r=abc",
+     ("malformed-request", "a -PLUS mechanism without channel binding")),
+    ("SCRAM-SHA-256-PLUS", CB, b"p=tls-unique,,n=alice,r=abc",
+     ("not-authorized", "channel binding type tls-unique unsupported")),
+    ("SCRAM-SHA-256", CB, b"y,,n=alice,r=abc", ("not-authorized", "channel binding was offered")),
+])
+def test_a_failure_says_its_condition_and_text_word_for_word(mechanism, channel_binding, first,
+                                                             expected):
+    assert _failure(sasl_server(mechanism, channel_binding=channel_binding), first) == expected
+
+
+def test_the_order_failures_say_what_was_out_of_order():
+    with pytest.raises(SaslFailure) as failure:
+        sasl_server("PLAIN").respond(b"")
+    assert (failure.value.condition, failure.value.text) == \
+        ("malformed-request", "no authentication in progress")
+    server = sasl_server("PLAIN")
+    server.start(b"")
+    with pytest.raises(SaslFailure) as failure:
+        server.start(b"")
+    assert (failure.value.condition, failure.value.text) == \
+        ("malformed-request", "authentication already started")
+    with pytest.raises(SaslFailure):  # the exchange is over after a failure
+        server.respond(plain("", "alice", PASSWORD))
+
+
+def test_a_scram_proof_that_fails_says_nothing_more_and_a_broken_message_says_why():
+    client = ScramClient(["SCRAM-SHA-256"], "alice", "wrong")
+    server = sasl_server("SCRAM-SHA-256")
+    kind, server_first = server.start(client.get_client_first().encode())
+    client.set_server_first(server_first.decode())
+    with pytest.raises(SaslFailure) as failure:
+        server.respond(client.get_client_final().encode())
+    assert (failure.value.condition, failure.value.text) == ("not-authorized", None)
+    server = sasl_server("SCRAM-SHA-256")
+    server.start(ScramClient(["SCRAM-SHA-256"], "alice", PASSWORD).get_client_first().encode())
+    with pytest.raises(SaslFailure) as failure:
+        server.respond(b"garbage")
+    assert failure.value.condition == "malformed-request"
+    assert failure.value.text  # scramp's own reason, kept for the log
+
+
+def test_a_sasl_failure_reads_as_its_condition_then_its_text():
+    assert str(SaslFailure("aborted")) == "aborted"
+    assert str(SaslFailure("aborted", "by the client")) == "aborted: by the client"
+    assert SaslFailure("aborted", "by the client").text == "by the client"
+    with pytest.raises(ValueError, match="^not an RFC 6120 SASL failure condition: 'nope'$"):
+        SaslFailure("nope")
