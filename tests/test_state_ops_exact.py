@@ -513,3 +513,73 @@ def test_a_subscription_step_reports_the_roster_version(state):
     again = ok(state.apply(cmd("roster_subscription", jid=ALICE, contact="b@x",
                                event="out-subscribe")))
     assert again == {"changed": False, "item": result["item"], "ver": 1, "action": "deliver"}
+
+
+# -- apply's own refusals, the snapshot format and the digest --------------------------------
+
+
+def test_apply_refuses_word_for_word(state):
+    assert state.apply(cmd("no_such_op")) == ("error", "bad-request", "unknown op 'no_such_op'")
+    assert state.apply({**cmd("register", jid=ALICE, credentials=CREDS), "v": 3}) == \
+        ("error", "bad-request", "unsupported command version 3")
+    assert state.apply(cmd("register", jid="bob@example.com", credentials={})) == \
+        ("error", "bad-request", "credentials are not SCRAM keys")
+    assert state.apply(cmd("register", jid=ALICE, credentials=CREDS)) == \
+        ("error", "conflict", f"{ALICE} already exists")
+    assert state.apply(cmd("vcard_set", jid=ALICE)) == \
+        ("error", "bad-request", "malformed vcard_set: KeyError('vcard')")
+
+
+def test_an_op_that_fails_says_which_op_and_how(state, monkeypatch):
+    def broken(state, command):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(sm.OPS, "test_broken", broken)
+    assert state.apply(cmd("test_broken")) == \
+        ("error", "internal-server-error", "test_broken failed: RuntimeError('boom')")
+
+
+def test_a_rejection_reads_as_its_text_or_else_its_condition():
+    assert str(sm.Rejected("conflict", "taken")) == "taken"
+    assert str(sm.Rejected("conflict")) == "conflict" and sm.Rejected("conflict").text == ""
+    assert sm.error("conflict") == ("error", "conflict", "")
+
+
+# The snapshot's table names are a durable format: a node restores snapshots other
+# versions wrote (DESIGN.md, rolling upgrades), so they are pinned here.
+TABLES = ["version", "hosts", "accounts", "rosters", "offline", "vcards", "private",
+          "blocklists", "components", "members", "membership_lock", "pubsub", "pubsub_items",
+          "muc_rooms", "motd", "uploads", "upload_usage", "archive_prefs"]
+
+
+def test_a_snapshot_holds_exactly_these_tables_and_the_bookkeeping(state):
+    assert sorted(state.snapshot()) == sorted([*TABLES, "archive", "dedup", "applied", "clock"])
+    assert state.snapshot()["version"] == 1
+
+
+def test_a_snapshot_of_another_version_is_refused_word_for_word(state):
+    with pytest.raises(ValueError, match=r"^snapshot version 2 is not 1$"):
+        ClusterState().restore({**state.snapshot(), "version": 2})
+
+
+def test_a_snapshot_from_before_the_clock_keeps_its_results_without_expiry(state):
+    old = {k: v for k, v in state.snapshot().items() if k not in ("clock", "pubsub", "muc_rooms")}
+    restored = ClusterState()
+    restored.restore(old)
+    assert restored.clock == 0.0 and restored.pubsub == {} and restored.muc_rooms == {}
+    assert {v[0] for v in restored.dedup.values()} == {0.0}
+
+
+def test_the_digest_sees_every_change_and_not_the_order_things_were_added_in():
+    one, two = ClusterState(), ClusterState()
+    assert one.digest() == two.digest()
+    one.hosts.update({"a.example", "b.example"})
+    two.hosts.update({"b.example", "a.example"})
+    one.vcards.update({"a@x": "<a/>", "b@x": "<b/>"})
+    two.vcards.update({"b@x": "<b/>", "a@x": "<a/>"})
+    assert one.digest() == two.digest()
+    two.vcards["a@x"] = "<changed/>"
+    assert one.digest() != two.digest()
+    two.vcards["a@x"] = "<a/>"
+    two.components["c.example"] = {"secret_hash": b"\x00" * 16}  # bytes are hashed as hex
+    assert one.digest() != two.digest()
