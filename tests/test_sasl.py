@@ -680,3 +680,46 @@ def test_a_sasl_failure_reads_as_its_condition_then_its_text():
     assert SaslFailure("aborted", "by the client").text == "by the client"
     with pytest.raises(ValueError, match="^not an RFC 6120 SASL failure condition: 'nope'$"):
         SaslFailure("nope")
+
+
+@pytest.mark.parametrize(("client_first", "text"), [
+    ("n", "no gs2 header"),
+    ("n,n=alice", "no gs2 header"),
+    ("xyz,,n=alice,r=abc", "bad gs2-cbind-flag"),
+    ("p=,,n=alice,r=abc", "bad gs2-cbind-flag"),
+])
+def test_a_bad_gs2_header_is_malformed_request_word_for_word(client_first, text):
+    with pytest.raises(SaslFailure) as failure:
+        sasl._Gs2Header.parse(client_first)
+    assert (failure.value.condition, failure.value.text) == ("malformed-request", text)
+
+
+def test_a_one_character_channel_binding_name_is_read():
+    gs2, _ = sasl._Gs2Header.parse("p=x,,n=alice,r=abc")
+    assert (gs2.flag, gs2.cb_name, gs2.authzid) == ("p", "x", "")
+
+
+def test_a_scram_message_that_is_not_utf8_says_so():
+    assert _failure(sasl_server("SCRAM-SHA-256"), b"n,,n=al\xffice,r=abc") == \
+        ("malformed-request", "SCRAM message is not UTF-8")
+
+
+@pytest.mark.parametrize(("mechanism", "channel_binding", "message"), [
+    ("SCRAM-SHA-256-PLUS", ("tls-server-end-point", b""),
+     "^channel binding data must be non-empty bytes$"),
+    ("SCRAM-SHA-256-PLUS", ("tls-server-end-point", "not bytes"),
+     "^channel binding data must be non-empty bytes$"),
+    ("SCRAM-SHA-256-PLUS", None, "^SCRAM-SHA-256-PLUS needs channel binding data$"),
+])
+def test_a_server_built_with_bad_channel_binding_data_says_why(mechanism, channel_binding,
+                                                               message):
+    offered = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
+    with pytest.raises(ValueError, match=message):
+        SaslServer(mechanism, DOMAIN, ACCOUNTS.get, offered, channel_binding=channel_binding)
+
+
+def test_tls_server_end_point_says_why_it_is_undefined_for_ed25519():
+    der = certificate(ed25519.Ed25519PrivateKey.generate(), None)
+    with pytest.raises(ValueError, match="^tls-server-end-point is undefined for a signature "
+                                         r"algorithm without a single hash function \(1\.3\.101\.112\)$"):
+        tls_server_end_point(der)
