@@ -278,7 +278,8 @@ def test_a_feature_modules_refusal_becomes_a_rejection(wrap, refused_by, text):
         op(None, {})
     assert (info.value.condition, info.value.text) == ("conflict", text)
     assert info.value.__cause__ is None and info.value.__suppress_context__
-    assert wrap(_op_a)(None, {}) == "a"
+    assert wrap(lambda state, command: (state, command))("the state", {"op": "x"}) == \
+        ("the state", {"op": "x"})
 
 
 # -- components: what is stored, every refusal word for word -----------------------------
@@ -583,3 +584,7 @@ def test_the_digest_sees_every_change_and_not_the_order_things_were_added_in():
     two.vcards["a@x"] = "<a/>"
     two.components["c.example"] = {"secret_hash": b"\x00" * 16}  # bytes are hashed as hex
     assert one.digest() != two.digest()
+
+
+def test_an_account_records_its_keys_and_when_it_was_created(state):
+    assert state.accounts[ALICE] == {"credentials": CREDS, "created": T0}

@@ -334,6 +334,7 @@ def test_upload_slot_extremes_are_accepted():
     assert state.apply(_slot_command("s2", "cd" * 16, name="a b", size=10, quota=25))[0] == "ok"
     assert state.apply(_slot_command("s3", "ef" * 16, size=10, quota=25))[0] == "ok"  # 25 of 25
     assert state.upload_usage["a@h"] == 25
+    assert state.apply(_slot_command("s4", "01" * 16, size=100, quota=0))[0] == "ok"  # = max_size
 
 
 UPLOAD_SLOT_REFUSALS = [
