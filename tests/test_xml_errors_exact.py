@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from lxml import etree
 
-from raftxmpp.xml.errors import StanzaError, error_reply
+from raftxmpp.xml.errors import StanzaError, StreamError, error_reply
 from raftxmpp.xml.stanza import serialize
 
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -61,3 +61,23 @@ def test_the_reply_keeps_the_payload_without_the_original_whitespace():
         b'<message to="a@x/r" from="b@x" type="error" id="m">'
         b'<body>hi</body><thread>t</thread><error type="cancel">'
         b'<service-unavailable xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></error></message>')
+
+
+def test_a_stream_error_reads_as_its_condition_then_its_text():
+    assert str(StreamError("reset")) == "reset"
+    assert str(StreamError("reset", "the stream restarts")) == "reset: the stream restarts"
+    with pytest.raises(ValueError, match="^unknown stream error condition 'nope'$"):
+        StreamError("nope")
+
+
+def test_answering_an_error_with_an_error_is_refused_word_for_word():
+    stanza = etree.fromstring("<message xmlns='jabber:client' type='error'/>")
+    with pytest.raises(ValueError,
+                       match="^refusing to answer an error or result stanza with an error$"):
+        error_reply(stanza, StanzaError("bad-request"))
+
+
+def test_the_payload_copied_into_an_error_reply_has_no_tail_at_all():
+    stanza = etree.fromstring("<iq xmlns='jabber:client' type='get' id='1'>\n  <query/>\n</iq>")
+    reply = error_reply(stanza, StanzaError("item-not-found"))
+    assert [child.tail for child in reply] == [None, None]
