@@ -588,3 +588,66 @@ def test_the_digest_sees_every_change_and_not_the_order_things_were_added_in():
 
 def test_an_account_records_its_keys_and_when_it_was_created(state):
     assert state.accounts[ALICE] == {"credentials": CREDS, "created": T0}
+
+
+def tick(state, ts: float) -> str:
+    command = {**cmd("tick", ts=ts), "v": 2}
+    ok(state.apply(command))
+    return command["id"]
+
+
+def test_apply_refuses_commands_without_id_or_time_word_for_word(state):
+    assert state.apply({"op": "host_add", "ts": T0}) == ("error", "bad-request", "command without id")
+    assert state.apply({**cmd("host_add", host="h"), "id": 5}) == \
+        ("error", "bad-request", "command without id")
+    assert state.apply({**cmd("host_add", host="h"), "ts": None}) == \
+        ("error", "bad-request", "command without a time")
+
+
+def test_a_command_exactly_at_the_edge_of_the_window_applies_and_past_it_says_how_far(state):
+    tick(state, T0)
+    assert ok(state.apply(cmd("host_add", ts=T0 - 30, host="a.example"))) is True
+    assert ok(state.apply(cmd("host_add", ts=T0 + 30, host="b.example"))) is True
+    assert state.apply(cmd("host_add", ts=T0 - 30.5, host="c.example")) == \
+        ("error", "remote-server-timeout", "command expired: 30.5s behind the cluster clock")
+    assert state.apply(cmd("host_add", ts=T0 + 31, host="c.example")) == \
+        ("error", "remote-server-timeout", "command expired: 31.0s ahead of the cluster clock")
+
+
+def test_each_applied_command_counts_once():
+    fresh = ClusterState()
+    assert fresh.applied == 0
+    fresh.apply(cmd("host_add", host="a.example"))
+    assert fresh.applied == 1
+    fresh.apply(cmd("host_add", host="a.example"))
+    assert fresh.applied == 2
+
+
+def test_a_text_field_is_at_most_3071_characters_by_default(state):
+    assert ok(state.apply(cmd("vcard_set", jid=ALICE, vcard="<v/>"))) is True
+    assert state.apply(cmd("register", jid="j" * 3072, credentials=CREDS)) == \
+        ("error", "bad-request", "jid must be a non-empty string of at most 3071 chars")
+    assert ok(state.apply(cmd("register", jid="j" * 3071, credentials=CREDS))) is True
+
+
+def test_without_a_clock_the_dedup_table_forgets_the_oldest_first(state, monkeypatch):
+    monkeypatch.setattr(sm, "DEDUP_CAPACITY", 2)
+    ids = []
+    for host in ("a.example", "b.example", "c.example"):
+        command = cmd("host_add", host=host)
+        state.apply(command)
+        ids.append(command["id"])
+    assert list(state.dedup) == ids[1:]
+
+
+def test_with_a_clock_the_dedup_table_keeps_an_id_until_the_clock_passes_its_time():
+    state = ClusterState()
+    first = tick(state, T0)  # remembered until T0 + 90
+    a = cmd("host_add", ts=T0, host="a.example")
+    b = cmd("host_add", ts=T0 + 1, host="b.example")  # until T0 + 91
+    state.apply(a)
+    state.apply(b)
+    last = tick(state, T0 + 90)  # T0 + 90 is not past T0 + 90: everything stays
+    assert list(state.dedup) == [first, a["id"], b["id"], last]
+    latest = tick(state, T0 + 90.5)
+    assert list(state.dedup) == [b["id"], last, latest]
