@@ -723,3 +723,9 @@ def test_tls_server_end_point_says_why_it_is_undefined_for_ed25519():
     with pytest.raises(ValueError, match="^tls-server-end-point is undefined for a signature "
                                          r"algorithm without a single hash function \(1\.3\.101\.112\)$"):
         tls_server_end_point(der)
+
+
+def test_scram_with_an_authzid_on_a_server_that_could_bind_but_was_not_asked_to():
+    server = sasl_server("SCRAM-SHA-256", channel_binding=CB)  # -PLUS offered, "n" flag used
+    kind, _ = scram_with_authzid(server, "alice@example.com")
+    assert kind == "success" and server.username == "alice"

@@ -651,3 +651,17 @@ def test_with_a_clock_the_dedup_table_keeps_an_id_until_the_clock_passes_its_tim
     assert list(state.dedup) == [first, a["id"], b["id"], last]
     latest = tick(state, T0 + 90.5)
     assert list(state.dedup) == [b["id"], last, latest]
+
+
+def test_a_command_whose_version_is_a_boolean_is_refused(state):
+    assert state.apply({**cmd("host_add", host="h.example"), "v": True}) == \
+        ("error", "bad-request", "unsupported command version True")
+
+
+def test_a_snapshot_restores_its_pubsub_and_muc_tables(state):
+    state.pubsub[ALICE] = {"urn:xmpp:avatar:data": {"config": {}}}
+    state.muc_rooms["room@muc.example.com"] = {"config": {}, "affiliations": {}}
+    restored = ClusterState()
+    restored.restore(state.snapshot())
+    assert restored.pubsub == {ALICE: {"urn:xmpp:avatar:data": {"config": {}}}}
+    assert restored.muc_rooms == {"room@muc.example.com": {"config": {}, "affiliations": {}}}

@@ -81,3 +81,13 @@ def test_the_account_of_a_first_message_with_extensions_after_the_nonce():
     # client-first-message-bare = [reserved-mext ","] username "," nonce ["," extensions]
     assert sasl.claimed_localpart("SCRAM-SHA-256", b"n,,n=carol,r=abc,x=ext", "localhost") \
         == "carol"
+
+
+def test_names_that_are_no_localpart_of_this_domain_get_fake_salts_of_their_own():
+    def salt(user: str) -> bytes:
+        server = sasl.SaslServer("SCRAM-SHA-256", "localhost", lambda _: None,
+                                 ["SCRAM-SHA-256"], unknown_user_key=b"k" * 32)
+        _, first = server.start(f"n,,n={user},r=abc".encode())
+        return dict(p.split("=", 1) for p in first.decode().split(","))["s"].encode()
+
+    assert salt("ghost@elsewhere") != salt("other@elsewhere")
