@@ -161,10 +161,6 @@ def holder_stream(node, full_jid: str) -> str | None:
     return None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open bug (issue 16, chaos/RESULTS.md): b1 waits in node3's link queue for the dead "
-    "node1; when node1 restarts it gets b1 before gossip has given it the session table, "
-    "re-routes it as if alice had no session, and it never reaches her session on node3"))
 def test_killing_the_node_of_an_attached_receiver_loses_nothing_acknowledged(tmp_path, tls):
     """Found by `python -m chaos.sm_workload --seed 18 --kill-every 10 --trace` (chaos/RESULTS.md):
     alice's phone is attached on node1 when node1 is killed -9; bob (on node3) writes to
@@ -172,7 +168,9 @@ def test_killing_the_node_of_an_attached_receiver_loses_nothing_acknowledged(tmp
     queued on the link to node1) and after gossip declared node1 dead (b2); the server
     acknowledges both. alice's resumption on node3 fails, she binds a new session there
     with initial presence, node1 comes back: both must reach her. (With her new session
-    on node2 instead, both do.)"""
+    on node2 instead, both did.) b1 used to wait in node3's link queue for node1's next
+    incarnation, which got it before gossip gave it any session table and lost it; now
+    node3 routes it again itself once gossip declares node1 dead."""
     cluster = Cluster(tmp_path, 3, tls_extra(tls)).start()
     try:
         cluster.leader()

@@ -53,6 +53,7 @@ class Gossip:
         self.links = links
         self.on_change = on_change
         self.on_message = on_message  # other message types (e.g. session kicks)
+        self.on_dead: Callable[[str], None] = lambda node: None  # after its entries are purged
         self.incarnation = time.time_ns()
         self.version = 0
         self.heartbeat = 0
@@ -217,6 +218,7 @@ class Gossip:
                 self.dead[node] = (view.incarnation, view.heartbeat)
                 for key, old in view.items.items():
                     self.on_change(node, key, old, None)
+                self.on_dead(node)
 
     # -- lookups by key (owner-written entries: BOSH sessions, web endpoints) ----------------------------
 

@@ -232,6 +232,24 @@ class Links:
     def send_stanza(self, peer_name: str, target: str, data: bytes, hops: int = 0) -> bool:
         return self.send(peer_name, STANZA, bytes([hops]) + target.encode() + b"\0" + data)
 
+    def take_stanzas(self, peer_name: str, wanted: Callable[[bytes], bool]) -> list[bytes]:
+        """Removes the stanza frames still queued for `peer_name` whose payload `wanted`
+        accepts and returns their payloads, in order (for a peer that died: they would
+        otherwise wait for its next incarnation, which does not know their sessions)."""
+        peer = self.peers.get(peer_name)
+        if peer is None:
+            return []
+        kept, taken = [], []
+        for data in peer.queue:
+            if data[4:5] == STANZA and wanted(data[5:]):
+                taken.append(data[5:])
+            else:
+                kept.append(data)
+        if taken:
+            peer.queue = kept
+            peer.queued_bytes = sum(map(len, kept))
+        return taken
+
     def connected(self, peer_name: str) -> bool:
         peer = self.peers.get(peer_name)
         return peer is not None and peer.connected

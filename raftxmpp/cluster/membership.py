@@ -63,6 +63,7 @@ class ClusterMembership:
         self.gossip = Gossip(self.name, self.links, self._on_gossip_change,
                              self._on_gossip_message)
         node.router.sessions.attach(self.gossip, self.links)
+        self.gossip.on_dead = self._on_peer_dead
         # Gossip entries owned by other parts, by key prefix (the login throttle's "f:").
         self.gossip_handlers: dict[str, Callable[[str, str, Any, Any], None]] = {}
         # s2s streams: "o:" outgoing stream holders, "i:" incoming streams.
@@ -134,6 +135,23 @@ class ClusterMembership:
                 self.rpc.handle(peer, kind, payload)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("bad %r frame from %s: %r", kind, peer, exc)
+
+    def _on_peer_dead(self, peer: str) -> None:
+        """Stanzas still queued on the link to a node gossip declared dead are routed again
+        here, where the session table is complete: left in the queue, they would reach the
+        node's next incarnation before it knows where anyone's session is, and a message
+        already acknowledged to its sender was lost that way (chaos/RESULTS.md, issue 16)."""
+        payloads = self.links.take_stanzas(peer, _for_a_session)
+        if payloads and self._nursery is not None:
+            self._nursery.start_soon(self._route_again, peer, payloads)
+
+    async def _route_again(self, peer: str, payloads: list[bytes]) -> None:
+        log.info("%d stanzas queued for %s (declared dead) routed again here", len(payloads), peer)
+        for payload in payloads:
+            try:
+                await self.node.router.deliver_from_link(payload)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("stanza queued for %s not routed again: %r", peer, exc)
 
     def _on_gossip_change(self, node: str, key: str, old: Any, new: Any) -> None:
         """Routes a gossip entry change to its owner by key prefix: s: sessions, c: components."""
@@ -350,3 +368,12 @@ def remembered_peers(data_dir: Path) -> list[str] | None:
     except (OSError, ValueError):
         return None
     return [str(p) for p in peers] if isinstance(peers, list) else None
+
+
+def _for_a_session(payload: bytes) -> bool:
+    """A link stanza for a client session ("full JID \\x01 bind time"), not for a component
+    instance or a server-to-server stream, which only their own node can serve."""
+    target = payload[1:].partition(b"\0")[0]
+    # routing.sessions.SESSION_SEPARATOR, routing.components/s2s.LINK_TARGET, as literals
+    # so that cluster/ does not import routing/
+    return b"\x01" in target and not target.startswith((b"component:", b"s2s:"))
