@@ -184,6 +184,11 @@ def test_stanza_measured_exactly_at_the_limit_is_accepted_one_byte_more_is_not()
     [event] = framer.feed(fed[10:])
     assert isinstance(event, StanzaReceived)
     assert event.size == limit
+    assert event.element.tag == "{jabber:client}message"
+    assert event.element[0].text == "x" * 946
+    # After a measured stanza, the next one's share starts from nothing.
+    [ping] = framer.feed(b"<presence/>")
+    assert ping.size == len(b"<presence/>")
     framer = StreamFramer(max_stanza_size=limit - 1)
     framer.feed(HEADER + fed[:10])
     assert error(framer, fed[10:]) == ("policy-violation", "stanza over 999 bytes")
@@ -262,3 +267,48 @@ def test_a_failed_framer_repeats_its_condition() -> None:
     framer = opened(max_depth=1)
     assert error(framer, b"<message><a>") == ("policy-violation", "stanza nested too deeply")
     assert error(framer, b"</a></message>") == ("policy-violation", "stream already failed")
+
+
+def test_the_root_must_be_stream_stream_word_for_word() -> None:
+    # RFC 6120 §4.9.3.10: a root other than <stream/> in the streams namespace.
+    assert error(StreamFramer(), b"<message xmlns='jabber:client'>") == (
+        "invalid-namespace",
+        "the root must be <stream:stream/>",
+    )
+
+
+def test_a_foreign_content_namespace_names_the_listeners() -> None:
+    data = HEADER.replace(b"jabber:client", b"jabber:server")
+    assert error(StreamFramer(), data) == (
+        "invalid-namespace",
+        "content namespace must be jabber:client",
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"), [(b"<!-- c -->", "comment"), (b"<?target data?>", "pi")]
+)
+def test_comments_and_pis_name_themselves(data: bytes, kind: str) -> None:
+    # RFC 6120 §11.1: no comments, no processing instructions.
+    assert error(opened(), data) == ("restricted-xml", f"no {kind} allowed (RFC 6120 §11.1)")
+
+
+def test_a_parser_error_after_a_warning_carries_the_errors_own_message() -> None:
+    # A relative namespace URI is only a libxml2 warning (vcard-temp, XEP-0054); the
+    # later undeclared entity (XML 1.0 §4.1 WFC: Entity Declared) is the error reported.
+    framer = opened()
+    assert len(framer.feed(b"<iq type='get' id='v'><vCard xmlns='vcard-temp'/></iq>")) == 1
+    condition, text = error(framer, b"<message><body>&nosuch;</body></message>")
+    assert condition == "restricted-xml"
+    assert text is not None and "nosuch" in text and "vcard-temp" not in text
+
+
+def test_a_feed_of_many_slices_frames_every_stanza_once() -> None:
+    # max_stanza_size 100 cuts one feed into slices of at most 101 bytes; 10 stanzas of
+    # 31 bytes are 310 bytes, four slices or more.
+    framer = opened(max_stanza_size=100)
+    stanzas = [f"<message id='{i:02}'><b/></message>".encode() for i in range(10)]
+    assert {len(stanza) for stanza in stanzas} == {31}
+    events = framer.feed(b"".join(stanzas))
+    assert [event.element.get("id") for event in events] == [f"{i:02}" for i in range(10)]
+    assert framer.feed(b"</stream:stream>") != []
