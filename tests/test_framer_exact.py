@@ -312,3 +312,26 @@ def test_a_feed_of_many_slices_frames_every_stanza_once() -> None:
     events = framer.feed(b"".join(stanzas))
     assert [event.element.get("id") for event in events] == [f"{i:02}" for i in range(10)]
     assert framer.feed(b"</stream:stream>") != []
+
+
+def test_a_stanza_comes_out_without_the_whitespace_that_followed_it() -> None:
+    framer = opened()
+    first, second = framer.feed(b"<presence/>\n <presence/>\n")
+    assert first.element.tail is None
+    assert second.element.tail is None
+
+
+def test_the_parser_decodes_utf8_whatever_an_unread_declaration_says() -> None:
+    # RFC 6120 §11.6: UTF-8 only. A declaration too long to be read (over 256 bytes)
+    # names ISO-8859-1, but U+00E9 arrives as its UTF-8 bytes C3 A9 and stays U+00E9.
+    declaration = b"<?xml version='1.0'" + b" " * 300 + b"encoding='ISO-8859-1'?>"
+    framer = StreamFramer()
+    framer.feed(declaration + HEADER)
+    [event] = framer.feed(b"<message><body>\xc3\xa9</body></message>")
+    assert event.element[0].text == "\u00e9"
+
+
+def test_whitespace_inside_a_stanza_counts_against_the_stanza_not_the_idle_limit() -> None:
+    framer = opened(max_stanza_size=100, max_idle_whitespace=1000)
+    assert framer.feed(b"<message>") == []
+    assert error(framer, b" " * 2000) == ("policy-violation", "stanza over 100 bytes")
