@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from raftxmpp.xml import framer as framer_module
 from raftxmpp.xml.errors import StreamError
 from raftxmpp.xml.framer import StanzaReceived, StreamFramer, StreamOpened
 from raftxmpp.xml.ns import CLIENT
@@ -335,3 +336,55 @@ def test_whitespace_inside_a_stanza_counts_against_the_stanza_not_the_idle_limit
     framer = opened(max_stanza_size=100, max_idle_whitespace=1000)
     assert framer.feed(b"<message>") == []
     assert error(framer, b" " * 2000) == ("policy-violation", "stanza over 100 bytes")
+
+
+class _CountingParser:
+    """The framer's parser, recording how many bytes each feed hands to libxml2."""
+
+    fed: list[int] = []
+
+    def __init__(self) -> None:
+        self._parser = _REAL_NEW_PARSER()
+
+    def feed(self, data: bytes) -> None:
+        _CountingParser.fed.append(len(data))
+        self._parser.feed(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._parser, name)
+
+
+_REAL_NEW_PARSER = framer_module._new_parser
+
+
+@pytest.mark.parametrize("rest", [b"x" * 485, b""])
+def test_libxml2_gets_at_most_one_byte_past_what_the_stanza_may_still_grow(
+    monkeypatch, rest: bytes
+) -> None:
+    # Module docstring: input is handed over "never more than one byte past what the
+    # stanza in progress may still grow". Limit 1000, 515 bytes counted: 1000 - 515 + 1
+    # = 486 bytes, then refused; with 1000 counted (485 more), 1 byte, then refused.
+    monkeypatch.setattr(framer_module, "_new_parser", _CountingParser)
+    _CountingParser.fed = []
+    framer = opened(max_stanza_size=1000)
+    start = b"<message><body>" + b"x" * 500
+    assert len(start) == 515
+    assert framer.feed(start) == []
+    if rest:
+        assert framer.feed(rest) == []
+    assert error(framer, b"x" * 5000) == ("policy-violation", "stanza over 1000 bytes")
+    expected = [len(HEADER), 515, 485, 1] if rest else [len(HEADER), 515, 486]
+    assert _CountingParser.fed == expected
+
+
+def test_a_stream_header_gets_the_same_byte_budget(monkeypatch) -> None:
+    # The header is bounded like a stanza (max_stanza_size): 515 bytes fed, then
+    # 1000 - 515 + 1 = 486 more, and refused.
+    monkeypatch.setattr(framer_module, "_new_parser", _CountingParser)
+    _CountingParser.fed = []
+    framer = StreamFramer(max_stanza_size=1000)
+    start = b"<stream:stream xmlns='jabber:client' to='" + b"a" * 474
+    assert len(start) == 515
+    assert framer.feed(start) == []
+    assert error(framer, b"a" * 5000) == ("policy-violation", "stream header over 1000 bytes")
+    assert _CountingParser.fed == [515, 486]
