@@ -388,3 +388,17 @@ def test_a_stream_header_gets_the_same_byte_budget(monkeypatch) -> None:
     assert framer.feed(start) == []
     assert error(framer, b"a" * 5000) == ("policy-violation", "stream header over 1000 bytes")
     assert _CountingParser.fed == [515, 486]
+
+
+def test_whitespace_before_the_header_is_free_up_to_4096_bytes(monkeypatch) -> None:
+    # XML 1.0 §2.8 allows whitespace (Misc) before the root. Up to _BLANK_SLACK (4096)
+    # unproven whitespace bytes count nothing: the stanza budget afterwards is whole
+    # (1000 - 515 + 1 = 486 bytes handed over, then refused).
+    monkeypatch.setattr(framer_module, "_new_parser", _CountingParser)
+    framer = StreamFramer(max_stanza_size=1000)
+    assert framer.feed(b" " * 4096) == []
+    assert framer.feed(HEADER) == [StreamOpened({"version": "1.0"}, CLIENT)]
+    _CountingParser.fed = []
+    assert framer.feed(b"<message><body>" + b"x" * 500) == []
+    assert error(framer, b"x" * 5000) == ("policy-violation", "stanza over 1000 bytes")
+    assert _CountingParser.fed == [515, 486]
