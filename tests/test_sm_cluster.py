@@ -10,7 +10,6 @@ import urllib.request
 
 import pytest
 
-from tests.harness import Cluster, wait_for
 from tests.im_nodes import start_cluster, tls_extra
 from tests.test_cluster_xmpp import account, client
 from tests.test_sm_clients import lose_connection, reconnect
@@ -110,12 +109,9 @@ def test_killing_the_holder_of_a_detached_session_loses_nothing_acknowledged(tmp
     connection, and bob writes to it while it is detached; node1 is killed -9. alice's
     resumption on node2 fails cleanly, and her new session finds every message: what she
     sent reached bob, what bob sent her (parked in offline storage) reaches her, once."""
-    cluster = Cluster(tmp_path, 3, tls_extra(tls)).start()
+    cluster = start_cluster(tmp_path, tls_extra(tls))
     try:
-        cluster.leader()
         node1, node2, node3 = cluster.nodes
-        wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3 for n in cluster.nodes),
-                 20, "gossip")
         alice_jid, bob_jid = account(node2, "smk-alice"), account(node3, "smk-bob")
 
         async def scenario():
@@ -171,12 +167,9 @@ def test_killing_the_node_of_an_attached_receiver_loses_nothing_acknowledged(tmp
     on node2 instead, both did.) b1 used to wait in node3's link queue for node1's next
     incarnation, which got it before gossip gave it any session table and lost it; now
     node3 routes it again itself once gossip declares node1 dead."""
-    cluster = Cluster(tmp_path, 3, tls_extra(tls)).start()
+    cluster = start_cluster(tmp_path, tls_extra(tls))
     try:
-        cluster.leader()
         node1, node2, node3 = cluster.nodes
-        wait_for(lambda: all(len(n.admin("node.status")["gossip"]) == 3 for n in cluster.nodes),
-                 20, "gossip")
         alice_jid, bob_jid = account(node2, "sma-alice"), account(node3, "sma-bob")
 
         async def scenario():
@@ -190,7 +183,8 @@ def test_killing_the_node_of_an_attached_receiver_loses_nothing_acknowledged(tmp
             node1.kill()
             bob.send_message(f"{alice_jid}/phone", "b1", mtype="chat")
             await all_acked(bob)
-            await asyncio.sleep(3)  # past gossip's DEAD_AFTER: node1's entries are purged
+            await poll(lambda: "node1" not in node3.admin("node.status")["gossip"], 15,
+                       "node3's gossip to declare node1 dead (its entries purged)")
             bob.send_message(f"{alice_jid}/phone", "b2", mtype="chat")
             await all_acked(bob)
             started = asyncio.get_running_loop().create_future()
