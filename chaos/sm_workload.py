@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TextIO
 
 from lxml import etree
 
@@ -106,13 +107,13 @@ class SmConnection(xmpp.Connection):
 
 
 class Stats:
-    def __init__(self, trace: Path | None = None) -> None:
+    def __init__(self, trace: TextIO | None = None) -> None:
         self.events: Counter[str] = Counter()
         self.acked: dict[str, set[str]] = {}
         self.received: dict[str, Counter[str]] = {}
         # What happened when, for finding out why a message was lost (--trace FILE):
         # sends and acks, receiver sessions and what they got, kills and restarts.
-        self._trace = open(trace, "w") if trace is not None else None  # noqa: SIM115
+        self._trace = trace
         self._t0 = time.monotonic()
 
     def trace(self, ev: str, **fields) -> None:
@@ -243,9 +244,8 @@ class Receiver:
 
 
 class SmRun:
-    def __init__(self, args: argparse.Namespace, cluster: Cluster) -> None:
-        self.args, self.cluster = args, cluster
-        self.stats = Stats()
+    def __init__(self, args: argparse.Namespace, cluster: Cluster, stats: Stats) -> None:
+        self.args, self.cluster, self.stats = args, cluster, stats
         self.tls = ssl.create_default_context()
         self.tls.check_hostname = False
         self.tls.verify_mode = ssl.CERT_NONE  # the nodes' self-signed certificates, loopback
@@ -284,8 +284,14 @@ class SmRun:
 
 
 async def main_async(args: argparse.Namespace, cluster: Cluster) -> dict:
-    run = SmRun(args, cluster)
-    run.stats = Stats(args.trace)
+    if args.trace is None:
+        return await _workload(args, cluster, Stats())
+    with open(args.trace, "w") as trace:
+        return await _workload(args, cluster, Stats(trace))
+
+
+async def _workload(args: argparse.Namespace, cluster: Cluster, stats: Stats) -> dict:
+    run = SmRun(args, cluster, stats)
     senders, receivers = [], []
     for i in range(args.pairs):
         for name in (f"sms{i}", f"smr{i}"):

@@ -141,7 +141,7 @@ class ClusterMembership:
         here, where the session table is complete: left in the queue, they would reach the
         node's next incarnation before it knows where anyone's session is, and a message
         already acknowledged to its sender was lost that way (chaos/RESULTS.md, issue 16)."""
-        payloads = self.links.take_stanzas(peer, _for_a_session)
+        payloads = self.links.take_stanzas(peer, self.node.router.for_a_session)
         if payloads and self._nursery is not None:
             self._nursery.start_soon(self._route_again, peer, payloads)
 
@@ -369,11 +369,3 @@ def remembered_peers(data_dir: Path) -> list[str] | None:
         return None
     return [str(p) for p in peers] if isinstance(peers, list) else None
 
-
-def _for_a_session(payload: bytes) -> bool:
-    """A link stanza for a client session ("full JID \\x01 bind time"), not for a component
-    instance or a server-to-server stream, which only their own node can serve."""
-    target = payload[1:].partition(b"\0")[0]
-    # routing.sessions.SESSION_SEPARATOR, routing.components/s2s.LINK_TARGET, as literals
-    # so that cluster/ does not import routing/
-    return b"\x01" in target and not target.startswith((b"component:", b"s2s:"))

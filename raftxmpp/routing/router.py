@@ -224,6 +224,15 @@ class Router:
         else:
             await self.s2s.route(stanza, target, sender)
 
+    @staticmethod
+    def for_a_session(payload: bytes) -> bool:
+        """A link stanza for a client session ("full JID \x01 bind time"), which any node
+        can route again; a component instance or a server-to-server stream only its own
+        node can serve."""
+        target = payload[1:].partition(b"\0")[0].decode(errors="replace")
+        return SESSION_SEPARATOR in target and not target.startswith(
+            (COMPONENT_LINK_TARGET, S2S_LINK_TARGET))
+
     async def deliver_from_link(self, payload: bytes) -> None:
         """A stanza another node routed to a session (or component instance) it believes
         is ours."""
