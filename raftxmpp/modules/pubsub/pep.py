@@ -10,11 +10,13 @@ event concerns; publish notifications by the node that handled the publish (noti
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 from lxml import etree
 
 from raftxmpp.cluster import roster_states
+from raftxmpp.cluster.raft import RaftUnavailable
 from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.modules.pubsub import caps, node_config, notify, protocol
 from raftxmpp.modules.pubsub.context import Pubsub
@@ -48,7 +50,7 @@ def setup(ctx: Pubsub) -> None:
             router.register_iq("account", kind, namespace, partial(handle, ctx))
     _wrap(router, ("account", "get", ns.DISCO_INFO), partial(account_info, ctx))
     _wrap(router, ("account", "get", ns.DISCO_ITEMS), partial(account_items, ctx))
-    ctx.caps.interest_handlers.append(partial(send_last_items, ctx))
+    ctx.caps.interest_handlers.append(partial(on_new_interest, ctx))
     router.add_hook("client-presence", partial(on_client_presence, ctx))
     router.add_hook("session-closed", partial(on_session_closed, ctx))
     router.sessions.on_remote_change.append(partial(on_remote_change, ctx))
@@ -122,6 +124,21 @@ def disco_items(ctx: Pubsub, owner: str, requester: str, node: str | None) -> et
 # -- the last published items (XEP-0163 §4.3.3) -------------------------------------------------------
 
 
+def on_new_interest(ctx: Pubsub, session: LocalSession, namespaces: frozenset[str]) -> None:
+    ctx.router.spawn(send_last_items_when_fresh, ctx, session, namespaces)
+
+
+async def send_last_items_when_fresh(ctx: Pubsub, session: LocalSession,
+                                     namespaces: frozenset[str]) -> None:
+    """An item acknowledged through another node a moment ago may not be applied here
+    yet: the last items are read after a linearizable read point (or, with no quorum,
+    from what this node holds)."""
+    with contextlib.suppress(RaftUnavailable):
+        await ctx.store.fresh()
+    if session.closing is None:
+        send_last_items(ctx, session, namespaces)
+
+
 def send_last_items(ctx: Pubsub, session: Session, namespaces: frozenset[str]) -> int:
     """The last item of each node, among the accounts whose presence `session` receives
     (its own included), that it may read and asks for (+notify in `namespaces`)."""
@@ -167,6 +184,8 @@ async def on_client_presence(ctx: Pubsub, stanza: etree._Element, session: Local
         except InvalidJID:
             return
         if _served(ctx, contact):
+            with contextlib.suppress(RaftUnavailable):
+                await ctx.store.fresh()  # the approver's items, published through any node
             for target in ctx.router.sessions.available(contact):
                 namespaces = ctx.caps.namespaces(target.full_jid)
                 if namespaces:
