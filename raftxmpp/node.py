@@ -16,6 +16,7 @@ import os
 import signal
 import stat
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,13 @@ class Node:
         self.certificate_files: tuple[Path, Path] | None = None
 
     # -- queries used by the admin API and the XMPP layer ------------------------------------
+
+    def start_soon(self, fn: Callable[..., Awaitable[None]], *args: Any) -> bool:
+        """Runs a background task in the node's nursery; False before the node runs."""
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(fn, *args)
+        return True
 
     def served_hosts(self) -> frozenset[str]:
         """Configured hosts and replicated ones; recomputed only when a host op applies,

@@ -48,6 +48,9 @@ class _NodeWithoutSessions:
     def served_hosts(self) -> set[str]:
         return {"localhost"}
 
+    def start_soon(self, fn, *args) -> bool:
+        return False  # not running: no background tasks
+
 
 async def test_a_roster_push_forwarded_to_a_session_that_left_is_dropped_quietly(tmp_path):
     """Found by `python -m chaos run` (kill_random): roster pushes queued on a node link

@@ -311,6 +311,11 @@ class Store(PubsubStore, MucStore, ArchiveStoreOps):  # pubsub_store, muc_store,
     def components(self) -> dict[str, dict]:
         return self._read(lambda s: copy.deepcopy(s.components))
 
+    def component(self, domain: str) -> dict | None:
+        """One component's committed record; records are replaced whole, never changed
+        in place, so it is read without a copy (the router asks for every stanza)."""
+        return self._read(lambda s: s.components.get(domain))
+
     async def digest(self) -> str:
         """The state's digest, computed off the apply lock (RaftNode.read_frozen)."""
         return await self.raft.read_frozen(ClusterState.digest)

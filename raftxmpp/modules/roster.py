@@ -55,7 +55,7 @@ async def get_roster(request: IqRequest) -> etree._Element | None:
     if request.sender is not None and not request.sender.roster_requested:
         request.sender.roster_requested = True
         request.router.sessions.publish(request.sender)
-    await request.router.node.raft.fresh()  # never a stale roster from a cut-off node
+    await request.router.store.fresh()  # never a stale roster from a cut-off node
     roster = request.router.store.roster(owner)
     if request.payload.get("ver") == str(roster["ver"]):
         return None  # unchanged since the client's copy (XEP-0237 §5.2)

@@ -171,8 +171,8 @@ class ComponentManager:
     def registration(self, domain: str) -> dict | None:
         """The committed record of a component domain; records are replaced whole, never
         changed in place, so it is read without a copy."""
-        raft = self.router.node.raft
-        return None if raft is None else raft.read(lambda s: s.components.get(domain))
+        store = self.router.store
+        return None if store is None else store.component(domain)
 
     def serves(self, domain: str) -> bool:
         return self.registration(domain) is not None
@@ -358,12 +358,10 @@ class ComponentManager:
     # -- cluster plumbing -------------------------------------------------------------------------------
 
     def _gossip(self):
-        cluster = self.router.node.cluster
-        return cluster.gossip if cluster is not None else None
+        return self.router.sessions.gossip  # attached by the cluster membership
 
     def _links(self):
-        cluster = self.router.node.cluster
-        return cluster.links if cluster is not None else None
+        return self.router.sessions.links
 
 
 def _sender(stanza: etree._Element) -> JID | None:

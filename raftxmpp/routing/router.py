@@ -13,7 +13,7 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lxml import etree
 
@@ -30,7 +30,8 @@ from raftxmpp.routing.sessions import SESSION_SEPARATOR, LocalSession, SessionMa
 from raftxmpp.xml.errors import StanzaError, can_reply_with_error, error_reply
 
 if TYPE_CHECKING:
-    from raftxmpp.node import Node
+    from raftxmpp.cluster.store import Store
+    from raftxmpp.config import Config
 
 log = logging.getLogger("raftxmpp.router")
 
@@ -83,8 +84,20 @@ Hook = Callable[..., Awaitable[None]]
 ServiceHandler = Callable[[etree._Element, JID, "LocalSession | None"], Awaitable[None]]
 
 
+class Host(Protocol):
+    """What the router needs of the node that runs it (raftxmpp.node.Node): modules reach
+    the node only through the router's API, never the node itself."""
+
+    config: Config
+    store: Store | None
+
+    def served_hosts(self) -> frozenset[str]: ...
+
+    def start_soon(self, fn: Callable[..., Awaitable[None]], *args: Any) -> bool: ...
+
+
 class Router:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Host) -> None:
         self.node = node
         self.config = node.config
         self.sessions = SessionManager(node.config.node.name)
@@ -160,11 +173,7 @@ class Router:
     def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> bool:
         """Runs a module's background task in the node's nursery; False when the node is
         not running (then the task is not started)."""
-        nursery = getattr(self.node, "_nursery", None)
-        if nursery is None:
-            return False
-        nursery.start_soon(fn, *args)
-        return True
+        return self.node.start_soon(fn, *args)
 
     def add_hook(self, name: str, hook: Hook) -> None:
         self.hooks.setdefault(name, []).append(hook)
