@@ -136,14 +136,16 @@ def count_stanzas_out(chunks: Iterable[bytes]) -> None:
 ROUTED = HotFamily(
     "raftxmpp_routed",
     "Stanzas to accounts of this cluster by where they went: a session on this node (local), "
-    "a session on another node (remote), offline storage (offline), or an error reply (error).",
-    "outcome", ("local", "remote", "offline", "error"))
+    "a session on another node (remote), offline storage (offline), an error reply (error), "
+    "or nowhere (dropped: the hop limit between nodes was reached or the node link refused it).",
+    "outcome", ("local", "remote", "offline", "error", "dropped"))
 # The router counts errors (Router.bounce); the session manager, which makes the
 # choice, counts the other three where it delivers, forwards or stores a stanza.
 ROUTED_LOCAL = ROUTED.labels("local")
 ROUTED_REMOTE = ROUTED.labels("remote")
 ROUTED_OFFLINE = ROUTED.labels("offline")
 ROUTED_ERROR = ROUTED.labels("error")
+ROUTED_DROPPED = ROUTED.labels("dropped")
 
 # -- s2s (raftxmpp.routing.s2s) ---------------------------------------------------------------
 

@@ -193,10 +193,13 @@ class RemoteSession:
 
     def send(self, data: bytes) -> None:
         hops = link_hops.get()
-        metrics.ROUTED_REMOTE.inc()
         target = f"{self.full_jid}{SESSION_SEPARATOR}{self.created!r}"
-        if hops >= MAX_HOPS or not self.links.send_stanza(self.node, target, data, hops):
-            log.debug("stanza for %s on %s not forwarded (hops %d)", self.full_jid, self.node, hops)
+        if hops < MAX_HOPS and self.links.send_stanza(self.node, target, data, hops):
+            metrics.ROUTED_REMOTE.inc()
+            return
+        # A loop between session tables that disagree, or a full link (counted there too).
+        metrics.ROUTED_DROPPED.inc()
+        log.warning("stanza for %s on %s not forwarded (hops %d)", self.full_jid, self.node, hops)
 
     def send_stanza(self, stanza: etree._Element) -> None:
         self.send(serialize(stanza))
