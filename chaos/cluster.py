@@ -29,6 +29,7 @@ from raftxmpp.admin.client import AdminClientError, call
 
 RAFT_PORT, LINK_PORT, C2S_TLS_PORT = 5270, 5271, 5223
 DOMAIN = "localhost"
+CAUGHT_UP = 50  # Raft entries a node may still have to apply and count as healthy
 
 
 class ChaosNode:
@@ -239,7 +240,9 @@ class ChaosCluster:
         raise RuntimeError(f"the nodes did not agree on a leader within {timeout}s")
 
     def healthy(self) -> bool:
-        """Every node runs, agrees on one leader that has a quorum, and sees every peer.
+        """Every node runs, agrees on one leader that has a quorum, sees every peer and has
+        applied about what the leader committed (a replaced node thousands of entries
+        behind is not ready for the next fault: it would be hit while still catching up).
 
         A node that exited on its own is recorded as a crash (with its log's tail) and
         started again, so that one crash does not end the run."""
@@ -259,7 +262,8 @@ class ChaosCluster:
             status = leader.raft_status()
             if not status.get("has_quorum") or not all(status.get("members", {}).values()):
                 return False
-            return all(len(n.admin("node.status", timeout=3).get("gossip", {})) == len(self.nodes)
-                       for n in self.nodes)
+            statuses = [n.admin("node.status", timeout=3) for n in self.nodes]
+            return all(len(s.get("gossip", {})) == len(self.nodes)
+                       and s.get("raft", {}).get("lag", 0) <= CAUGHT_UP for s in statuses)
         except (AdminClientError, OSError):
             return False
