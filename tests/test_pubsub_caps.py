@@ -7,7 +7,9 @@ from types import SimpleNamespace
 
 from lxml import etree
 
+from raftxmpp.jid import JID
 from raftxmpp.modules.pubsub import caps
+from raftxmpp.routing.sessions import LocalSession
 from raftxmpp.xml import ns
 
 SIMPLE = f"""<query xmlns='{ns.DISCO_INFO}' node='http://code.google.com/p/exodus#QgayPKawpkPSDYmwT/WM94uAlu0='>
@@ -106,3 +108,37 @@ def test_a_session_with_unknown_caps_wants_nothing_yet():
     cache.session_keys["bob@x/phone"] = "sha-1:unknown="
     assert cache.namespaces("bob@x/phone") is None
     assert not cache.wants("bob@x/phone", "urn:a")
+
+
+def _presence_with_caps(ver: str) -> etree._Element:
+    return etree.fromstring(f"<presence xmlns='jabber:client'><c xmlns='{ns.CAPS}' "
+                            f"hash='sha-1' node='http://example.org/client' ver='{ver}'/></presence>")
+
+
+def _queries(session) -> list[etree._Element]:
+    return [etree.fromstring(chunk) for chunk in session.outbox]
+
+
+def test_a_caps_query_answered_with_an_error_is_asked_again_at_the_next_presence():
+    """A client that could not answer (its disco info not set up yet) is asked again when
+    it sends the same caps again, instead of being taken to want nothing for good."""
+    session = LocalSession(jid=JID.parse("frank@localhost/phone"))
+    router = SimpleNamespace(iq_callbacks={}, sessions=SimpleNamespace(
+        gossip=None, local_session=lambda jid: session if str(jid) == session.full_jid else None))
+    cache = caps.Caps(router)
+    cache.local_presence(session, _presence_with_caps("QgayPKawpkPSDYmwT/WM94uAlu0="))
+    first = _queries(session)[-1]
+    error = etree.fromstring(f"<iq xmlns='jabber:client' type='error' id='{first.get('id')}' "
+                             f"from='{session.full_jid}'/>")
+    router.iq_callbacks.pop(first.get("id"))(error)
+    assert cache.namespaces(session.full_jid) == frozenset()
+    cache.local_presence(session, _presence_with_caps("QgayPKawpkPSDYmwT/WM94uAlu0="))
+    second = _queries(session)[-1]
+    assert second.get("id") != first.get("id") and second.get("id") in router.iq_callbacks
+    answer = etree.fromstring(f"<iq xmlns='jabber:client' type='result' id='{second.get('id')}' "
+                              f"from='{session.full_jid}'>{SIMPLE}</iq>")
+    router.iq_callbacks.pop(second.get("id"))(answer)
+    assert cache.namespaces(session.full_jid) == frozenset()  # SIMPLE asks for no +notify
+    assert "sha-1:QgayPKawpkPSDYmwT/WM94uAlu0=" in cache.by_key  # verified, remembered
+    cache.local_presence(session, _presence_with_caps("QgayPKawpkPSDYmwT/WM94uAlu0="))
+    assert len(session.outbox) == 2  # answered: the same caps are not asked for again

@@ -147,6 +147,9 @@ class Caps:
         self.session_own: dict[str, frozenset[str]] = {}
         # Outstanding queries: IQ id → (full JID, key, (hash, node, ver)).
         self.pending: OrderedDict[str, tuple[str, str, tuple[str, str, str]]] = OrderedDict()
+        # Sessions here whose query got an error: their next presence asks again, even
+        # with the same caps (a client may answer once it has set up its disco info).
+        self.unanswered: set[str] = set()
         self.gossiped: OrderedDict[str, None] = OrderedDict()
         self.interest_handlers: list[InterestHandler] = []
 
@@ -183,8 +186,10 @@ class Caps:
         before = self.namespaces(session.full_jid) or frozenset()
         initial = session.full_jid not in self.session_keys
         key = cache_key(caps) if caps else NO_CAPS
-        if not initial and key == self.session_keys[session.full_jid]:
+        if not initial and key == self.session_keys[session.full_jid] and \
+                session.full_jid not in self.unanswered:
             return
+        self.unanswered.discard(session.full_jid)
         self.session_own.pop(session.full_jid, None)
         self.session_keys[session.full_jid] = key
         if caps is None:
@@ -225,6 +230,7 @@ class Caps:
         if stanza.get("type") != "result" or query is None:
             metrics.PUBSUB_CAPS.labels("failed").inc()
             namespaces = frozenset()
+            self.unanswered.add(full_jid)
         else:
             namespaces = notify_namespaces(query)
             if caps[0] and verification_hash(query, caps[0]) == caps[2] \
@@ -256,6 +262,7 @@ class Caps:
     def forget(self, full_jid: str) -> None:
         self.session_keys.pop(full_jid, None)
         self.session_own.pop(full_jid, None)
+        self.unanswered.discard(full_jid)
 
     # -- sessions on other nodes ---------------------------------------------------------------------
 
