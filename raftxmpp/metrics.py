@@ -60,6 +60,9 @@ class HotCount:
     def dec(self, amount: int = 1) -> None:
         self.value -= amount
 
+    def set(self, value: int) -> None:
+        self.value = value
+
 
 class HotFamily:
     """A counter or gauge with one label, all of whose children exist from import on."""
@@ -280,6 +283,18 @@ SM_UNACKED = HotFamily(
 SM_DETACHED = HotFamily(
     "raftxmpp_sm_detached_sessions", "Detached stream-management sessions held on this node.",
     "state", ("detached",), kind="gauge")
+SM_CUSTODY = HotFamily(
+    "raftxmpp_sm_custody",
+    "Copies of client messages in custody (an ack waits until they are safe) sent to "
+    "another node, by event: sent (with a token), settled (that node reported it safe), "
+    "rerouted (that node died or restarted: routed again here), expired (unsettled too "
+    "long: routed again), stored (no link took it: offline storage), overflow (the "
+    "custody table was full: acknowledged when handed to the link).", "event",
+    ("sent", "settled", "rerouted", "expired", "stored", "overflow"))
+SM_CUSTODY_PENDING = HotFamily(
+    "raftxmpp_sm_custody_pending",
+    "Copies of messages in custody on other nodes that this node keeps until settled, "
+    "and their bytes.", "measure", ("copies", "bytes"), kind="gauge")
 
 # -- message archive (raftxmpp.modules.mam) ---------------------------------------------------------
 
@@ -300,7 +315,7 @@ C2S_PING_TIMEOUTS = C2S_EVENTS.labels("timeout")
 HOT_FAMILIES = (CONNECTIONS, STANZAS_IN_TOTAL, STANZAS_OUT_TOTAL, ROUTED,
                 S2S_FORWARDED_TOTAL, S2S_STREAM_FAILURES_TOTAL, S2S_BOUNCED,
                 PUBSUB_REQUESTS, PUBSUB_NOTIFICATIONS, PUBSUB_CAPS, LOGINS, SM_RESUMPTIONS,
-                SM_SESSIONS, SM_UNACKED, SM_DETACHED, C2S_EVENTS,
+                SM_SESSIONS, SM_UNACKED, SM_DETACHED, SM_CUSTODY, SM_CUSTODY_PENDING, C2S_EVENTS,
                 ARCHIVE_ROWS, ARCHIVE_QUERIES, MUC_MESSAGES, MUC_OCCUPANTS)
 
 

@@ -9,6 +9,9 @@ import contextlib
 import urllib.request
 
 import pytest
+from slixmpp.plugins.xep_0198.stanza import Ack
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from tests.im_nodes import start_cluster, tls_extra
 from tests.test_cluster_xmpp import account, client
@@ -199,6 +202,102 @@ def test_killing_the_node_of_an_attached_receiver_loses_nothing_acknowledged(tmp
                 for _ in range(2):
                     got.append((await alice.next_message(timeout=20))["body"])
             assert sorted(got) == ["b1", "b2"]
+            await alice.stop()
+            await bob.stop()
+
+        run(scenario(), timeout=150)
+    finally:
+        cluster.kill_all()
+
+
+def acks_seen(c) -> list[int]:
+    """Every <a h/> the server sends `c` from now on, in order."""
+    seen: list[int] = []
+    c.register_handler(Callback("Test Ack Watch", MatchXPath(Ack.tag_name()),
+                                lambda ack: seen.append(int(ack["h"])), instream=True))
+    return seen
+
+
+def bodies_acked(c) -> list[str]:
+    """The bodies of `c`'s messages the server's acks covered, from now on."""
+    acked: list[str] = []
+    c.add_event_handler("stanza_acked", lambda s: acked.append(s["body"])
+                        if getattr(s, "name", None) == "message" else None)
+    return acked
+
+
+def test_an_ack_covers_a_message_on_another_node_once_its_recipient_acked(cluster, tls):
+    """Custody (issue 16): bob's message to alice's phone on another node is covered by
+    bob's ack once alice's client acknowledged it (node1 reports it settled to node3)."""
+    node1, _, node3 = cluster.nodes
+    alice_jid, bob_jid = account(node1, "smc-alice"), account(node3, "smc-bob")
+
+    async def scenario():
+        alice = sm_client(node1, tls, alice_jid, "phone")
+        bob = sm_client(node3, tls, bob_jid, "desk")
+        acked = bodies_acked(bob)
+        assert await alice.start() and await bob.start()
+        await asyncio.wait_for(alice.events["sm_enabled"].get(), TIMEOUT)
+        await asyncio.wait_for(bob.events["sm_enabled"].get(), TIMEOUT)
+        await poll(lambda: holder(node3, f"{alice_jid}/phone") == "node1", 15,
+                   "node3 to see alice on node1")
+        bob.send_message(f"{alice_jid}/phone", "across", mtype="chat")
+        assert (await alice.next_message())["body"] == "across"
+        await all_acked(bob)  # alice's plugin answers node1's <r/>; node1 tells node3
+        assert acked == ["across"]
+        await alice.stop()
+        await bob.stop()
+
+    run(scenario(), timeout=120)
+
+
+def test_killing_the_node_of_a_receiver_that_had_not_acked_loses_nothing_acknowledged(
+        tmp_path, tls):
+    """Custody (issue 16), the receiving node's death: bob (node3) writes to alice's phone
+    (node1, stream management, her client has not acknowledged it). bob's ack does not
+    cover the message: node1 could die with it. node1 is killed -9; once gossip declares
+    it dead, node3 routes bob's message again (alice has no session left: offline
+    storage), bob gets an unsolicited <a/> covering it, and alice's next session gets it."""
+    cluster = start_cluster(tmp_path, tls_extra(tls))
+    try:
+        node1, node2, node3 = cluster.nodes
+        alice_jid, bob_jid = account(node2, "smn-alice"), account(node3, "smn-bob")
+
+        async def scenario():
+            alice = sm_client(node1, tls, alice_jid, "phone")
+            alice.remove_handler("Stream Management Request Ack")  # she never acks
+            bob = sm_client(node3, tls, bob_jid, "desk")
+            assert await alice.start() and await bob.start()
+            await asyncio.wait_for(alice.events["sm_enabled"].get(), TIMEOUT)
+            await asyncio.wait_for(bob.events["sm_enabled"].get(), TIMEOUT)
+            await all_acked(bob)
+            await poll(lambda: holder(node3, f"{alice_jid}/phone") == "node1", 15,
+                       "node3 to see alice on node1")
+            acks, acked = acks_seen(bob), bodies_acked(bob)
+            bob.send_message(f"{alice_jid}/phone", "in flight", mtype="chat")
+            assert (await alice.next_message())["body"] == "in flight"
+            bob.plugin["xep_0198"].request_ack()
+            deadline = asyncio.get_running_loop().time() + TIMEOUT
+            while not acks:
+                assert asyncio.get_running_loop().time() < deadline, "no <a/> for bob's <r/>"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            assert acked == [], "acknowledged while only node1 had it"
+            node1.kill()
+            await poll(lambda: "node1" not in node3.admin("node.status")["gossip"], 15,
+                       "node3's gossip to declare node1 dead")
+            deadline = asyncio.get_running_loop().time() + 20
+            while acked != ["in flight"]:  # unsolicited: bob sends no <r/> now
+                assert asyncio.get_running_loop().time() < deadline, \
+                    "bob's ack never covered the message"
+                await asyncio.sleep(0.1)
+            started = asyncio.get_running_loop().create_future()
+            alice.add_event_handler("session_start", lambda _: started.done()
+                                    or started.set_result(True))
+            assert await reconnect(alice, node2.c2s_port) == "failed"
+            await asyncio.wait_for(started, TIMEOUT * 2)
+            alice.send_presence()
+            assert (await alice.next_message(timeout=20))["body"] == "in flight"
             await alice.stop()
             await bob.stop()
 

@@ -276,3 +276,58 @@ async def test_a_detached_session_that_times_out_sends_its_messages_offline(node
 def _jid(text: str):
     from raftxmpp.jid import JID
     return JID.parse(text)
+
+
+# -- custody: the sender's ack covers a message once it is safe (issue 16) ---------------------
+
+
+async def test_the_senders_ack_follows_the_recipients_ack_on_the_same_node(node):
+    """bob (stream management) writes to alice's phone (stream management, not acking
+    yet): bob's <r/> gets an h that does not cover the message, since alice's node could
+    still die with it; when alice acks it, bob gets an unsolicited <a/> that does."""
+    alice, _ = await enabled(node, "alice", "phone")
+    await alice.send(b"<presence/>")
+    bob, _ = await enabled(node, "bob", "desk")
+    await bob.send(b"<message to='alice@localhost/phone' type='chat' id='c1'>"
+                   b"<body>kept</body></message>")
+    await alice.until(b"kept</body></message>")
+    await acked(bob, 0)  # handled, not settled: alice has not acknowledged it
+    await alice.send(b"<a xmlns='urn:xmpp:sm:3' h='2'/>")  # her presence echo and the message
+    await bob.until(b"<a xmlns='urn:xmpp:sm:3' h=")
+    assert await bob.until(b"/>") == b"'1'/>"  # unsolicited (XEP-0198 §4), no <r/> sent
+    await acked(bob, 1)
+
+
+async def test_what_is_not_worth_keeping_settles_when_handled(node):
+    """Presence, IQs and bodiless messages keep the old meaning of an ack: handled."""
+    await enabled(node, "alice", "phone")
+    bob, _ = await enabled(node, "bob", "desk")
+    await bob.send(b"<message to='alice@localhost/phone' type='chat' id='s1'>"
+                   b"<active xmlns='http://jabber.org/protocol/chatstates'/></message>")
+    await bob.send(PING % b"p1")
+    await bob.until(b'id="p1"')
+    await acked(bob, 2)
+
+
+async def test_a_message_to_a_session_without_stream_management_settles_when_queued(node):
+    alice = await authenticated(node, "alice", "plain")
+    await alice.send(b"<presence/>")
+    bob, _ = await enabled(node, "bob", "desk")
+    await bob.send(b"<message to='alice@localhost/plain' type='chat' id='c2'>"
+                   b"<body>plain</body></message>")
+    await acked(bob, 1)
+
+
+async def test_a_recipient_that_detaches_without_acking_settles_by_parking(node):
+    """alice's phone loses its connection with bob's message unacknowledged: parked in
+    offline storage (committed), so bob's ack covers it then."""
+    alice, _ = await enabled(node, "alice", "phone")
+    await alice.send(b"<presence/>")
+    bob, _ = await enabled(node, "bob", "desk")
+    await bob.send(b"<message to='alice@localhost/phone' type='chat' id='c3'>"
+                   b"<body>parked</body></message>")
+    await alice.until(b"parked</body></message>")
+    await acked(bob, 0)
+    await alice.stream.aclose()  # abrupt: the session detaches, its unacked queue is parked
+    await bob.until(b"<a xmlns='urn:xmpp:sm:3' h=", timeout=15)
+    assert await bob.until(b"/>") == b"'1'/>"

@@ -49,7 +49,7 @@ from raftxmpp.c2s.stream import (
 from raftxmpp.c2s.transport import ClientTransport, ConnectionClosed, TCPTransport
 from raftxmpp.cluster.raft import RaftUnavailable
 from raftxmpp.jid import JID, InvalidJID
-from raftxmpp.routing.sessions import LocalSession
+from raftxmpp.routing.sessions import LocalSession, custody
 from raftxmpp.xml import ns
 from raftxmpp.xml.errors import StanzaError, StreamError, can_reply_with_error, error_reply
 from raftxmpp.xml.framer import StanzaReceived, StreamFramer
@@ -210,17 +210,30 @@ class C2SConnection:
         if self.node.config.c2s.ping_interval > 0:
             self._nursery.start_soon(self._keepalive, session)
         route = self.router.route_from_client
+        table = self.router.custody
         events, self._leftover = self._leftover, []
         handled = 0
         while True:
             for event in events:
                 for action in self.core.receive(event):
                     if isinstance(action, Stanza):
-                        metrics.STANZAS_IN[action.element.tag].inc()
-                        await route(action.element, session)
-                        if session.sm is not None:
-                            # Routed (or committed, or answered): what an ack promises.
-                            session.sm.handled_one()
+                        element = action.element
+                        metrics.STANZAS_IN[element.tag].inc()
+                        if session.sm is None:
+                            await route(element, session)
+                        else:
+                            # What an ack promises: handled, and a message worth keeping
+                            # settled (raftxmpp.c2s.sm); the reading never waits for that.
+                            record = table.start(element)
+                            if record is None:
+                                await route(element, session)
+                            else:
+                                token = custody.set((record, element, table))
+                                try:
+                                    await route(element, session)
+                                finally:
+                                    custody.reset(token)
+                            session.sm.handled_one(record)
                         handled += 1
                         if handled % STANZAS_PER_TURN == 0:
                             # One read may hold thousands of stanzas: every other client
@@ -328,6 +341,8 @@ class C2SConnection:
                 return  # a resumption on another connection took the session over
             metrics.count_stanzas_out(session.outbox)
             nonzas, session.nonzas = session.nonzas, []
+            if session.sm is not None and session.sm.ack_due:
+                nonzas.append(session.sm.answer())  # more of the client's stanzas settled
             chunks = session.take_chunks()
             if session.csi is not None:
                 chunks = session.csi.take(chunks)  # an inactive client is spared some
@@ -360,13 +375,15 @@ class C2SConnection:
 
     def _count_out(self, session: LocalSession, chunks: list[bytes]) -> list[bytes]:
         """XEP-0198 §4: stanzas join the unacked queue as they are written; an <r/>
-        follows every `ack_every` of them."""
+        follows every `ack_every` of them, and any message whose sender waits (custody)."""
         cfg = self.node.config.stream_management
         state = session.sm
         state.wrote(chunks)
         if cfg.max_unacked and len(state.unacked) > cfg.max_unacked:
             session.close(StreamError("resource-constraint", "too many unacknowledged stanzas"))
-        if state.should_request(cfg.ack_every):
+        if state.should_request(cfg.ack_every) or (
+                not state.request_pending and any(type(c) is sm.Held for c in chunks)):
+            # A message in custody: its sender's ack waits for this client's, so ask now.
             return [*chunks, state.requested()]
         return chunks
 
@@ -544,6 +561,7 @@ class C2SConnection:
             state.id = self.router.resumption.new_id(session.full_jid)
             state.timeout = _resume_timeout(element.get("max"), cfg.resume_timeout)
         session.sm = state
+        state.on_ack_due = session.wakeup_writer
         session.send_nonza(sm.enabled(state, int(state.timeout), cfg.location))
         if state.resumable:
             self.router.sessions.publish(session)
@@ -606,7 +624,8 @@ class C2SConnection:
         session.detached_at = None
         if old is not None:
             old.taken_over()  # a half-open connection the client gave up on
-        session.nonzas = [sm.resumed(previd, state.handled)]
+        state.on_ack_due = session.wakeup_writer
+        session.nonzas = [sm.resumed(previd, state.restart_inbound())]
         session.release_held()
         session.csi = None  # a new connection starts active (XEP-0352 §5)
         session.outbox[:0] = again

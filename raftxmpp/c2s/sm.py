@@ -5,16 +5,20 @@ wrote; it answers with the bytes of <a/>, <r/>, <enabled/>, <resumed/>, <failed/
 knows no socket, no clock and no session table, so the counting rules (§4, 32-bit
 wrap-around, "handled-count-too-high") are tested without a network.
 
-What `h` means here, which is what the server promises a client when it acks:
-an inbound stanza counts as handled once the router has finished with it — written
-to the recipient's session queue on this node, handed to the node link for a session
-on another node, committed through Raft (offline storage), or answered with an error.
-The README's "Stream management" section states the guarantee in full.
+What `h` means here, which is what the server promises a client when it acks
+("custody", issue 16): `handled` counts the client's stanzas the router has finished
+with, but the `h` we report is the number of leading stanzas that are *settled*. A
+message worth keeping (chat or normal with a body) routed to sessions with stream
+management carries a `Custody` record: it settles once every copy is acknowledged by
+the recipient's client, committed through Raft (offline storage, parking), written to
+a session without stream management, or bounced with an error. Everything else settles
+as soon as it is handled. The README's "Stream management" section states the guarantee.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lxml import etree
@@ -58,6 +62,57 @@ def parse_h(element: etree._Element) -> int:
     return int(text)
 
 
+class Custody:
+    """One client message on its way to sessions with stream management: `pending`
+    counts the copies (and routings) not yet settled; at zero `on_settled` runs, once.
+
+    Whoever routes it holds one count while routing (so it cannot settle half-way),
+    each queued copy holds one (a `Held` chunk), each copy sent to another node holds
+    one (raftxmpp.modules.stream_management.CustodyTable)."""
+
+    __slots__ = ("pending", "on_settled")
+
+    def __init__(self, on_settled: Callable[[], None] | None = None) -> None:
+        self.pending = 1  # the routing that created it
+        self.on_settled = on_settled
+
+    def hold(self) -> None:
+        self.pending += 1
+
+    def release(self) -> None:
+        self.pending -= 1
+        if self.pending == 0 and self.on_settled is not None:
+            callback, self.on_settled = self.on_settled, None
+            callback()
+
+    @property
+    def settled(self) -> bool:
+        return self.pending <= 0
+
+
+class Held(bytes):
+    """A queued copy of a message in custody: the bytes written to the client, and the
+    record its settlement releases (once: `settle` forgets it)."""
+
+    def __new__(cls, data: bytes, custody: Custody) -> Held:
+        chunk = super().__new__(cls, data)
+        custody.hold()
+        chunk.custody = custody
+        return chunk
+
+
+def settle(chunk: bytes) -> None:
+    """The copy is safe (acknowledged by its client, committed, bounced, moved on)."""
+    custody = getattr(chunk, "custody", None)
+    if custody is not None:
+        chunk.custody = None
+        custody.release()
+
+
+def in_custody(chunk: bytes) -> Custody | None:
+    return getattr(chunk, "custody", None)
+
+
 @dataclass(eq=False)
 class StreamManagement:
     """One session's counters. `handled` counts the client's stanzas we handled;
@@ -74,15 +129,59 @@ class StreamManagement:
     # While detached, unacked messages are also committed to offline storage (so a dead
     # holder loses none): their sequence numbers → offline message ids.
     parked: dict[int, str] = field(default_factory=dict)
+    # Inbound stanzas handled but not settled, oldest first: (sequence number, custody).
+    unsettled: deque[tuple[int, Custody]] = field(default_factory=deque)
+    reported: int | None = None  # the last h we told the client
+    ack_due: bool = False  # more settled since: an unsolicited <a/> should go out
+    on_ack_due: Callable[[], None] | None = None  # wakes the writer (the connection sets it)
 
     # -- inbound -----------------------------------------------------------------------------
 
-    def handled_one(self) -> None:
+    def handled_one(self, custody: Custody | None = None) -> None:
+        """The router finished with the client's next stanza; `custody`, if any, is the
+        record it created for it, still holding the routing's own count."""
         self.handled = (self.handled + 1) % WRAP
+        if custody is None:
+            return
+        if custody.pending > 1:
+            seq = self.handled
+            custody.on_settled = lambda: self._settled_later(seq)
+            self.unsettled.append((seq, custody))
+        custody.release()
+
+    def _settled_later(self, seq: int) -> None:
+        before = self.settled_h()
+        while self.unsettled and self.unsettled[0][1].settled:
+            self.unsettled.popleft()
+        if self.settled_h() != before and self.reported is not None \
+                and self.reported != self.settled_h():
+            self.ack_due = True
+            if self.on_ack_due is not None:
+                self.on_ack_due()
+
+    def settled_h(self) -> int:
+        """How many of the client's stanzas, from the first on, are settled."""
+        if not self.unsettled:
+            return self.handled
+        return (self.unsettled[0][0] - 1) % WRAP
 
     def answer(self) -> bytes:
-        """The <a/> for a client's <r/>: everything read before it has been handled."""
-        return f"<a xmlns='urn:xmpp:sm:3' h='{self.handled}'/>".encode()
+        """An <a/>: the client's stanzas that are settled (for an <r/>, or unsolicited
+        when more settled since the last one, §4 allows <a/> at any time)."""
+        self.reported = self.settled_h()
+        self.ack_due = False
+        return f"<a xmlns='urn:xmpp:sm:3' h='{self.reported}'/>".encode()
+
+    def restart_inbound(self) -> int:
+        """A resumption (here or on another node): the client sends again what `h` does
+        not cover, so the count goes back to the settled ones, and stanzas still
+        unsettled no longer move it (they may arrive twice, never not at all)."""
+        for _, custody in self.unsettled:
+            custody.on_settled = None
+        self.unsettled.clear()
+        self.handled = self.settled_h()
+        self.ack_due = False
+        return self.handled
 
     # -- outbound ----------------------------------------------------------------------------
 
@@ -99,8 +198,11 @@ class StreamManagement:
         if outstanding > len(self.unacked):
             raise HandledCountTooHigh(h, self.sent)
         covered = len(self.unacked) - outstanding
+        popleft = self.unacked.popleft
         for _ in range(covered):
-            self.unacked.popleft()
+            chunk = popleft()
+            if type(chunk) is Held:
+                settle(chunk)
         self.request_pending = False
         return covered
 
@@ -128,6 +230,8 @@ class StreamManagement:
         if outstanding > len(self.unacked):
             raise HandledCountTooHigh(h, self.sent)
         covered = len(self.unacked) - outstanding
+        for chunk in list(self.unacked)[:covered]:
+            settle(chunk)
         got = [self.parked[seq] for seq in seqs[:covered] if seq in self.parked]
         again = [data for seq, data in zip(seqs[covered:], list(self.unacked)[covered:],
                                            strict=True) if seq not in self.parked]

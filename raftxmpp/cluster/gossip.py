@@ -54,6 +54,8 @@ class Gossip:
         self.on_change = on_change
         self.on_message = on_message  # other message types (e.g. session kicks)
         self.on_dead: Callable[[str], None] = lambda node: None  # after its entries are purged
+        # A node seen with a new incarnation while still alive here (after its new entries).
+        self.on_restarted: Callable[[str], None] = lambda node: None
         self.incarnation = time.time_ns()
         self.version = 0
         self.heartbeat = 0
@@ -178,14 +180,18 @@ class Gossip:
             log.info("node %s is alive (incarnation %d)", node, inc)
         elif inc < view.incarnation or (inc == view.incarnation and ver < view.version):
             return
-        elif inc > view.incarnation:
+        restarted = False
+        if view is not None and inc > view.incarnation:
             log.info("node %s restarted: dropping its old sessions", node)
             self._replace(node, view, {})
             view.incarnation = inc
+            restarted = True
         self._replace(node, view, message["items"])
         view.version, view.complete = ver, True
         if hb > view.heartbeat:
             view.heartbeat, view.seen = hb, time.monotonic()
+        if restarted:
+            self.on_restarted(node)
 
     def _replace(self, node: str, view: NodeView, items: dict) -> None:
         old_items, view.items = view.items, dict(items)

@@ -25,6 +25,7 @@ Frames: 4-byte big-endian length, 1-byte kind, payload. Kinds:
   S  a stanza for a full JID on the receiving node: hops(1) target NUL bytes
   G  a gossip message (JSON)
   J  a join request from a node that is not a member yet (JSON), answered with J
+  T  a stanza in custody: token(8, big-endian) hops(1) target NUL bytes
 
 Queues are bounded per peer (MAX_QUEUE_BYTES): while a peer is slow or unreachable,
 stanzas beyond that are dropped and counted, never buffered without bound.
@@ -64,6 +65,9 @@ HANDSHAKE_VERSION = 2
 MAX_PENDING_HANDSHAKES = 64
 
 STANZA, GOSSIP, JOIN = b"S", b"G", b"J"
+# A stanza in custody (XEP-0198 acks that mean "safe"): token(8) then a stanza payload;
+# the receiving node reports the token settled in a gossip message.
+CUSTODY = b"T"
 
 
 FrameHandler = Callable[[str, bytes, bytes], Awaitable[None]]
@@ -231,6 +235,24 @@ class Links:
 
     def send_stanza(self, peer_name: str, target: str, data: bytes, hops: int = 0) -> bool:
         return self.send(peer_name, STANZA, bytes([hops]) + target.encode() + b"\0" + data)
+
+    def send_custody(self, peer_name: str, token: int, target: str, data: bytes,
+                     hops: int = 0) -> bool:
+        return self.send(peer_name, CUSTODY, struct.pack(">Q", token) + bytes([hops])
+                         + target.encode() + b"\0" + data)
+
+    def drop_custody(self, peer_name: str) -> int:
+        """Removes the custody stanzas still queued for `peer_name` (declared dead: the
+        sending side routes its own copies again); returns how many."""
+        peer = self.peers.get(peer_name)
+        if peer is None:
+            return 0
+        kept = [data for data in peer.queue if data[4:5] != CUSTODY]
+        dropped = len(peer.queue) - len(kept)
+        if dropped:
+            peer.queue = kept
+            peer.queued_bytes = sum(map(len, kept))
+        return dropped
 
     def take_stanzas(self, peer_name: str, wanted: Callable[[bytes], bool]) -> list[bytes]:
         """Removes the stanza frames still queued for `peer_name` whose payload `wanted`

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 import time
 import uuid
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from raftxmpp.cluster.gossip import Gossip
-from raftxmpp.cluster.links import GOSSIP, STANZA, LinkError, Links, SecretMismatch
+from raftxmpp.cluster.links import CUSTODY, GOSSIP, STANZA, LinkError, Links, SecretMismatch
 from raftxmpp.cluster.raft import RaftOutcomeUnknown, RaftUnavailable
 from raftxmpp.cluster.rpc import ANSWER, REQUEST, Rpc
 from raftxmpp.cluster.state import MAX_VERSION
@@ -64,6 +65,8 @@ class ClusterMembership:
                              self._on_gossip_message)
         node.router.sessions.attach(self.gossip, self.links)
         self.gossip.on_dead = self._on_peer_dead
+        # A node back with a new incarnation before it was declared dead lost what it held.
+        self.gossip.on_restarted = self._on_peer_restarted
         # Gossip entries owned by other parts, by key prefix (the login throttle's "f:").
         self.gossip_handlers: dict[str, Callable[[str, str, Any, Any], None]] = {}
         # s2s streams: "o:" outgoing stream holders, "i:" incoming streams.
@@ -131,6 +134,9 @@ class ClusterMembership:
                 self.gossip.handle(peer, payload)
             elif kind == STANZA:
                 await self.node.router.deliver_from_link(payload)
+            elif kind == CUSTODY:
+                (token,) = struct.unpack_from(">Q", payload)
+                await self.node.router.deliver_from_link(payload[8:], peer, token)
             elif kind in (REQUEST, ANSWER):
                 self.rpc.handle(peer, kind, payload)
         except (ValueError, KeyError, TypeError) as exc:
@@ -141,9 +147,18 @@ class ClusterMembership:
         here, where the session table is complete: left in the queue, they would reach the
         node's next incarnation before it knows where anyone's session is, and a message
         already acknowledged to its sender was lost that way (chaos/RESULTS.md, issue 16)."""
+        self.links.drop_custody(peer)
+        self.node.router.custody.peer_gone(peer)  # its copies in custody: routed again
         payloads = self.links.take_stanzas(peer, self.node.router.for_a_session)
         if payloads and self._nursery is not None:
             self._nursery.start_soon(self._route_again, peer, payloads)
+
+    def _on_peer_restarted(self, peer: str) -> None:
+        """Its previous incarnation died holding copies in custody: routed again here
+        (the stanzas queued on the link go to the new incarnation, which knows its
+        sessions by now)."""
+        self.links.drop_custody(peer)
+        self.node.router.custody.peer_gone(peer)
 
     async def _route_again(self, peer: str, payloads: list[bytes]) -> None:
         log.info("%d stanzas queued for %s (declared dead) routed again here", len(payloads), peer)

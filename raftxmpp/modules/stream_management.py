@@ -23,6 +23,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
@@ -35,7 +36,7 @@ from raftxmpp.cluster.rpc import RpcError
 from raftxmpp.cluster.store import StoreError
 from raftxmpp.jid import JID, InvalidJID
 from raftxmpp.routing.local import IQ, MESSAGE
-from raftxmpp.routing.sessions import LocalSession, RemoteSession
+from raftxmpp.routing.sessions import MAX_HOPS, LocalSession, RemoteSession, custody, link_hops
 from raftxmpp.xml import ns
 from raftxmpp.xml.errors import StanzaError, can_reply_with_error, error_reply
 
@@ -54,8 +55,18 @@ HANDOVER_TIMEOUT = 10.0
 HANDED_OVER = sm.HANDED_OVER
 
 
+# Copies of messages in custody sent to other nodes, at most (count, bytes): past that a
+# message is acknowledged when handed to the link, as before custody (counted: overflow).
+CUSTODY_MAX_COUNT = 100_000
+CUSTODY_MAX_BYTES = 64 * 1024 * 1024
+SETTLED = "sm-settled"  # gossip message: {"t": SETTLED, "ids": [token, …]}
+SWEEP_INTERVAL = 10.0
+SETTLE_BATCH_DELAY = 0.005  # settled tokens for one node go in one message
+
+
 def setup(router: Router) -> None:
     router.resumption = Resumption(router)
+    router.custody = CustodyTable(router)
     if router.config.stream_management.enabled:
         router.stream_features.append(sm.feature)
 
@@ -201,6 +212,7 @@ class Resumption:
             log.info("stanza for detached %s stays in memory: %s", session.full_jid, exc)
             return False
         metrics.SM_UNACKED.labels("parked").inc()
+        sm.settle(data)  # committed: the sender's ack may cover it
         return True
 
     async def after_resumption(self, session: LocalSession, delivered_ids: list[str]) -> None:
@@ -248,7 +260,7 @@ class Resumption:
             for data in arrival.outbox:
                 await self.reroute(arrival, data, arrival.detached_at)
             return result.get("h")
-        _restore(arrival, result, body)
+        _restore(arrival, result, body, remote.node, self.router.custody)
         arrival.sm.id = previd
         metrics.SM_SESSIONS.labels("resumed_remote").inc()
         log.info("session %s moved here from %s", arrival.full_jid, remote.node)
@@ -269,7 +281,7 @@ class Resumption:
         session.wakeup.set()  # a detached session's waiter lets go
         if old is not None:
             old.taken_over()  # a half-open connection here: the client went elsewhere
-        result, out = _export(session)
+        result, out = _export(session, peer, self.router.custody)
         sessions = self.router.sessions
         remote = RemoteSession(session.jid, peer, sessions.links, sessions.gossip)
         remote.update({"p": session.priority, "a": session.available,
@@ -289,7 +301,7 @@ class Resumption:
         """The session was unbound for good: a <resume/> now fails, with its handled count."""
         state = session.sm
         if state is not None and state.resumable:
-            self.remember(state.id, state.handled)
+            self.remember(state.id, state.settled_h())
 
     async def session_ended(self, session: LocalSession) -> None:
         """The session is over and unbound: its unacknowledged and unsent stanzas go on."""
@@ -300,13 +312,37 @@ class Resumption:
         state.unacked.clear()
         session.outbox = []
         session.outbox_bytes = 0
+        session.ended = True  # a copy in custody arriving now is routed again at once
         since = session.detached_at or time.time()
         for data in pending:
             await self.reroute(session, data, since)
 
     async def reroute(self, session: LocalSession, data: bytes, since: float) -> None:
+        record = sm.in_custody(data)
+        if record is None:
+            await self._reroute(session, data, since)
+            return
+        # In custody: the new copies (another resource, offline storage) take it over,
+        # then this one lets go.
+        record.hold()
+        sm.settle(data)
         try:
             stanza = _parse(data)
+        except etree.XMLSyntaxError:
+            record.release()
+            await self._reroute(session, data, since)  # logged and counted there
+            return
+        token = custody.set((record, stanza, self.router.custody))
+        try:
+            await self._reroute(session, data, since, stanza)
+        finally:
+            custody.reset(token)
+            record.release()
+
+    async def _reroute(self, session: LocalSession, data: bytes, since: float,
+                       stanza: etree._Element | None = None) -> None:
+        try:
+            stanza = _parse(data) if stanza is None else stanza
         except etree.XMLSyntaxError:
             log.error("unacked data for %s is not a stanza; dropped", session.full_jid)
             metrics.SM_UNACKED.labels("dropped").inc()
@@ -352,6 +388,243 @@ class Resumption:
             log.info("error for an unacked stanza not delivered: %s", exc)
 
 
+
+@dataclass(eq=False)
+class _Pending:
+    custody: sm.Custody
+    bare_jid: str
+    data: bytes
+    since: float
+
+
+class CustodyTable:
+    """Custody of client messages across nodes (issue 16): the sender's ack waits until
+    each copy is settled, wherever it went.
+
+    Origin side: a copy sent to a session on another node gets a token; its bytes stay
+    here until that node says "settled" (a batched gossip message). When gossip declares
+    the node dead (or restarted), or a token waits longer than a recipient can stay
+    silent before its ping timeout detaches it, the copy is routed again from here
+    (another resource or offline storage): a duplicate is possible, a loss is not.
+    Receiving side: a copy that arrives with a token is queued with a `Custody` proxy
+    whose settlement sends the token back."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self._next = 0
+        self.pending: dict[str, dict[int, _Pending]] = {}  # node → token → copy
+        self.count = 0
+        self.bytes = 0
+        self._settled_out: dict[str, list[int]] = {}  # origin node → tokens settled here
+        self._wakeup = trio.Event()
+        c2s = router.config.c2s
+        # A recipient that never acks is detached by its ping timeout and then parked;
+        # a token older than that lost its "settled" message (a link broke): route again.
+        self.max_age = (c2s.ping_interval + c2s.ping_timeout if c2s.ping_interval > 0
+                        else router.config.stream_management.resume_timeout) + 60.0
+        router.gossip_messages[SETTLED] = self._on_settled
+        router.background.append(self.run)
+
+    def start(self, stanza: etree._Element) -> sm.Custody | None:
+        """A record for a client's message worth keeping, else None (settles when handled)."""
+        if stanza.tag != MESSAGE or not _worth_rerouting(stanza):
+            return None
+        return sm.Custody()
+
+    # -- origin side ----------------------------------------------------------------------------
+
+    def send_remote(self, remote: RemoteSession, target: str, data: bytes,
+                    record: sm.Custody, hops: int) -> None:
+        metrics.ROUTED_REMOTE.inc()
+        links = remote.links
+        if hops >= MAX_HOPS or links is None:
+            self._store_offline(record, remote.bare_jid, data)
+            return
+        if self.count >= CUSTODY_MAX_COUNT or self.bytes + len(data) > CUSTODY_MAX_BYTES:
+            metrics.SM_CUSTODY.labels("overflow").inc()
+            if not links.send_stanza(remote.node, target, data, hops):
+                self._store_offline(record, remote.bare_jid, data)
+            return
+        self._next += 1
+        token = self._next
+        if not links.send_custody(remote.node, token, target, data, hops):
+            self._store_offline(record, remote.bare_jid, data)
+            return
+        record.hold()
+        self._add(remote.node, token, _Pending(record, remote.bare_jid, data, time.monotonic()))
+        metrics.SM_CUSTODY.labels("sent").inc()
+
+    def hand_to(self, node: str, bare_jid: str, chunk: bytes) -> int:
+        """A queued copy moves to `node` with its session (a handover): its count goes
+        with it, under a token that node reports settled. 0: the chunk holds nothing."""
+        record = sm.in_custody(chunk)
+        if record is None:
+            return 0
+        chunk.custody = None
+        self._next += 1
+        self._add(node, self._next, _Pending(record, bare_jid, bytes(chunk), time.monotonic()))
+        metrics.SM_CUSTODY.labels("sent").inc()
+        return self._next
+
+    def _add(self, node: str, token: int, entry: _Pending) -> None:
+        self.pending.setdefault(node, {})[token] = entry
+        self.count += 1
+        self.bytes += len(entry.data)
+        metrics.SM_CUSTODY_PENDING.labels("copies").set(self.count)
+        metrics.SM_CUSTODY_PENDING.labels("bytes").set(self.bytes)
+
+    def _remove(self, entry: _Pending) -> None:
+        self.count -= 1
+        self.bytes -= len(entry.data)
+        metrics.SM_CUSTODY_PENDING.labels("copies").set(self.count)
+        metrics.SM_CUSTODY_PENDING.labels("bytes").set(self.bytes)
+
+    def _on_settled(self, peer: str, message: dict) -> None:
+        tokens = self.pending.get(peer)
+        if not tokens:
+            return
+        for token in message.get("ids", ()):
+            entry = tokens.pop(int(token), None)
+            if entry is not None:
+                self._remove(entry)
+                metrics.SM_CUSTODY.labels("settled").inc()
+                entry.custody.release()
+
+    def peer_gone(self, node: str) -> None:
+        """`node` died (or restarted): every copy it had not settled is routed again here,
+        where the session table no longer lists its sessions."""
+        entries = list(self.pending.pop(node, {}).values())
+        if not entries:
+            return
+        for entry in entries:
+            self._remove(entry)
+        log.info("%d messages in custody of %s (gone) routed again here", len(entries), node)
+        if not self.router.spawn(self._route_entries, entries):
+            for entry in entries:
+                entry.custody.release()
+
+    async def _route_entries(self, entries: list[_Pending]) -> None:
+        for entry in entries:
+            metrics.SM_CUSTODY.labels("rerouted").inc()
+            await self.route_again(entry.data, entry.custody)
+
+    async def route_again(self, data: bytes, record: sm.Custody) -> None:
+        """Routes a copy again as if new (its 'to': that resource if it is still bound,
+        else the account's best resources or offline storage), still in custody; then
+        lets go of the count the caller handed over."""
+        try:
+            stanza = _parse(data)
+        except etree.XMLSyntaxError:
+            log.error("a message in custody is not a stanza; dropped")
+            record.release()
+            return
+        token = custody.set((record, stanza, self))
+        hops = link_hops.set(0)
+        try:
+            await self.router.route(stanza, None)
+        except (StanzaError, StoreError, RaftUnavailable) as exc:
+            error = exc if isinstance(exc, StanzaError) else StanzaError(
+                "recipient-unavailable", text="the message could not be delivered")
+            await self.router.resumption._bounce(stanza, error)
+        finally:
+            link_hops.reset(hops)
+            custody.reset(token)
+            record.release()
+
+    def _store_offline(self, record: sm.Custody, bare_jid: str, data: bytes) -> None:
+        """No link will take the copy: it goes to the account's offline storage."""
+        record.hold()
+        if not self.router.spawn(self._commit_offline, record, bare_jid, data):
+            record.release()
+
+    async def _commit_offline(self, record: sm.Custody, bare_jid: str, data: bytes) -> None:
+        try:
+            await self.router.store.offline_store(
+                bare_jid, etree.tostring(_parse(data)), self.router.config.limits.offline_queue)
+            metrics.SM_CUSTODY.labels("stored").inc()
+        except (StoreError, RaftUnavailable, etree.XMLSyntaxError) as exc:
+            log.warning("message in custody for %s not stored: %s", bare_jid, exc)
+            with contextlib.suppress(etree.XMLSyntaxError):
+                await self.router.resumption._bounce(_parse(data), StanzaError(
+                    "recipient-unavailable", type="wait", text="not delivered; send it again"))
+        finally:
+            record.release()
+
+    def refused(self, session: LocalSession, chunk: bytes) -> None:
+        """A copy reached a session whose queue was already handed on: routed again."""
+        record = sm.in_custody(chunk)
+        if record is None:
+            return
+        record.hold()
+        sm.settle(chunk)
+        if not self.router.spawn(self.route_again, bytes(chunk), record):
+            record.release()
+
+    # -- receiving side -------------------------------------------------------------------------
+
+    def proxy(self, origin: str, token: int) -> sm.Custody:
+        """A record standing for `origin`'s token: settled here, reported there."""
+        return sm.Custody(on_settled=lambda: self._settled_here(origin, token))
+
+    def _settled_here(self, origin: str, token: int) -> None:
+        self._settled_out.setdefault(origin, []).append(token)
+        self._wakeup.set()
+
+    def deliver(self, session: LocalSession, data: bytes, origin: str, token: int) -> None:
+        """A copy with a token for one of our sessions: queued in custody if its client
+        acks (or it waits detached), else settled now (nothing more is possible)."""
+        if session.sm is None and not session.detached:
+            session.send(data)
+            self._settled_here(origin, token)
+            return
+        record = self.proxy(origin, token)
+        held = custody.set((record, None, self))
+        try:
+            session.send(sm.Held(data, record))
+        finally:
+            custody.reset(held)
+        record.release()
+
+    # -- the background task: batched "settled" messages and the sweep ---------------------------
+
+    async def run(self) -> None:
+        next_sweep = trio.current_time() + SWEEP_INTERVAL
+        while True:
+            with trio.move_on_at(next_sweep):
+                await self._wakeup.wait()
+                await trio.sleep(SETTLE_BATCH_DELAY)
+            self._wakeup = trio.Event()
+            self._flush()
+            if trio.current_time() >= next_sweep:
+                next_sweep = trio.current_time() + SWEEP_INTERVAL
+                self._sweep()
+
+    def _flush(self) -> None:
+        gossip = self.router.sessions.gossip
+        out, self._settled_out = self._settled_out, {}
+        if gossip is None:
+            return
+        for origin, tokens in out.items():
+            gossip.send(origin, {"t": SETTLED, "ids": tokens})
+
+    def _sweep(self) -> None:
+        oldest = time.monotonic() - self.max_age
+        stale = []
+        for tokens in self.pending.values():
+            for token, entry in list(tokens.items()):
+                if entry.since < oldest:
+                    del tokens[token]
+                    self._remove(entry)
+                    stale.append(entry)
+        if stale:
+            log.warning("%d messages in custody unsettled for %.0fs routed again", len(stale),
+                        self.max_age)
+            metrics.SM_CUSTODY.labels("expired").inc(len(stale))
+            if not self.router.spawn(self._route_entries, stale):
+                for entry in stale:
+                    entry.custody.release()
+
+
 _DELAY = f"{{{ns.DELAY}}}delay"
 
 
@@ -373,25 +646,29 @@ def _add_delay(stanza: etree._Element, domain: str, since: float) -> None:
     delay.text = "Resent: the session it was sent to ended"
 
 
-def _export(session: LocalSession) -> tuple[dict, bytes]:
-    """A session's state for the node it moves to; stanzas as lengths + bytes."""
+def _export(session: LocalSession, peer: str, table: CustodyTable) -> tuple[dict, bytes]:
+    """A session's state for the node it moves to; stanzas as lengths + bytes, and the
+    custody token of each (0: none) under which that node reports it settled."""
     state = session.sm
     session.release_held()
     unacked, queued = list(state.unacked), list(session.outbox)
+    tokens = [table.hand_to(peer, session.bare_jid, chunk) for chunk in unacked + queued]
     result = {
         "found": True, "priority": session.priority, "available": session.available,
         "presence": session.presence.decode() if session.presence else None,
         "unavailable_status": session.unavailable_status,
         "roster": session.roster_requested, "blocklist": session.blocklist_requested,
         "carbons": session.carbons, "directed": sorted(session.directed),
-        "handled": state.handled, "sent": state.sent, "timeout": state.timeout,
+        "handled": state.restart_inbound(), "sent": state.sent, "timeout": state.timeout,
+        "custody": tokens,
         "parked": {str(seq): message_id for seq, message_id in state.parked.items()},
         "unacked": [len(c) for c in unacked], "queued": [len(c) for c in queued],
     }
     return result, b"".join(unacked + queued)
 
 
-def _restore(session: LocalSession, result: dict, body: bytes) -> None:
+def _restore(session: LocalSession, result: dict, body: bytes, holder: str,
+             table: CustodyTable) -> None:
     session.priority = int(result["priority"])
     session.available = bool(result["available"])
     presence = result.get("presence")
@@ -402,8 +679,14 @@ def _restore(session: LocalSession, result: dict, body: bytes) -> None:
     session.carbons = bool(result["carbons"])
     session.directed = set(result["directed"])
     chunks, offset = [], 0
-    for length in [*result["unacked"], *result["queued"]]:
-        chunks.append(body[offset:offset + length])
+    tokens = result.get("custody") or []
+    for i, length in enumerate([*result["unacked"], *result["queued"]]):
+        chunk = body[offset:offset + length]
+        if i < len(tokens) and tokens[i]:
+            record = table.proxy(holder, int(tokens[i]))  # the holder routes it again if we die
+            chunk = sm.Held(chunk, record)
+            record.release()
+        chunks.append(chunk)
         offset += length
     unacked_count = len(result["unacked"])
     state = sm.StreamManagement(resumable=True, handled=int(result["handled"]),

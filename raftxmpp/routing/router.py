@@ -144,6 +144,8 @@ class Router:
         self.gossip_messages: dict[str, Callable[[str, dict], None]] = {}
         # Resumable sessions (XEP-0198); set by raftxmpp.modules.stream_management.
         self.resumption: Any = None
+        # Messages in custody sent to other nodes (raftxmpp.modules.stream_management).
+        self.custody: Any = None
         self.modules = {name: importlib.import_module(f"raftxmpp.modules.{name}") for name in MODULES}
         for module in self.modules.values():
             module.setup(self)
@@ -242,9 +244,9 @@ class Router:
         return SESSION_SEPARATOR in target and not target.startswith(
             (COMPONENT_LINK_TARGET, S2S_LINK_TARGET))
 
-    async def deliver_from_link(self, payload: bytes) -> None:
+    async def deliver_from_link(self, payload: bytes, origin: str = "", token: int = 0) -> None:
         """A stanza another node routed to a session (or component instance) it believes
-        is ours."""
+        is ours; with a custody `token`, `origin` waits to hear that it is safe."""
         hops, (target, _, data) = payload[0], payload[1:].partition(b"\0")
         text = target.decode()
         if text.startswith(S2S_LINK_TARGET):  # for this node's stream to another server
@@ -264,7 +266,15 @@ class Router:
             text = full_jid
             session = self.sessions.local_session(JID.parse(full_jid))
             if session is not None and (not bound or repr(session.created) == bound):
-                session.send(data)  # serialised by the sending node from a parsed tree
+                if token:
+                    self.custody.deliver(session, data, origin, token)
+                else:
+                    session.send(data)  # serialised by the sending node from a parsed tree
+                return
+            if token:
+                # In custody: routed again as if new, reported settled when it is (a copy
+                # to a bare JID may reach another resource twice; none is lost).
+                await self.custody.route_again(data, self.custody.proxy(origin, token))
                 return
         # The session or instance left before the stanza arrived: route it again from here.
         stanza = _parse_forwarded(data)

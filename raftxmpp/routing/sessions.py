@@ -25,6 +25,7 @@ import trio
 from lxml import etree
 
 from raftxmpp import metrics
+from raftxmpp.c2s.sm import Held
 from raftxmpp.jid import JID
 from raftxmpp.xml import ns
 from raftxmpp.xml.errors import StreamError
@@ -42,6 +43,11 @@ SESSION_KEY = "s:"
 # How many node links the stanza being handled has crossed; bounds re-routing loops.
 link_hops: contextvars.ContextVar[int] = contextvars.ContextVar("link_hops", default=0)
 MAX_HOPS = 2
+# The client message being routed in custody (XEP-0198 acks that mean "safe", issue 16):
+# (its Custody record, the stanza element, the node's CustodyTable). A session that
+# queues exactly that element for a client with stream management holds the record
+# until the copy is settled; a remote session sends it with a custody token.
+custody: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("custody", default=None)
 # Separates a link stanza's target full JID from its session's bind time; PRECIS
 # forbids control characters in every JID part, so it cannot occur inside one.
 SESSION_SEPARATOR = "\x01"
@@ -86,6 +92,7 @@ class LocalSession:
     nonzas: list[bytes] = field(default_factory=list)
     detached_at: float | None = None
     parking: trio.Event | None = None  # set when the commits to offline storage under way end
+    ended: bool = False  # its queue was handed on (session_ended): nothing more goes in
     csi: ClientState | None = None  # XEP-0352, once the client said <inactive/>
     is_local = True
 
@@ -95,7 +102,12 @@ class LocalSession:
 
     def send(self, data: bytes) -> None:
         """Queues bytes for the connection's writer; a client that stops reading is cut off."""
-        if self.closing is not None:
+        if self.closing is not None or self.ended:
+            if type(data) is Held:
+                if not self.ended:
+                    self.outbox.append(data)  # the session's end hands it on with the rest
+                else:
+                    custody.get()[2].refused(self, data)
             return
         metrics.ROUTED_LOCAL.inc()
         self.outbox.append(data)
@@ -106,7 +118,11 @@ class LocalSession:
         self.wakeup.set()
 
     def send_stanza(self, stanza: etree._Element) -> None:
-        self.send(serialize(stanza))
+        data = serialize(stanza)
+        held = custody.get()
+        if held is not None and held[1] is stanza and (self.sm is not None or self.detached):
+            data = Held(data, held[0])  # settled by the client's ack, a park or a reroute
+        self.send(data)
 
     def send_nonza(self, data: bytes) -> None:
         """Queues a stream-level element (XEP-0198's <a/>, <r/> …): not a stanza, not counted."""
@@ -116,6 +132,9 @@ class LocalSession:
     @property
     def detached(self) -> bool:
         return self.detached_at is not None
+
+    def wakeup_writer(self) -> None:
+        self.wakeup.set()
 
     def release_held(self) -> None:
         """Stanzas an inactive client was spared (XEP-0352) go back to the front of the
@@ -202,6 +221,13 @@ class RemoteSession:
         log.warning("stanza for %s on %s not forwarded (hops %d)", self.full_jid, self.node, hops)
 
     def send_stanza(self, stanza: etree._Element) -> None:
+        held = custody.get()
+        if held is not None and held[1] is stanza:
+            # The receiving node reports the copy settled, or this node routes it again
+            # when gossip declares that node dead.
+            target = f"{self.full_jid}{SESSION_SEPARATOR}{self.created!r}"
+            held[2].send_remote(self, target, serialize(stanza), held[0], link_hops.get())
+            return
         self.send(serialize(stanza))
 
     def close(self, error: StreamError | None) -> None:
@@ -227,7 +253,7 @@ def _entry(session: LocalSession) -> dict[str, Any]:
         if session.detached_at is not None:
             # Final while detached: a resumption elsewhere that finds this node dead
             # still tells the client which of its stanzas arrived (<failed h='…'/>).
-            entry["h"] = sm.handled
+            entry["h"] = sm.settled_h()
     return entry
 
 
