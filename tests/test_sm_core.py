@@ -98,3 +98,82 @@ def test_rewind_leaves_parked_stanzas_to_offline_storage_and_names_those_deliver
     again, delivered = state.rewind(0)  # the client got 'a' only
     assert again == [b"b"] and delivered == ["id-a"]
     assert state.sent == 0 and not state.parked
+
+
+# -- custody: the reported h counts the leading settled stanzas (issue 16) -------------------
+
+
+def routed(state: sm.StreamManagement, copies: int) -> list[bytes]:
+    """One client message routed in custody to `copies` sessions; their queued chunks."""
+    record = sm.Custody()
+    chunks = [sm.Held(b"<message/>", record) for _ in range(copies)]
+    state.handled_one(record)
+    return chunks
+
+
+def test_the_reported_h_stops_at_the_first_unsettled_message():
+    sender, woken = sm.StreamManagement(), []
+    sender.on_ack_due = lambda: woken.append(True)
+    sender.handled_one()  # a presence: settled when handled
+    chunk = routed(sender, 1)[0]
+    sender.handled_one()  # an IQ after the message: handled, but behind it
+    assert sender.handled == 3 and sender.settled_h() == 1
+    assert sender.answer() == b"<a xmlns='urn:xmpp:sm:3' h='1'/>"
+    sm.settle(chunk)
+    assert sender.settled_h() == 3 and sender.ack_due and woken == [True]
+    assert sender.answer() == b"<a xmlns='urn:xmpp:sm:3' h='3'/>" and not sender.ack_due
+    sm.settle(chunk)  # a copy settles once
+    assert sender.settled_h() == 3
+
+
+def test_a_message_with_several_copies_settles_with_the_last():
+    sender = sm.StreamManagement()
+    first, second = routed(sender, 2)
+    sm.settle(first)
+    assert sender.settled_h() == 0
+    sm.settle(second)
+    assert sender.settled_h() == 1
+
+
+def test_a_message_nobody_holds_settles_when_handled():
+    sender = sm.StreamManagement()
+    routed(sender, 0)  # offline storage, a session without stream management, an error
+    assert sender.settled_h() == 1 and not sender.unsettled
+
+
+def test_no_unsolicited_ack_before_the_client_asked():
+    sender = sm.StreamManagement()
+    chunk = routed(sender, 1)[0]
+    sm.settle(chunk)
+    assert not sender.ack_due  # the next <r/> gets h=1 anyway
+
+
+def test_the_recipients_ack_settles_the_copies_it_covers():
+    sender, recipient = sm.StreamManagement(), sm.StreamManagement()
+    chunks = routed(sender, 1) + routed(sender, 1)
+    recipient.wrote([b"<presence/>", *chunks])
+    recipient.acknowledged(2)
+    assert sender.settled_h() == 1
+    recipient.acknowledged(3)
+    assert sender.settled_h() == 2
+
+
+def test_a_resumption_counts_from_the_settled_stanzas_and_forgets_the_rest():
+    sender = sm.StreamManagement()
+    sender.handled_one()
+    chunk = routed(sender, 1)[0]
+    sender.handled_one()
+    assert sender.restart_inbound() == 1  # the client sends the message and the IQ again
+    assert sender.handled == 1
+    sm.settle(chunk)  # the first copy settles later: it moves nothing any more
+    assert sender.settled_h() == 1
+    sender.handled_one()
+    assert sender.settled_h() == 2
+
+
+def test_a_rewind_settles_what_the_resuming_client_had_got():
+    sender, recipient = sm.StreamManagement(), sm.StreamManagement()
+    chunks = routed(sender, 1) + routed(sender, 1)
+    recipient.wrote(chunks)
+    again, _ = recipient.rewind(1)
+    assert sender.settled_h() == 1 and again == [chunks[1]]

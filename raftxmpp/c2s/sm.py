@@ -176,10 +176,10 @@ class StreamManagement:
         """A resumption (here or on another node): the client sends again what `h` does
         not cover, so the count goes back to the settled ones, and stanzas still
         unsettled no longer move it (they may arrive twice, never not at all)."""
+        self.handled = self.settled_h()
         for _, custody in self.unsettled:
             custody.on_settled = None
         self.unsettled.clear()
-        self.handled = self.settled_h()
         self.ack_due = False
         return self.handled
 
