@@ -63,6 +63,9 @@ log = logging.getLogger("raftxmpp.c2s")
 SASL_AUTH = f"{{{ns.SASL}}}auth"
 # Stanzas of one client handled between two yields to the event loop.
 STANZAS_PER_TURN = 16
+# Seconds after the last write before asking a client for its ack (<r/>) when a message
+# whose sender waits for it (custody, raftxmpp.c2s.sm) is among those it has not acked.
+CUSTODY_REQUEST_DELAY = 0.05
 
 __all__ = ["C2SConnection", "ConnectionClosed", "framer_for", "tcp_connection"]
 
@@ -363,27 +366,30 @@ class C2SConnection:
 
     async def _wait_for_output(self, session: LocalSession) -> None:
         """Waits for something to write; with stanzas unacknowledged and no <r/> out, asks
-        for an ack after [stream_management] ack_interval seconds even if nothing comes."""
+        for an ack after [stream_management] ack_interval seconds even if nothing comes
+        (CUSTODY_REQUEST_DELAY when a sender waits for it)."""
         state = session.sm
         if state is None or not state.unacked or state.request_pending:
             await session.wakeup.wait()
             return
-        with trio.move_on_after(self.node.config.stream_management.ack_interval) as idle:
+        # A message whose sender's ack waits for this client's (custody): asked for as
+        # soon as the flow pauses; under a steady flow every `ack_every` stanzas ask.
+        wait = CUSTODY_REQUEST_DELAY if state.custody_written else \
+            self.node.config.stream_management.ack_interval
+        with trio.move_on_after(wait) as idle:
             await session.wakeup.wait()
         if idle.cancelled_caught:
             session.send_nonza(state.requested())
 
     def _count_out(self, session: LocalSession, chunks: list[bytes]) -> list[bytes]:
         """XEP-0198 §4: stanzas join the unacked queue as they are written; an <r/>
-        follows every `ack_every` of them, and any message whose sender waits (custody)."""
+        follows every `ack_every` of them."""
         cfg = self.node.config.stream_management
         state = session.sm
         state.wrote(chunks)
         if cfg.max_unacked and len(state.unacked) > cfg.max_unacked:
             session.close(StreamError("resource-constraint", "too many unacknowledged stanzas"))
-        if state.should_request(cfg.ack_every) or (
-                not state.request_pending and any(type(c) is sm.Held for c in chunks)):
-            # A message in custody: its sender's ack waits for this client's, so ask now.
+        if state.should_request(cfg.ack_every):
             return [*chunks, state.requested()]
         return chunks
 

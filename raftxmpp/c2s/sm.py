@@ -125,6 +125,7 @@ class StreamManagement:
     sent: int = 0
     unacked: deque[bytes] = field(default_factory=deque)
     since_request: int = 0  # stanzas sent since we last asked for an ack
+    custody_written: bool = False  # a message whose sender waits was written since our <r/>
     request_pending: bool = False  # an <r/> is out and its <a/> has not come
     # While detached, unacked messages are also committed to offline storage (so a dead
     # holder loses none): their sequence numbers → offline message ids.
@@ -144,12 +145,11 @@ class StreamManagement:
         if custody is None:
             return
         if custody.pending > 1:
-            seq = self.handled
-            custody.on_settled = lambda: self._settled_later(seq)
-            self.unsettled.append((seq, custody))
+            custody.on_settled = self._settled_later
+            self.unsettled.append((self.handled, custody))
         custody.release()
 
-    def _settled_later(self, seq: int) -> None:
+    def _settled_later(self) -> None:
         before = self.settled_h()
         while self.unsettled and self.unsettled[0][1].settled:
             self.unsettled.popleft()
@@ -190,6 +190,8 @@ class StreamManagement:
         self.unacked.extend(chunks)
         self.sent = (self.sent + len(chunks)) % WRAP
         self.since_request += len(chunks)
+        if not self.custody_written:
+            self.custody_written = any(type(chunk) is Held for chunk in chunks)
 
     def acknowledged(self, h: int) -> int:
         """Drops what the client's `h` covers; returns how many. Raises
@@ -213,6 +215,7 @@ class StreamManagement:
     def requested(self) -> bytes:
         self.request_pending = True
         self.since_request = 0
+        self.custody_written = False
         return R_BYTES
 
     def seq_of_unacked(self) -> list[int]:
