@@ -162,6 +162,9 @@ async def test_resume_after_an_abrupt_disconnect_sends_exactly_what_was_not_acke
     data = await again.until(b"m3</body>", timeout=30) + await again.until(b"</message>")
     assert b"m1" not in data and data.count(b"m2</body>") == 1
     await acked(again, 1)
+    # The client acknowledges m2 and m3: their stored copies may go now (custody: not
+    # before, so that a node dying with them unacknowledged leaves them stored).
+    await again.send(f"<a xmlns='urn:xmpp:sm:3' h='{handled + 2}'/>".encode())
     await again.send(PING % b"settled")
     assert b"m1</body>" not in await again.until(b'id="settled"', timeout=30)
     with trio.fail_after(30):  # delivered, then removed by id
@@ -331,3 +334,23 @@ async def test_a_recipient_that_detaches_without_acking_settles_by_parking(node)
     await alice.stream.aclose()  # abrupt: the session detaches, its unacked queue is parked
     await bob.until(b"<a xmlns='urn:xmpp:sm:3' h=", timeout=15)
     assert await bob.until(b"/>") == b"'1'/>"
+
+
+async def test_offline_messages_stay_stored_until_a_client_with_stream_management_acks(node):
+    """No destructive read: offline messages delivered to a session with stream
+    management are removed once its client acknowledged them, so a node that dies
+    with them in the session's queue leaves them stored for the next session."""
+    await send_chat(node, "bob", "alice@localhost", ["o1"])
+    with trio.fail_after(10):
+        while node.store.offline_count("alice@localhost") != 1:
+            await trio.sleep(0.05)
+    alice, _ = await enabled(node, "alice", "phone")
+    await alice.send(b"<presence/>")
+    await alice.until(b"o1</body>", timeout=15)
+    await alice.send(PING % b"between")
+    await alice.until(b'id="between"')
+    assert node.store.offline_count("alice@localhost") == 1  # delivered, not acknowledged
+    await alice.send(b"<a xmlns='urn:xmpp:sm:3' h='3'/>")  # presence echo, o1, the pong
+    with trio.fail_after(10):
+        while node.store.offline_count("alice@localhost"):
+            await trio.sleep(0.05)

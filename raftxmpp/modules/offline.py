@@ -3,23 +3,31 @@
 A message for an account with no available resource is committed through Raft
 before the sender is told nothing (an error goes back if it cannot be stored). On
 the account's next available presence with non-negative priority, one session
-claims the queue, delivers it, then removes what it delivered by id (deliver_queue).
+claims the queue, delivers it, then removes what it delivered by id (deliver_queue);
+to a session with stream management only once its client acknowledged them (or they
+were parked or routed on): the node's death before that delivers them again, a
+duplicate, never a loss.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 from functools import partial
 
 from lxml import etree
 
 from raftxmpp import metrics
+from raftxmpp.c2s.sm import Custody
+from raftxmpp.cluster.raft import RaftUnavailable
 from raftxmpp.cluster.store import StoreError
 from raftxmpp.jid import JID
 from raftxmpp.routing.router import Router
-from raftxmpp.routing.sessions import LocalSession
+from raftxmpp.routing.sessions import LocalSession, custody
 from raftxmpp.xml import ns
 from raftxmpp.xml.errors import StanzaError
+
+log = logging.getLogger("raftxmpp.offline")
 
 HINTS = "urn:xmpp:hints"
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
@@ -70,8 +78,12 @@ async def deliver_queue(router: Router, session: LocalSession) -> None:
                                                             claimer(router, session))
     if redelivered:
         metrics.OFFLINE_REDELIVERED.inc(redelivered)
-    delivered = []
+    delivered: list[str] = []
     domain = session.jid.domain
+    # With stream management the stored copies stay until the client acknowledged what
+    # it got (custody, raftxmpp.c2s.sm): a node that dies before leaves them stored.
+    table = router.custody
+    record = Custody() if session.sm is not None and table is not None else None
     for entry in entries:
         if session.closing is not None:
             break  # the rest stays claimed; the claim lapses and another session gets them
@@ -80,10 +92,31 @@ async def deliver_queue(router: Router, session: LocalSession) -> None:
         delay.set("from", domain)
         delay.set("stamp", _stamp(entry["ts"]))
         delay.text = "Offline storage"
-        session.send_stanza(stanza)
+        if record is None:
+            session.send_stanza(stanza)
+        else:
+            token = custody.set((record, stanza, table))
+            try:
+                session.send_stanza(stanza)
+            finally:
+                custody.reset(token)
         delivered.append(entry["id"])
-    if delivered:
+    if record is not None:
+        bare = session.bare_jid
+        record.on_settled = lambda: delivered and router.spawn(_remove, router, bare, delivered)
+        record.release()
+    elif delivered:
         await router.store.offline_remove(session.bare_jid, delivered)
+
+
+async def _remove(router: Router, bare_jid: str, ids: list[str]) -> None:
+    """The client acknowledged (or the copies were parked, routed on): the stored ones go."""
+    try:
+        await router.store.offline_remove(bare_jid, ids)
+    except (StoreError, RaftUnavailable) as exc:
+        # Left stored: the next session gets them again (a counted duplicate, not a loss).
+        log.warning("delivered offline messages of %s not removed: %s", bare_jid, exc)
+        metrics.OFFLINE_REDELIVERED.inc(len(ids))
 
 
 def claimer(router: Router, session: LocalSession) -> str:
