@@ -119,6 +119,7 @@ class C2SConnection:
         self._nursery: trio.Nursery | None = None
         self._leftover: list = []  # events read with the one that bound or resumed
         self.last_read = trio.current_time()  # for the server's pings (XEP-0199)
+        self._acking = False  # an unsolicited <a/> is being prepared (custody)
 
     # -- lifetime ---------------------------------------------------------------------------------------
 
@@ -344,8 +345,6 @@ class C2SConnection:
                 return  # a resumption on another connection took the session over
             metrics.count_stanzas_out(session.outbox)
             nonzas, session.nonzas = session.nonzas, []
-            if session.sm is not None and session.sm.ack_due:
-                nonzas.append(session.sm.answer())  # more of the client's stanzas settled
             chunks = session.take_chunks()
             if session.csi is not None:
                 chunks = session.csi.take(chunks)  # an inactive client is spared some
@@ -555,6 +554,35 @@ class C2SConnection:
             session.close(exc)
             await trio.sleep_forever()  # the writer sends the error and ends us
 
+    def _ack_due(self) -> None:
+        """More of the client's stanzas settled since its last <a/>: one task sends the
+        unsolicited ack (coalescing what settles meanwhile)."""
+        session = self.session
+        if self._acking or session is None or session.owner is not self or self._nursery is None:
+            return
+        self._acking = True
+        try:
+            self._nursery.start_soon(self._send_unsolicited_ack, session)
+        except RuntimeError:  # the connection is ending: the next one reports it
+            self._acking = False
+
+    async def _send_unsolicited_ack(self, session: LocalSession) -> None:
+        state = session.sm
+        try:
+            while state.ack_due and session.owner is self:
+                h = state.settled_h()  # taken first: rows of stanzas handled later may wait
+                try:
+                    # As for an <r/>: the archive rows of what it covers are committed.
+                    await self.router.run_hooks("sm-before-ack", session)
+                except RaftUnavailable:
+                    await trio.sleep(1)
+                    continue
+                if state.reported is None or (h - state.reported) % sm.WRAP < sm.WRAP // 2:
+                    session.send_nonza(state.answer(h))
+                state.ack_due = state.settled_h() != state.reported  # more settled meanwhile
+        finally:
+            self._acking = False
+
     def _enable(self, session: LocalSession, element) -> None:
         cfg = self.node.config.stream_management
         if session.sm is not None or not cfg.enabled:
@@ -567,7 +595,7 @@ class C2SConnection:
             state.id = self.router.resumption.new_id(session.full_jid)
             state.timeout = _resume_timeout(element.get("max"), cfg.resume_timeout)
         session.sm = state
-        state.on_ack_due = session.wakeup_writer
+        state.on_ack_due = self._ack_due
         session.send_nonza(sm.enabled(state, int(state.timeout), cfg.location))
         if state.resumable:
             self.router.sessions.publish(session)
@@ -630,7 +658,7 @@ class C2SConnection:
         session.detached_at = None
         if old is not None:
             old.taken_over()  # a half-open connection the client gave up on
-        state.on_ack_due = session.wakeup_writer
+        state.on_ack_due = self._ack_due
         session.nonzas = [sm.resumed(previd, state.restart_inbound())]
         session.release_held()
         session.csi = None  # a new connection starts active (XEP-0352 §5)

@@ -165,10 +165,11 @@ class StreamManagement:
             return self.handled
         return (self.unsettled[0][0] - 1) % WRAP
 
-    def answer(self) -> bytes:
-        """An <a/>: the client's stanzas that are settled (for an <r/>, or unsolicited
-        when more settled since the last one, §4 allows <a/> at any time)."""
-        self.reported = self.settled_h()
+    def answer(self, h: int | None = None) -> bytes:
+        """An <a/>: the client's stanzas that are settled now (or the `h` the caller
+        took earlier); for an <r/>, or unsolicited when more settled since the last one
+        (§4 allows <a/> at any time)."""
+        self.reported = self.settled_h() if h is None else h
         self.ack_due = False
         return f"<a xmlns='urn:xmpp:sm:3' h='{self.reported}'/>".encode()
 

@@ -133,9 +133,6 @@ class LocalSession:
     def detached(self) -> bool:
         return self.detached_at is not None
 
-    def wakeup_writer(self) -> None:
-        self.wakeup.set()
-
     def release_held(self) -> None:
         """Stanzas an inactive client was spared (XEP-0352) go back to the front of the
         queue: the connection is gone, they are handled like the rest of it."""
