@@ -11,6 +11,9 @@ are answered with an error; nothing is silently dropped that a person would miss
 
 It must never hold a session's stanzas anywhere but in that session (one place, one
 owner), so a stanza is either still queued for the client or handed on, never both.
+The one exception is custody (CustodyTable): the sending node keeps the bytes of a
+message it sent to a session on another node until that node reports it safe, so
+that it can route it again if that node dies; a duplicate is then possible, a loss not.
 """
 
 from __future__ import annotations
@@ -386,7 +389,6 @@ class Resumption:
             await self.router.route(error_reply(stanza, error), None)
         except (StanzaError, StoreError, RaftUnavailable) as exc:
             log.info("error for an unacked stanza not delivered: %s", exc)
-
 
 
 @dataclass(eq=False)

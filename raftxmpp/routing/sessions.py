@@ -25,7 +25,7 @@ import trio
 from lxml import etree
 
 from raftxmpp import metrics
-from raftxmpp.c2s.sm import Held
+from raftxmpp.c2s.sm import Held, settle
 from raftxmpp.jid import JID
 from raftxmpp.xml import ns
 from raftxmpp.xml.errors import StreamError
@@ -104,10 +104,14 @@ class LocalSession:
         """Queues bytes for the connection's writer; a client that stops reading is cut off."""
         if self.closing is not None or self.ended:
             if type(data) is Held:
+                routing = custody.get()
                 if not self.ended:
                     self.outbox.append(data)  # the session's end hands it on with the rest
-                else:
-                    custody.get()[2].refused(self, data)
+                elif routing is not None:
+                    routing[2].refused(self, data)  # routed again
+                else:  # not reached: copies in custody are queued while routing one
+                    log.error("a message in custody for ended %s was dropped", self.full_jid)
+                    settle(data)  # never pending forever (its sender's acks would stop)
             return
         metrics.ROUTED_LOCAL.inc()
         self.outbox.append(data)
