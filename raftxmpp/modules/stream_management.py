@@ -437,14 +437,15 @@ class CustodyTable:
 
     def send_remote(self, remote: RemoteSession, target: str, data: bytes,
                     record: sm.Custody, hops: int) -> None:
-        metrics.ROUTED_REMOTE.inc()
         links = remote.links
         if hops >= MAX_HOPS or links is None:
             self._store_offline(record, remote.bare_jid, data)
             return
         if self.count >= CUSTODY_MAX_COUNT or self.bytes + len(data) > CUSTODY_MAX_BYTES:
             metrics.SM_CUSTODY.labels("overflow").inc()
-            if not links.send_stanza(remote.node, target, data, hops):
+            if links.send_stanza(remote.node, target, data, hops):
+                metrics.ROUTED_REMOTE.inc()
+            else:
                 self._store_offline(record, remote.bare_jid, data)
             return
         self._next += 1
@@ -452,6 +453,7 @@ class CustodyTable:
         if not links.send_custody(remote.node, token, target, data, hops):
             self._store_offline(record, remote.bare_jid, data)
             return
+        metrics.ROUTED_REMOTE.inc()
         record.hold()
         self._add(remote.node, token, _Pending(record, remote.bare_jid, data, time.monotonic()))
         metrics.SM_CUSTODY.labels("sent").inc()
@@ -534,7 +536,9 @@ class CustodyTable:
             record.release()
 
     def _store_offline(self, record: sm.Custody, bare_jid: str, data: bytes) -> None:
-        """No link will take the copy: it goes to the account's offline storage."""
+        """No link will take the copy (a loop between session tables that disagree, a
+        full link): it goes to the account's offline storage instead of being dropped."""
+        log.warning("message in custody for %s not forwarded: to offline storage", bare_jid)
         record.hold()
         if not self.router.spawn(self._commit_offline, record, bare_jid, data):
             record.release()
