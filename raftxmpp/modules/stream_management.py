@@ -191,7 +191,10 @@ class Resumption:
         state = session.sm
         pairs = list(zip(state.seq_of_unacked(), list(state.unacked), strict=True))
         for seq, data in pairs:
-            message_id = f"sm-{state.id[-16:]}-{seq}"
+            # Unique per park: after a resumption the sequence numbers start again from
+            # the client's h, and a parked copy still stored under the same id would make
+            # offline_store skip this one as a duplicate (it is not one).
+            message_id = f"sm-{state.id[-16:]}-{seq}-{secrets.token_hex(4)}"
             if await self._park_one(session, data, message_id):
                 state.parked[seq] = message_id
 
