@@ -118,7 +118,7 @@ class BenchNode:
     def pid(self) -> int:
         return self.process.pid
 
-    def start(self, wait: bool = True) -> BenchNode:
+    def start(self, wait: bool = True, timeout: float = 30) -> BenchNode:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -127,7 +127,7 @@ class BenchNode:
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=TREE)
         _STARTED.append(self)
         if wait:
-            wait_for(self._admin_up, 30, f"{self.name} to open its admin socket")
+            wait_for(self._admin_up, timeout, f"{self.name} to open its admin socket")
         return self
 
     def _admin_up(self) -> bool:

@@ -1,5 +1,6 @@
 """Loaded only by bench/conn_cost.py --tracemalloc (PYTHONPATH): tracemalloc on from the
-start, and SIGUSR2 dumps a snapshot to $RAFTXMPP_TRACEMALLOC_DIR/tracemalloc.snap."""
+start (keeping $RAFTXMPP_TRACEMALLOC_FRAMES frames, default 1), and SIGUSR2 dumps a
+snapshot to $RAFTXMPP_TRACEMALLOC_DIR/tracemalloc.snap."""
 
 import os
 import signal
@@ -8,7 +9,7 @@ from pathlib import Path
 
 _DIR = os.environ.get("RAFTXMPP_TRACEMALLOC_DIR")
 if _DIR:
-    tracemalloc.start(1)
+    tracemalloc.start(int(os.environ.get("RAFTXMPP_TRACEMALLOC_FRAMES") or 1))
 
     def _dump(signum, frame) -> None:
         path = Path(_DIR) / "tracemalloc.snap"
