@@ -120,6 +120,9 @@ class C2SConnection:
         self._leftover: list = []  # events read with the one that bound or resumed
         self.last_read = trio.current_time()  # for the server's pings (XEP-0199)
         self._acking = False  # an unsolicited <a/> is being prepared (custody)
+        self._pinging = False  # bound and serving: the sweep's keep_alive pings it
+        self._ping_serial = 0
+        self._ping_asked: float | None = None  # when the unanswered ping went out
 
     # -- lifetime ---------------------------------------------------------------------------------------
 
@@ -139,6 +142,7 @@ class C2SConnection:
         except* (ConnectionClosed, *_GONE):
             pass  # the peer went away or the stream was ended; cleanup follows
         finally:
+            self._pinging = False
             metrics.C2S_CONNECTIONS.dec()
             self.login.close()
             await self._cleanup()
@@ -211,8 +215,7 @@ class C2SConnection:
     async def _serve_bound(self) -> None:
         session = self.session
         self._nursery.start_soon(self._write_loop, session)
-        if self.node.config.c2s.ping_interval > 0:
-            self._nursery.start_soon(self._keepalive, session)
+        self._pinging = self.node.config.c2s.ping_interval > 0  # the listener's sweep pings
         route = self.router.route_from_client
         table = self.router.custody
         events, self._leftover = self._leftover, []
@@ -252,6 +255,10 @@ class C2SConnection:
                         return
                     elif isinstance(action, Send):
                         session.send_nonza(action.data)  # never a stanza: never counted
+            # An idle client waits in the read below for minutes: it must not keep the
+            # last stanza it sent alive meanwhile (its element's document holds on to the
+            # parser it came from).
+            events = event = action = element = record = token = None
             events = await self._read_events()
 
     async def _read_events(self) -> list:
@@ -353,7 +360,7 @@ class C2SConnection:
             data = nonzas + chunks if nonzas else chunks
             if data:
                 # A client that stops reading blocks this write; its outbox stops growing
-                # at the session's cap, and the listener's watchdog (cut_if_stalled) ends
+                # at the session's cap, and the listener's sweep (cut_if_stalled) ends
                 # the connection. A timestamp costs less here than a cancel scope per write.
                 self.write_started = clock()
                 await send_stanzas(data)
@@ -403,28 +410,32 @@ class C2SConnection:
         if active:
             session.wakeup.set()
 
-    async def _keepalive(self, session: LocalSession) -> None:
-        """XEP-0199 from the server: a client silent for `ping_interval` is pinged; one
-        that sends nothing within `ping_timeout` after is taken for gone (a half-open
-        connection: a phone that lost its network). Its connection ends without a
-        stream error, so a resumable session is detached, ready for the client."""
-        cfg = self.node.config.c2s
-        serial = 0
-        while True:
-            idle = trio.current_time() - self.last_read
-            if idle < cfg.ping_interval:
-                await trio.sleep(cfg.ping_interval - idle)
-                continue
-            serial += 1
-            asked = trio.current_time()
-            session.send_stanza(_server_ping(session, serial))
-            await trio.sleep(cfg.ping_timeout)
-            if self.last_read < asked:
+    def keep_alive(self, now: float, interval: float, timeout: float) -> None:
+        """XEP-0199 from the server: a client silent for `interval` is pinged; one that
+        sends nothing within `timeout` after is taken for gone (a half-open connection: a
+        phone that lost its network). Its connection ends without a stream error, so a
+        resumable session is detached, ready for the client. Called by the listener's
+        sweep (a task and a timer per connection cost an idle client ~3 KiB, issue 22)."""
+        if not self._pinging:
+            return
+        session = self.session
+        asked = self._ping_asked
+        if asked is not None:
+            if self.last_read >= asked:
+                self._ping_asked = None  # answered (any byte will do)
+            elif now - asked >= timeout:
                 log.info("session %s did not answer a ping in %gs: connection lost",
-                         session.full_jid, cfg.ping_timeout)
+                         session.full_jid, timeout)
                 metrics.C2S_PING_TIMEOUTS.inc()
+                self._pinging = False
                 self._nursery.cancel_scope.cancel()
                 return
+            else:
+                return
+        if now - self.last_read >= interval:
+            self._ping_serial += 1
+            self._ping_asked = now
+            session.send_stanza(_server_ping(session, self._ping_serial))
 
     def taken_over(self) -> None:
         """A resumption elsewhere adopted our session: end this connection quietly."""
@@ -433,7 +444,7 @@ class C2SConnection:
 
     def cut_if_stalled(self, now: float, timeout: float) -> bool:
         """Ends the connection if one write has been blocked for `timeout` seconds: the
-        client stopped reading (the listener's watchdog calls this)."""
+        client stopped reading (the listener's sweep calls this)."""
         started = self.write_started
         if started is None or now - started < timeout or self._nursery is None:
             return False

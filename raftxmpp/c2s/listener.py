@@ -5,9 +5,9 @@ prefix) over its connection count (or its count of unauthenticated connections) 
 a stream header and <policy-violation/>; a listener holding its cap of unauthenticated
 connections from all sources gets <resource-constraint/>; a source opening connections
 faster than its rate is closed at once, spending nothing more on it
-(raftxmpp.c2s.limits). The listener also keeps the
-slow-consumer clock: a connection whose write stays blocked for `[c2s] send_timeout`
-is ended.
+(raftxmpp.c2s.limits). The listener also keeps the connections' clocks in one sweep:
+a connection whose write stays blocked for `[c2s] send_timeout` is ended, and a bound
+client silent for `[c2s] ping_interval` is pinged (XEP-0199).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from raftxmpp.xml.errors import StreamError
 from raftxmpp.xml.stanza import STREAM_CLOSE, stream_header
 
 if TYPE_CHECKING:
+    from raftxmpp.config import C2SSection
     from raftxmpp.node import Node
 
 log = logging.getLogger("raftxmpp.c2s")
@@ -82,19 +83,25 @@ async def serve(node: Node, listener: trio.SocketListener, direct_tls: bool) -> 
             admission.release()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(cut_stalled_writers, live, node.config.c2s.send_timeout)
+        nursery.start_soon(sweep, live, node.config.c2s)
         await trio.serve_listeners(handle, [listener])
 
 
-async def cut_stalled_writers(live: set[C2SConnection], timeout: float) -> None:
-    """The slow-consumer policy's clock: a write blocked for `timeout` seconds ends
-    its connection. One sweep for all connections, instead of a timer per write."""
-    period = min(1.0, timeout / 4)
+async def sweep(live: set[C2SConnection], cfg: C2SSection) -> None:
+    """The connections' clocks, one sweep for all of them instead of a timer (and, for
+    the pings, a task) per connection: a write blocked for `send_timeout` seconds ends
+    its connection (the slow-consumer policy); a bound client silent for
+    `ping_interval` is pinged, and ended if it stays silent `ping_timeout` longer."""
+    timeout = cfg.send_timeout
+    interval, ping_timeout = cfg.ping_interval, cfg.ping_timeout
+    pinging = interval > 0
+    period = min(1.0, timeout / 4, *((interval / 4, ping_timeout / 4) if pinging else ()))
     while True:
         await trio.sleep(period)
         now = trio.current_time()
         for connection in list(live):
-            connection.cut_if_stalled(now, timeout)
+            if not connection.cut_if_stalled(now, timeout) and pinging:
+                connection.keep_alive(now, interval, ping_timeout)
 
 
 async def _refuse(node: Node, stream: trio.SocketStream, refused: Refused, direct_tls: bool) -> None:

@@ -86,8 +86,7 @@ class WebServer:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.gossip_set(PUBLIC_URL_KEY, self.public_url)
-            nursery.start_soon(c2s_listener.cut_stalled_writers, self.live,
-                               self.node.config.c2s.send_timeout)
+            nursery.start_soon(c2s_listener.sweep, self.live, self.node.config.c2s)
             if self.upload is not None:
                 nursery.start_soon(self.upload.run)
             for listener, tls in listeners:

@@ -326,6 +326,9 @@ class StreamFramer:
         if "version" in attrs:
             _check_version(attrs["version"])
         self._root = root
+        # Only the bytes before the header need them: a stream lives for days.
+        self._prologue_head = self._prologue_tail = b""
+        self._header_ns.clear()
         return StreamOpened(attrs, default_ns)
 
     def _received(self, stanzas: list[etree._Element], size: int) -> list[StanzaReceived]:
