@@ -5,7 +5,7 @@
 # a fresh node before every repetition, started from an accounts-only data dir made once.
 # MECH=PLAIN (default; the mechanism does not change the figure, sitting22_idle_mech.txt)
 # or SCRAM-SHA-256 (needs `tls_login.py prime`); HOLD=s before the RSS is read (default 5,
-# as sitting22.sh). RESULT lines + commit + load1 go to
+# as sitting22.sh); C=clients logging in at once (default 100). RESULT lines + commit + load1 go to
 # bench/results/idle_tls.txt. Every node started here is stopped on exit.
 set -u
 source "$(dirname "$0")/lib.sh"
@@ -22,12 +22,12 @@ if [ ! -d "$ACC" ]; then
   "$BENCH/xmppload" -s register -p 5522 -n "$N" -b 1 -c 50 -t 600 | grep '^RESULT'
   nodes_stop_all; cp -r "$BENCH/data/single" "$ACC"
 fi
-echo "# idle_tls $(date -u +%FT%TZ) reps=$REPS n=$N mech=$MECH hold=${HOLD:-5} commit=$COMMIT$DIRTY uptime: $(uptime)" | tee -a "$OUT"
+echo "# idle_tls $(date -u +%FT%TZ) reps=$REPS n=$N c=${C:-100} mech=$MECH hold=${HOLD:-5} commit=$COMMIT$DIRTY uptime: $(uptime)" | tee -a "$OUT"
 for rep in $(seq "$REPS"); do
   rm -rf "$BENCH/data/single"; cp -r "$ACC" "$BENCH/data/single"
   node_start "$CONF" "$LOG"; nodes_wait_ready "$CONF" || exit 1; sleep 2
   l1=$(load1)
-  line=$(timeout 300 "$PY" "$BENCH/tls_login.py" idle --port 5523 -n "$N" -c 100 --mech "$MECH" \
+  line=$(timeout 300 "$PY" "$BENCH/tls_login.py" idle --port 5523 -n "$N" -c "${C:-100}" --mech "$MECH" \
          --pid "${NODE_PIDS[0]}" --hold "${HOLD:-5}" | grep '^RESULT')
   echo "rep=$rep commit=$COMMIT$DIRTY load1=$l1 $line" | tee -a "$OUT"
   nodes_stop_all

@@ -8,7 +8,9 @@ PY=${PYTHON:-python3}
 NODE_PIDS=()
 
 node_start() { # CONFIG LOG: start one node in the background, append its pid to NODE_PIDS
-  "$PY" -m raftxmpp_cli.main node start --config "$1" >>"$2" 2>&1 &
+  # From the tree's directory: `python -m` puts the working directory first on sys.path,
+  # before PYTHONPATH, so started from a checkout it would run the checkout's code.
+  (cd "${RAFTXMPP_TREE:-$REPO}" && exec "$PY" -m raftxmpp_cli.main node start --config "$1") >>"$2" 2>&1 &
   NODE_PIDS+=($!)
 }
 node_stop() { # PID: SIGTERM, up to 10 s, then SIGKILL
