@@ -259,8 +259,12 @@ def test_removing_a_mutual_contact_sends_unavailable_from_every_available_resour
         await phone.del_roster_item(bob_jid)
         await expect_presences(bob, {(str(phone.boundjid), "unavailable"),
                                      (str(laptop.boundjid), "unavailable")})
-        kinds = {(await asyncio.wait_for(subscriptions.get(), TIMEOUT))["type"] for _ in range(2)}
-        assert kinds == {"unsubscribe", "unsubscribed"}
+        # Both kinds must come; one full run saw "unsubscribe" twice first (slixmpp's
+        # del_roster_item sends its own <unsubscribe/> before the roster IQ; a second one
+        # is legal when a request is pending, RFC 6121 §3.3.3; not traced further).
+        kinds: set[str] = set()
+        while kinds != {"unsubscribe", "unsubscribed"}:
+            kinds.add((await asyncio.wait_for(subscriptions.get(), TIMEOUT))["type"])
         # And the remover no longer sees bob either (§3.3.3, the unsubscribe half).
         await expect_presences(phone, {(str(bob.boundjid), "unavailable")})
         for c in (phone, laptop, bob):
