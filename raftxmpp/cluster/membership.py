@@ -139,7 +139,7 @@ class ClusterMembership:
                 await self.node.router.deliver_from_link(payload[8:], peer, token)
             elif kind in (REQUEST, ANSWER):
                 self.rpc.handle(peer, kind, payload)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, struct.error) as exc:  # a short T frame
             log.warning("bad %r frame from %s: %r", kind, peer, exc)
 
     def _on_peer_dead(self, peer: str) -> None:
@@ -147,16 +147,18 @@ class ClusterMembership:
         here, where the session table is complete: left in the queue, they would reach the
         node's next incarnation before it knows where anyone's session is, and a message
         already acknowledged to its sender was lost that way (chaos/RESULTS.md, issue 16)."""
-        self.links.drop_custody(peer)
-        self.node.router.custody.peer_gone(peer)  # its copies in custody: routed again
+        self._custody_lost(peer)
         payloads = self.links.take_stanzas(peer, self.node.router.for_a_session)
         if payloads and self._nursery is not None:
             self._nursery.start_soon(self._route_again, peer, payloads)
 
     def _on_peer_restarted(self, peer: str) -> None:
-        """Its previous incarnation died holding copies in custody: routed again here
-        (the stanzas queued on the link go to the new incarnation, which knows its
-        sessions by now)."""
+        """Its previous incarnation died holding copies in custody (the stanzas queued on
+        the link go to the new incarnation, which knows its sessions by now)."""
+        self._custody_lost(peer)
+
+    def _custody_lost(self, peer: str) -> None:
+        """The copies in custody `peer` held or had queued are routed again here."""
         self.links.drop_custody(peer)
         self.node.router.custody.peer_gone(peer)
 
