@@ -80,12 +80,15 @@ async def test_an_inactive_client_gets_presence_late_and_messages_at_once(node):
     await watcher.send(b"<presence/>")
     await watcher.until(b"<presence")
     await watcher.send(b"<inactive xmlns='urn:xmpp:csi:0'/>")
+    session = node.router.sessions.local_session(JID.parse("alice@localhost/phone"))
+    with trio.fail_after(20):  # <inactive/> has no answer: wait until the server took it
+        while session.csi is None:
+            await trio.sleep(0.02)
     desk = await authenticated(node, "alice", "desk")
     await desk.send(b"<presence><status>one</status></presence>")
     await desk.send(b"<presence><status>two</status></presence>")
     await desk.send(b"<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
     await desk.until(b'id="sync"')
-    session = node.router.sessions.local_session(JID.parse("alice@localhost/phone"))
     with trio.fail_after(20):
         while not (session.csi and session.csi.held):
             await trio.sleep(0.02)
