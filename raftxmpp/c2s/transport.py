@@ -25,6 +25,7 @@ from typing import Protocol
 import trio
 
 from raftxmpp.c2s.limits import TokenBucket
+from raftxmpp.tls import SocketTLSStream
 from raftxmpp.xml.errors import StreamError
 from raftxmpp.xml.framer import Event, StreamFramer
 
@@ -104,12 +105,12 @@ class TCPTransport:
         self.framer.reset()
 
     async def start_tls(self, context: ssl.SSLContext) -> None:
-        ssl_stream = trio.SSLStream(self.stream, context, server_side=True)
-        with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT) as scope:
-            await ssl_stream.do_handshake()
-        if scope.cancelled_caught:
+        tls: trio.abc.Stream | None = None
+        with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT):
+            tls = await _handshake(self.stream, context)
+        if tls is None:
             raise ConnectionClosed
-        self.stream = ssl_stream
+        self.stream = tls
         self.framer.reset()
         self.secure = True
         self.can_starttls = False
@@ -118,6 +119,15 @@ class TCPTransport:
         with trio.CancelScope(shield=True), trio.move_on_after(1), \
                 contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await self.stream.aclose()
+
+
+async def _handshake(stream: trio.abc.Stream, context: ssl.SSLContext) -> trio.abc.Stream:
+    """A TCP socket gets TLS in C on the socket itself; any other stream trio's SSLStream."""
+    if isinstance(stream, trio.SocketStream):
+        return await SocketTLSStream.accept(stream, context)
+    ssl_stream = trio.SSLStream(stream, context, server_side=True)
+    await ssl_stream.do_handshake()
+    return ssl_stream
 
 
 __all__ = ["ClientTransport", "ConnectionClosed", "StreamError", "TCPTransport"]
