@@ -80,7 +80,8 @@ class Gossip:
                          "ver": self.version, **change})
 
     def _broadcast(self, message: dict) -> None:
-        self.links.broadcast(GOSSIP, json.dumps(message).encode())
+        if self.links.peers:  # a single node serializes nothing per login and logout
+            self.links.broadcast(GOSSIP, json.dumps(message).encode())
 
     def send(self, peer: str, message: dict) -> None:
         self.links.send(peer, GOSSIP, json.dumps(message).encode())
