@@ -378,6 +378,29 @@ def test_a_leader_ignores_stale_answers(tmp_path):
         node._doDestroy()
 
 
+def test_a_leader_sends_the_commands_of_one_drain_in_one_append(tmp_path):
+    """Without batching pysyncobj sends an append per command taken from the queue;
+    DurableSyncObj sends the whole drain at once, to every follower, in the same tick."""
+    events: list = []
+    node = make_node(tmp_path, events)
+    try:
+        become_leader(node, events)
+        events.clear()
+        for _ in range(5):
+            node._applyCommand(b"\x01", None)  # NO_OP commands, as a submit queues them
+        node._checkCommandsToApply()
+        for follower in (LEADER, OTHER):
+            sent = appends_to(events, follower)
+            assert len(sent) == 1
+            assert [e[1] for e in sent[0]["entries"]][-5:] == list(range(3, 8))
+        assert raft_log(node)[-1] == (7, node.raftCurrentTerm)
+        events.clear()
+        node._checkCommandsToApply()  # an empty queue sends nothing
+        assert appends_to(events, LEADER) == []
+    finally:
+        node._doDestroy()
+
+
 def test_a_leader_counts_itself_only_for_synced_entries(tmp_path, monkeypatch):
     events: list = []
     PowerLossDisk(monkeypatch, events)
