@@ -72,6 +72,17 @@ def certificate_der(cert_path: Path) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
+async def server_tls(stream: trio.abc.Stream, context: ssl.SSLContext) -> trio.abc.Stream:
+    """The server side of a TLS handshake over `stream`, which it takes over: a TCP socket
+    gets TLS in C on the socket itself, any other stream trio's SSLStream. The caller
+    bounds the time and closes the returned stream."""
+    if isinstance(stream, trio.SocketStream):
+        return await SocketTLSStream.accept(stream, context)
+    ssl_stream = trio.SSLStream(stream, context, server_side=True)
+    await ssl_stream.do_handshake()
+    return ssl_stream
+
+
 class SocketTLSStream(trio.abc.Stream):
     """Server-side TLS on the socket itself (a non-blocking `ssl.SSLSocket`) for client
     streams: OpenSSL reads and writes the socket in C, where `trio.SSLStream` moves every
@@ -99,9 +110,18 @@ class SocketTLSStream(trio.abc.Stream):
         try:
             await tls._call(tls._sock.do_handshake)
         except BaseException:
+            tls._discard_unread()
             tls._close_now()
             raise
         return tls
+
+    def _discard_unread(self) -> None:
+        """OpenSSL stops reading at the first bad record; closing on the client's unread
+        bytes (plain HTTP or XMPP on a TLS port) would send a reset instead of a close."""
+        with contextlib.suppress(OSError):
+            for _ in range(16):
+                if not socket.socket.recv(self._sock, 65536):  # the raw bytes, not TLS
+                    break
 
     async def _call(self, operation: Callable[..., Any], *args: Any) -> Any:
         """Runs a non-blocking SSL operation until it completes, waiting for the socket

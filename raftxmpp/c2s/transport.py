@@ -25,7 +25,7 @@ from typing import Protocol
 import trio
 
 from raftxmpp.c2s.limits import TokenBucket
-from raftxmpp.tls import SocketTLSStream
+from raftxmpp.tls import server_tls
 from raftxmpp.xml.errors import StreamError
 from raftxmpp.xml.framer import Event, StreamFramer
 
@@ -107,7 +107,7 @@ class TCPTransport:
     async def start_tls(self, context: ssl.SSLContext) -> None:
         tls: trio.abc.Stream | None = None
         with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT):
-            tls = await _handshake(self.stream, context)
+            tls = await server_tls(self.stream, context)
         if tls is None:
             raise ConnectionClosed
         self.stream = tls
@@ -119,15 +119,6 @@ class TCPTransport:
         with trio.CancelScope(shield=True), trio.move_on_after(1), \
                 contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await self.stream.aclose()
-
-
-async def _handshake(stream: trio.abc.Stream, context: ssl.SSLContext) -> trio.abc.Stream:
-    """A TCP socket gets TLS in C on the socket itself; any other stream trio's SSLStream."""
-    if isinstance(stream, trio.SocketStream):
-        return await SocketTLSStream.accept(stream, context)
-    ssl_stream = trio.SSLStream(stream, context, server_side=True)
-    await ssl_stream.do_handshake()
-    return ssl_stream
 
 
 __all__ = ["ClientTransport", "ConnectionClosed", "StreamError", "TCPTransport"]

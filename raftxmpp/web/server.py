@@ -37,6 +37,7 @@ from raftxmpp.c2s.connection import C2SConnection, framer_for
 from raftxmpp.c2s.limits import MAX_TRACKED, Admission, Refused, TokenBucket, host_of
 from raftxmpp.c2s.transport import ClientTransport
 from raftxmpp.cluster.rpc import RpcError
+from raftxmpp.tls import server_tls
 from raftxmpp.web import health, hostmeta
 from raftxmpp.web.bosh import PATH as BOSH_PATH
 from raftxmpp.web.bosh import BoshEndpoint
@@ -131,14 +132,19 @@ class WebServer:
     async def _serve(self, stream: trio.abc.Stream, peer: str, tls: bool,
                      admission: Admission) -> None:
         if tls:
-            stream = trio.SSLStream(stream, self.node.ssl_context, server_side=True)
-            handshook = False
+            secured: trio.abc.Stream | None = None
             with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT), \
                     contextlib.suppress(trio.BrokenResourceError, ssl.SSLError, OSError):
-                await stream.do_handshake()
-                handshook = True
-            if not handshook:
+                secured = await server_tls(stream, self.node.ssl_context)
+            if secured is None:
                 return
+            async with secured:  # it owns the socket now: the caller's close is a no-op
+                await self._serve_http(secured, peer, True, admission)
+            return
+        await self._serve_http(stream, peer, False, admission)
+
+    async def _serve_http(self, stream: trio.abc.Stream, peer: str, tls: bool,
+                          admission: Admission) -> None:
         secure = tls or self.config.proxy_terminates_tls
         connection = HTTPConnection(stream, peer, secure, self._dispatch,
                                     self.config.max_request_head, self.config.request_timeout,
