@@ -9,7 +9,7 @@
 # Needs py-spy (pip install py-spy) and ptrace rights (root here). Stops the node on exit.
 set -u
 source "$(dirname "$0")/lib.sh"
-CONF=$BENCH/node.toml; PORT=5522; LOG=$BENCH/data/single.log; PROF=$BENCH/profiles
+CONF=${PROFILE_CONF:-$BENCH/node.toml}; PORT=5522; LOG=$BENCH/data/single.log; PROF=$BENCH/profiles
 mkdir -p "$PROF" "$BENCH/data"
 command -v py-spy >/dev/null || { echo "py-spy not found: pip install py-spy" >&2; exit 2; }
 ensure_xmppload || exit 2
