@@ -119,7 +119,8 @@ run_test() { # SERVER TAG REP
   case $tag in *_noarch) [ "$s" = raftxmpp ] || [ "${ANCHOR_MAM:-1}" = 0 ] || return 0; cfg=$RAFT_OFF;; esac
   case $tag in login_tls|idle_tls) [ "$s" = prosody ] && return 0;; esac
   # raftxmpp starts from the accounts-only data dir every time (no archive or log of earlier tests)
-  if [ "$s" = raftxmpp ]; then rm -rf "$BENCH/data/single"; cp -r "$BENCH/data/single-accounts" "$BENCH/data/single"; fi
+  # (the previous server stops first: a raftxmpp node still running would write into the new copy)
+  if [ "$s" = raftxmpp ]; then nodes_stop_all; rm -rf "$BENCH/data/single"; cp -r "$BENCH/data/single-accounts" "$BENCH/data/single"; fi
   fresh "$s" "$cfg" || { echo "server=$s rep=$rep tag=$tag RESULT failed=start" | tee -a "$OUT"; return 1; }
   p=$(port "$s"); l1=$(load1)
   case $tag in

@@ -303,6 +303,11 @@ ARCHIVE_ROWS = HotFamily(
     "Archive rows this node queued (one per archiving account and message), committed in a "
     "batch, retried after a failed commit, or dropped (queue overflow, refused batch).",
     "outcome", ("queued", "committed", "retried", "dropped"))
+ARCHIVE_PACING = HotFamily(
+    "raftxmpp_archive_paced", "Client messages held back until the archive writer caught up "
+    "(its queue was more than 10 batches behind): the sender slowed down, nothing dropped.",
+    "reason", ("behind",))
+ARCHIVE_PACED = ARCHIVE_PACING.labels("behind")
 ARCHIVE_QUERIES = HotFamily(
     "raftxmpp_archive_queries", "MAM queries answered on this node, by kind.", "kind",
     ("query", "form", "metadata", "prefs"))
@@ -316,7 +321,7 @@ HOT_FAMILIES = (CONNECTIONS, STANZAS_IN_TOTAL, STANZAS_OUT_TOTAL, ROUTED,
                 S2S_FORWARDED_TOTAL, S2S_STREAM_FAILURES_TOTAL, S2S_BOUNCED,
                 PUBSUB_REQUESTS, PUBSUB_NOTIFICATIONS, PUBSUB_CAPS, LOGINS, SM_RESUMPTIONS,
                 SM_SESSIONS, SM_UNACKED, SM_DETACHED, SM_CUSTODY, SM_CUSTODY_PENDING, C2S_EVENTS,
-                ARCHIVE_ROWS, ARCHIVE_QUERIES, MUC_MESSAGES, MUC_OCCUPANTS)
+                ARCHIVE_ROWS, ARCHIVE_PACING, ARCHIVE_QUERIES, MUC_MESSAGES, MUC_OCCUPANTS)
 
 
 class _HotCollector(Collector):

@@ -45,10 +45,12 @@ def start_cluster(base: Path, extra: str = "") -> Cluster:
     return cluster
 
 
-def start_node(base: Path, name: str, extra: str = "") -> NodeProcess:
-    """A single node that leads."""
+def start_node(base: Path, name: str, extra: str = "", http: bool = False) -> NodeProcess:
+    """A single node that leads (with `http`, its web listener on `ports["http"]`)."""
+    names = ("raft", "link", "c2s", "c2s_tls") + (("http",) if http else ())
+
     def start(where: Path) -> NodeProcess:
-        ports = dict(zip(("raft", "link", "c2s", "c2s_tls"), free_ports(4), strict=True))
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
         process = NodeProcess(where, name, ports, [], extra)
         try:
             process.start()

@@ -409,3 +409,65 @@ def test_quota_and_retention_of_a_configured_node(tmp_path, ca_file):
         run(scenario(), timeout=90)
     finally:
         configured.kill()
+
+
+def test_a_sender_faster_than_the_archive_is_paced_and_nothing_is_dropped(tmp_path, ca_file):
+    """With one row per Raft entry the archive writer falls behind a burst of messages:
+    the sender is held back (raftxmpp_archive_paced) instead of rows being dropped, and
+    every message is delivered and archived."""
+    import re
+    import urllib.request
+
+    from tests.im_nodes import start_node, tls_extra
+
+    extra = tls_extra(ca_file) + "\n[archive]\nbatch_rows = 1\n"
+    configured = start_node(tmp_path, "paced", extra, http=True)
+    http = configured.ports["http"]
+    bodies = [f"burst {i}" for i in range(60)]
+    try:
+        async def scenario():
+            alice, bob = await pair(configured, ca_file)
+            # bob's initial presence is processed before his message (one stream, in
+            # order): the burst then meets an available bob, none of it goes offline.
+            await chat(bob, alice.boundjid.bare, ["ready"], alice)
+            await chat(alice, bob.boundjid.bare, bodies)  # all sent before any arrives
+            got = [(await bob.next_message())["body"] for _ in bodies]
+            assert got == bodies
+            _, fin = await raw_query(alice, rsm={"max": "5"})
+            assert fin_set(fin)["count"] == len(bodies) + 1  # and "ready"
+            await alice.stop()
+            await bob.stop()
+
+        run(scenario(), timeout=90)
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+
+        def sample(name: str) -> float:
+            found = re.search(rf"^{name} (\S+)$", text, re.M)
+            return float(found.group(1)) if found else 0.0
+
+        assert sample(r'raftxmpp_archive_paced_total\{reason="behind"\}') > 0
+        assert sample(r'raftxmpp_archive_rows_total\{outcome="dropped"\}') == 0
+    finally:
+        configured.kill()
+
+
+async def test_pacing_waits_only_while_behind_a_cluster_that_commits():
+    import trio
+
+    from raftxmpp.config import ArchiveSection
+    from raftxmpp.modules.mam import PACE_BATCHES, ArchiveWriter
+
+    writer = ArchiveWriter(None, ArchiveSection(batch_rows=2))
+    writer.rows = [("row",)] * (PACE_BATCHES * 2)
+    with trio.move_on_after(0.05) as behind:
+        await writer.room()
+    assert behind.cancelled_caught  # behind: the sender waits
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.room)
+        await trio.testing.wait_all_tasks_blocked()
+        writer._drop_front(1, "committed")  # one committed batch's worth frees the sender
+    writer.rows = [("row",)] * (PACE_BATCHES * 2)
+    writer.committing = False
+    with trio.fail_after(1):
+        await writer.room()  # no quorum: routing goes on, the rows wait

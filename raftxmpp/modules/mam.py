@@ -57,6 +57,8 @@ _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=Fals
 # Rows waiting for their batch; past this the oldest go (counted), so a cluster without
 # quorum for long cannot take the node's memory.
 MAX_QUEUE = 200_000
+# A client's messages wait while more than this many full batches are queued (room()).
+PACE_BATCHES = 10
 BATCH_BYTES = 1 << 20  # stanza bytes in one archive_append (MAX_RAFT_FRAME is 8 MiB)
 _CONTEXTS: weakref.WeakKeyDictionary[Router, Archive] = weakref.WeakKeyDictionary()
 FORM_FIELDS = ("FORM_TYPE", "with", "start", "end", "before-id", "after-id", "ids")
@@ -69,6 +71,7 @@ def setup(router: Router) -> None:
     archive = Archive(router, config)
     _CONTEXTS[router] = archive
     router.outbound_checks.append(archive.on_client_message)
+    router.outbound_pacers.append(archive.writer.room)
     router.local.archive_hook = archive.on_delivery
     router.background.append(archive.writer.run)
     router.add_hook("sm-before-ack", archive.before_ack)
@@ -117,6 +120,9 @@ class ArchiveWriter:
         self.done = 0  # … and ever out of the queue (committed or dropped), in order
         self.wakeup = trio.Event()
         self.progress = trio.Event()
+        self._dropped = 0  # rows dropped since the last warning
+        self.committing = True  # the last batch committed (False: no quorum, RaftUnavailable)
+        self._drop_logged = -1e9
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -125,8 +131,25 @@ class ArchiveWriter:
         if len(self.rows) > MAX_QUEUE:
             del self.rows[0]
             self._advance(1, "dropped")
-            log.warning("archive queue full: the oldest row was dropped")
+            self._dropped += 1
+            now = time.monotonic()
+            if now - self._drop_logged >= 10:  # a line per row would flood the log
+                log.warning("archive queue full: %d oldest rows dropped", self._dropped)
+                self._dropped, self._drop_logged = 0, now
         self.wakeup.set()
+
+    async def room(self) -> None:
+        """Backpressure for a client's next message: it waits while the writer is more
+        than PACE_BATCHES Raft entries behind, so its sender slows down (its reading
+        stops, TCP pushes back) instead of the queue growing until rows are dropped and
+        stream management's acknowledgements wait past their deadline."""
+        limit = PACE_BATCHES * self.config.batch_rows
+        if len(self.rows) < limit or not self.committing:
+            return  # without a quorum routing goes on: the rows wait, as before
+        metrics.ARCHIVE_PACED.inc()
+        self.wakeup.set()
+        while len(self.rows) >= limit and self.committing:
+            await self.progress.wait()
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Returns once every row queued before the call is committed; RaftUnavailable
@@ -154,6 +177,9 @@ class ArchiveWriter:
             await self.router.store.archive_append(batch, self.config.max_per_account)
         except RaftUnavailable:
             metrics.ARCHIVE_ROWS.labels("retried").inc(len(batch))
+            if self.committing:
+                self.committing = False
+                self._wake_waiters()  # paced senders go on: no quorum, no pacing
             await trio.sleep(0.5)  # kept in the queue; an id makes a duplicate harmless
             return
         except StoreError as exc:  # refused: retrying would be refused again
@@ -165,6 +191,7 @@ class ArchiveWriter:
             metrics.ARCHIVE_ROWS.labels("retried").inc(len(batch))
             await trio.sleep(1.0)
             return
+        self.committing = True
         self._drop_front(len(batch), "committed")
 
     def _next_batch(self) -> list[Row]:
@@ -184,6 +211,9 @@ class ArchiveWriter:
     def _advance(self, n: int, outcome: str) -> None:
         self.done += n
         metrics.ARCHIVE_ROWS.labels(outcome).inc(n)
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
         progress, self.progress = self.progress, trio.Event()
         progress.set()
 

@@ -116,6 +116,9 @@ class Router:
         # Run on every stanza a client sends, before it is routed; one may raise StanzaError
         # to refuse it (XEP-0191 §3.3: nothing goes to a JID the sender blocks).
         self.outbound_checks: list[Callable[[etree._Element, LocalSession], None]] = []
+        # Awaited before a client's message is routed: a module whose queue is behind
+        # holds the sender back (the archive's backpressure).
+        self.outbound_pacers: list[Callable[[], Awaitable[None]]] = []
         # Called for every message a client sends (message carbons, XEP-0280).
         self.sent_hook: Callable[[etree._Element, LocalSession], None] | None = None
         self.stream_features: list[Callable[[LocalSession | None], etree._Element | None]] = []
@@ -195,6 +198,9 @@ class Router:
             # A retried IQ (same id, same session) reuses its writes' command ids.
             request = f"{session.full_jid}\0{session.created!r}\0{stanza.get('id')}"
         try:
+            if stanza.tag == MESSAGE:
+                for pace in self.outbound_pacers:
+                    await pace()
             for check in self.outbound_checks:
                 check(stanza, session)
             if self.sent_hook is not None and stanza.tag == MESSAGE:
