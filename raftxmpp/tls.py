@@ -111,7 +111,7 @@ class SocketTLSStream(trio.abc.Stream):
             await tls._call(tls._sock.do_handshake)
         except BaseException:
             tls._discard_unread()
-            tls._close_now()
+            tls._sock.close()
             raise
         return tls
 
@@ -171,8 +171,5 @@ class SocketTLSStream(trio.abc.Stream):
             trio.lowlevel.notify_closing(self._sock)
             with contextlib.suppress(OSError):  # best effort: close_notify, no wait for the reply
                 self._sock.unwrap()
-            self._close_now()
+            self._sock.close()
         await trio.lowlevel.checkpoint()
-
-    def _close_now(self) -> None:
-        self._sock.close()

@@ -75,7 +75,7 @@ class DurableSyncObj(SyncObj):
 
     # -- 4. one append per drain of the command queue ------------------------------------
 
-    def _checkCommandsToApply(self) -> None:  # noqa: N802 (pysyncobj's name)
+    def _checkCommandsToApply(self) -> None:
         """pysyncobj without batching sends an append to every follower after *each*
         command it takes from the queue (each pickled, compressed and encrypted on its
         own). Here the queue is drained first and its entries go out together, still in
@@ -90,7 +90,7 @@ class DurableSyncObj(SyncObj):
             if self._SyncObj__raftState == _RAFT_STATE.LEADER:
                 SyncObj._SyncObj__sendAppendEntries(self)
 
-    def _SyncObj__sendAppendEntries(self) -> None:  # noqa: N802
+    def _SyncObj__sendAppendEntries(self) -> None:  # pysyncobj's private name: overrides it
         if self._draining:
             self._append_pending = True  # sent once the drain ends
             return
